@@ -1,0 +1,286 @@
+package tss
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	tsslib "github.com/bnb-chain/tss-lib/v2/tss"
+)
+
+// Outgoing is one message a party produced, ready for the transport.
+type Outgoing struct {
+	// To lists the recipients. For a broadcast it is every other member.
+	To        []string
+	Broadcast bool
+	// Round is the protocol round that carries the message (1-based); the
+	// transport puts it in the envelope so a receiver can refuse messages
+	// for a round that has passed.
+	Round int
+	// Type is tss-lib's message type name, for logs and envelope checks.
+	Type string
+	// Payload is tss-lib's wire encoding of the message content.
+	Payload []byte
+}
+
+// Outbox carries a session's outgoing messages to the other members. Send is
+// called from one goroutine per session, in the order the party produced the
+// messages; it should return once the message is handed to the network, and
+// must honour ctx, which carries the session's deadline.
+type Outbox interface {
+	Send(ctx context.Context, m Outgoing) error
+}
+
+// OutboxFunc adapts a function to Outbox.
+type OutboxFunc func(ctx context.Context, m Outgoing) error
+
+// Send calls f.
+func (f OutboxFunc) Send(ctx context.Context, m Outgoing) error { return f(ctx, m) }
+
+// ErrSessionClosed is returned by Deliver once a session has finished.
+var ErrSessionClosed = errors.New("session closed")
+
+// SessionError is a failed ceremony or signing session. Culprits are the
+// members tss-lib (or tkeyless's own checks) blamed, by node name; empty when
+// nobody was blamed (a deadline, a transport failure).
+type SessionError struct {
+	Kind     string // "keygen" or "sign"
+	Round    int
+	Culprits []string
+	// Waiting names the members the party was still waiting for when the
+	// session ended without a result.
+	Waiting []string
+	Err     error
+}
+
+func (e *SessionError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Kind)
+	if e.Round > 0 {
+		fmt.Fprintf(&b, ": round %d", e.Round)
+	}
+	if len(e.Culprits) > 0 {
+		fmt.Fprintf(&b, ": culprits %v", e.Culprits)
+	}
+	if len(e.Waiting) > 0 {
+		fmt.Fprintf(&b, ": waiting for %v", e.Waiting)
+	}
+	fmt.Fprintf(&b, ": %v", e.Err)
+	return b.String()
+}
+
+func (e *SessionError) Unwrap() error { return e.Err }
+
+type inbound struct {
+	from      string
+	broadcast bool
+	payload   []byte
+}
+
+// runner drives one tss-lib party: it feeds delivered messages to the party
+// one at a time (tss-lib parties are not meant to be updated concurrently
+// while a round starts) and hands produced messages to the Outbox.
+type runner struct {
+	kind   string
+	self   string
+	m      *members
+	party  tsslib.Party
+	out    chan tsslib.Message
+	outbox Outbox
+
+	inbox     chan inbound
+	done      chan struct{}
+	closeOnce sync.Once
+	lastRound atomic.Int32
+}
+
+func newRunner(kind, self string, m *members, outbox Outbox) (*runner, error) {
+	if _, ok := m.byName[self]; !ok {
+		return nil, fmt.Errorf("%s: self %q is not a member of %v", kind, self, m.names())
+	}
+	if outbox == nil {
+		return nil, fmt.Errorf("%s: nil outbox", kind)
+	}
+	n := len(m.sorted)
+	return &runner{
+		kind:   kind,
+		self:   self,
+		m:      m,
+		outbox: outbox,
+		// Every round produces at most one broadcast and n-1 direct
+		// messages per party; ten rounds of that never block the party.
+		out:   make(chan tsslib.Message, 10*n),
+		inbox: make(chan inbound, 10*n*n),
+		done:  make(chan struct{}),
+	}, nil
+}
+
+// deliver queues a message from another member. It never blocks: a full
+// inbox means the sender sends far more than the protocol allows.
+func (r *runner) deliver(from string, broadcast bool, payload []byte) error {
+	if from == r.self {
+		return fmt.Errorf("%s: message claims to come from self %q", r.kind, from)
+	}
+	if _, ok := r.m.byName[from]; !ok {
+		return fmt.Errorf("%s: sender %q is not a session member", r.kind, from)
+	}
+	select {
+	case <-r.done:
+		return ErrSessionClosed
+	default:
+	}
+	select {
+	case r.inbox <- inbound{from: from, broadcast: broadcast, payload: payload}:
+		return nil
+	default:
+		return &SessionError{Kind: r.kind, Culprits: []string{from}, Err: errors.New("inbox full: sender exceeds the protocol's message count")}
+	}
+}
+
+func (r *runner) close() { r.closeOnce.Do(func() { close(r.done) }) }
+
+// run starts the party and drives it until it yields a result on end, fails,
+// or ctx ends.
+func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
+	var zero T
+	defer r.close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	sendErr := make(chan error, 1)
+	go r.sendLoop(ctx, sendErr)
+
+	if err := r.safely(func() *tsslib.Error { return r.party.Start() }, ""); err != nil {
+		return zero, err
+	}
+	for {
+		select {
+		case res := <-end:
+			return res, nil
+		case err := <-sendErr:
+			return zero, &SessionError{Kind: r.kind, Round: r.round(), Err: err}
+		case <-ctx.Done():
+			return zero, &SessionError{Kind: r.kind, Round: r.round(), Waiting: r.waitingFor(), Err: context.Cause(ctx)}
+		case in := <-r.inbox:
+			from := r.m.byName[in.from]
+			if err := r.safely(func() *tsslib.Error {
+				msg, err := tsslib.ParseWireMessage(in.payload, from, in.broadcast)
+				if err != nil {
+					// Only the sender could have produced bytes that do not parse:
+					// the transport authenticated it and protects integrity.
+					return tsslib.NewError(fmt.Errorf("malformed message: %w", err), r.kind, r.round(), r.m.byName[r.self], from)
+				}
+				_, e := r.party.Update(msg)
+				return e
+			}, in.from); err != nil {
+				return zero, err
+			}
+		}
+	}
+}
+
+// safely calls into tss-lib, turning its errors and panics into a
+// SessionError. tss-lib panics on some malformed inputs (nil fields in
+// peer messages); a panic while handling a message blames its sender.
+func (r *runner) safely(f func() *tsslib.Error, sender string) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			se := &SessionError{Kind: r.kind, Round: r.round(), Err: fmt.Errorf("tss-lib panicked: %v", p)}
+			if sender != "" {
+				se.Culprits = []string{sender}
+			}
+			err = se
+		}
+	}()
+	if e := f(); e != nil {
+		se := &SessionError{Kind: r.kind, Round: e.Round(), Err: e.Cause()}
+		for _, c := range e.Culprits() {
+			if c != nil {
+				se.Culprits = append(se.Culprits, c.Id)
+			}
+		}
+		if se.Err == nil {
+			se.Err = errors.New(e.Error())
+		}
+		return se
+	}
+	return nil
+}
+
+// round is the latest round this party has sent a message for: tss-lib
+// keeps its current round private.
+func (r *runner) round() int { return int(r.lastRound.Load()) }
+
+// waitingFor names the members whose messages the party still needs, for
+// errors on a deadline: the likeliest reason is one of them is slow or gone.
+func (r *runner) waitingFor() (names []string) {
+	defer func() { _ = recover() }()
+	for _, p := range r.party.WaitingFor() {
+		names = append(names, p.Id)
+	}
+	return names
+}
+
+func (r *runner) sendLoop(ctx context.Context, errc chan<- error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case msg := <-r.out:
+			og, err := r.outgoing(msg)
+			if og.Round > int(r.lastRound.Load()) {
+				r.lastRound.Store(int32(og.Round))
+			}
+			if err == nil {
+				err = r.outbox.Send(ctx, og)
+			}
+			if err != nil {
+				select {
+				case errc <- fmt.Errorf("send %s: %w", og.Type, err):
+				default:
+				}
+				return
+			}
+		}
+	}
+}
+
+func (r *runner) outgoing(msg tsslib.Message) (Outgoing, error) {
+	wire, routing, err := msg.WireBytes()
+	if err != nil {
+		return Outgoing{}, fmt.Errorf("encode %s: %w", msg.Type(), err)
+	}
+	og := Outgoing{Broadcast: routing.IsBroadcast, Type: msg.Type(), Round: RoundOf(msg.Type()), Payload: wire}
+	if routing.To == nil {
+		og.To = r.m.others(r.self)
+	} else {
+		for _, p := range routing.To {
+			og.To = append(og.To, p.Id)
+		}
+	}
+	return og, nil
+}
+
+// RoundOf returns the protocol round of a tss-lib message type name, such as
+// "binance.tsslib.ecdsa.signing.SignRound4Message" → 4, or 0 if the name
+// carries none.
+func RoundOf(msgType string) int {
+	i := strings.LastIndex(msgType, "Round")
+	if i < 0 {
+		return 0
+	}
+	s := msgType[i+len("Round"):]
+	j := 0
+	for j < len(s) && s[j] >= '0' && s[j] <= '9' {
+		j++
+	}
+	n, err := strconv.Atoi(s[:j])
+	if err != nil {
+		return 0
+	}
+	return n
+}

@@ -1,0 +1,82 @@
+package tss
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/bnb-chain/tss-lib/v2/ecdsa/keygen"
+)
+
+// KeyID names a cluster key: the SHA-1 of the public key's uncompressed
+// point, which is the Subject Key Identifier gokeyless uses to address keys
+// (protocol.GetSKI), so a key has one name on the wire, in files and in logs.
+type KeyID [sha1.Size]byte
+
+// KeyIDOf computes the KeyID of a P-256 public key.
+func KeyIDOf(pub *ecdsa.PublicKey) KeyID {
+	//nolint:staticcheck // the uncompressed point is what SKI hashes.
+	return sha1.Sum(elliptic.Marshal(pub.Curve, pub.X, pub.Y))
+}
+
+// String is the lowercase hex form used in file names and logs.
+func (k KeyID) String() string { return hex.EncodeToString(k[:]) }
+
+// ParseKeyID parses the hex form of a KeyID.
+func ParseKeyID(s string) (KeyID, error) {
+	var k KeyID
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(k) {
+		return k, fmt.Errorf("key id %q: want %d hex bytes", s, len(k))
+	}
+	copy(k[:], b)
+	return k, nil
+}
+
+// Share is one node's share of a cluster key, with what the node needs to
+// sign with it: the threshold, the members, and its Paillier secrets. It is
+// secret: never log it, and store it only through a Store.
+type Share struct {
+	// Threshold is t: any Threshold+1 of the Parties sign.
+	Threshold int
+	// Parties are the node names holding a share, in tss-lib's order.
+	Parties []string
+	// Self is the node this share belongs to.
+	Self string
+
+	data keygen.LocalPartySaveData
+	pub  *ecdsa.PublicKey
+}
+
+func newShare(threshold int, parties []string, self string, data keygen.LocalPartySaveData) (*Share, error) {
+	if data.ECDSAPub == nil {
+		return nil, errors.New("share has no public key")
+	}
+	pub := &ecdsa.PublicKey{Curve: curve, X: data.ECDSAPub.X(), Y: data.ECDSAPub.Y()}
+	if !curve.IsOnCurve(pub.X, pub.Y) {
+		return nil, errors.New("share public key is not on P-256")
+	}
+	if threshold < 1 || threshold >= len(parties) {
+		return nil, fmt.Errorf("threshold %d invalid for %d parties", threshold, len(parties))
+	}
+	if !slices.Contains(parties, self) {
+		return nil, fmt.Errorf("self %q not among parties %v", self, parties)
+	}
+	if len(data.Ks) != len(parties) {
+		return nil, fmt.Errorf("share holds %d party keys, want %d", len(data.Ks), len(parties))
+	}
+	return &Share{Threshold: threshold, Parties: parties, Self: self, data: data, pub: pub}, nil
+}
+
+// PublicKey returns the cluster key's public key.
+func (s *Share) PublicKey() *ecdsa.PublicKey { return s.pub }
+
+// KeyID returns the cluster key's id.
+func (s *Share) KeyID() KeyID { return KeyIDOf(s.pub) }
+
+// Quorum is how many parties must take part in a signature: t+1.
+func (s *Share) Quorum() int { return s.Threshold + 1 }

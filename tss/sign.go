@@ -1,0 +1,93 @@
+package tss
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"math/big"
+	"slices"
+
+	"github.com/bnb-chain/tss-lib/v2/common"
+	"github.com/bnb-chain/tss-lib/v2/ecdsa/signing"
+	tsslib "github.com/bnb-chain/tss-lib/v2/tss"
+	"golang.org/x/crypto/cryptobyte"
+	"golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// SignSession is one node's part in signing one digest with a cluster key.
+// Exactly the quorum's members run one each, with the same digest.
+type SignSession struct {
+	r      *runner
+	end    chan *common.SignatureData
+	pub    *ecdsa.PublicKey
+	digest []byte
+}
+
+// NewSignSession prepares this node's party of a signing session. quorum
+// names the Threshold+1 share holders that take part (self among them);
+// digest is a SHA-256, SHA-384 or SHA-512 digest, truncated as ECDSA
+// prescribes (DigestScalar).
+func NewSignSession(share *Share, quorum []string, digest []byte, outbox Outbox) (*SignSession, error) {
+	if share == nil {
+		return nil, errors.New("sign: nil share")
+	}
+	switch len(digest) {
+	case 32, 48, 64:
+	default:
+		return nil, fmt.Errorf("sign: digest is %d bytes; want 32, 48 or 64 (SHA-256/384/512)", len(digest))
+	}
+	if len(quorum) != share.Quorum() {
+		return nil, fmt.Errorf("sign: quorum %v has %d members, key %s needs %d", quorum, len(quorum), share.KeyID(), share.Quorum())
+	}
+	for _, q := range quorum {
+		if !slices.Contains(share.Parties, q) {
+			return nil, fmt.Errorf("sign: quorum member %q holds no share of key %s (holders %v)", q, share.KeyID(), share.Parties)
+		}
+	}
+	m, err := newMembers(quorum)
+	if err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
+	r, err := newRunner("sign", share.Self, m, outbox)
+	if err != nil {
+		return nil, err
+	}
+	s := &SignSession{r: r, end: make(chan *common.SignatureData, 1), pub: share.pub, digest: slices.Clone(digest)}
+	params := tsslib.NewParameters(curve, tsslib.NewPeerContext(m.sorted), m.byName[share.Self], len(quorum), share.Threshold)
+	// The last argument makes tss-lib return M as a full 32-byte value.
+	r.party = signing.NewLocalParty(DigestScalar(digest), params, share.data, r.out, s.end, (curve.Params().BitSize+7)/8)
+	return s, nil
+}
+
+// Deliver hands the session a message from another quorum member. from
+// must be the name the transport authenticated. It does not block.
+func (s *SignSession) Deliver(from string, broadcast bool, payload []byte) error {
+	return s.r.deliver(from, broadcast, payload)
+}
+
+// Run drives the session to its end and returns the signature, ASN.1 DER
+// encoded, after verifying it against the key's public key: a signature
+// that does not verify never leaves the engine.
+func (s *SignSession) Run(ctx context.Context) ([]byte, error) {
+	data, err := run(ctx, s.r, s.end)
+	if err != nil {
+		return nil, err
+	}
+	r, sv := new(big.Int).SetBytes(data.R), new(big.Int).SetBytes(data.S)
+	der := encodeSignature(r, sv)
+	if !ecdsa.VerifyASN1(s.pub, s.digest, der) {
+		return nil, &SessionError{Kind: "sign", Round: 9, Err: errors.New("joint signature does not verify against the key's public key")}
+	}
+	return der, nil
+}
+
+// encodeSignature writes ECDSA-Sig-Value, as crypto/ecdsa does.
+func encodeSignature(r, s *big.Int) []byte {
+	var b cryptobyte.Builder
+	b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1BigInt(r)
+		b.AddASN1BigInt(s)
+	})
+	return b.BytesOrPanic()
+}
