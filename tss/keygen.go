@@ -32,7 +32,7 @@ func NewKeygenSession(threshold int, parties []string, self string, preParams *P
 	if preParams == nil || !preParams.p.ValidateWithProof() {
 		return nil, errors.New("keygen: pre-parameters missing or invalid")
 	}
-	r, err := newRunner("keygen", self, m, outbox)
+	r, err := newRunner("keygen", self, m, threshold, outbox)
 	if err != nil {
 		return nil, err
 	}

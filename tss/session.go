@@ -91,6 +91,7 @@ type runner struct {
 	party  tsslib.Party
 	out    chan tsslib.Message
 	outbox Outbox
+	checks *peerChecks
 
 	inbox     chan inbound
 	done      chan struct{}
@@ -98,7 +99,7 @@ type runner struct {
 	lastRound atomic.Int32
 }
 
-func newRunner(kind, self string, m *members, outbox Outbox) (*runner, error) {
+func newRunner(kind, self string, m *members, threshold int, outbox Outbox) (*runner, error) {
 	if _, ok := m.byName[self]; !ok {
 		return nil, fmt.Errorf("%s: self %q is not a member of %v", kind, self, m.names())
 	}
@@ -111,6 +112,7 @@ func newRunner(kind, self string, m *members, outbox Outbox) (*runner, error) {
 		self:   self,
 		m:      m,
 		outbox: outbox,
+		checks: newPeerChecks(threshold),
 		// Every round produces at most one broadcast and n-1 direct
 		// messages per party; ten rounds of that never block the party.
 		out:   make(chan tsslib.Message, 10*n),
@@ -173,6 +175,9 @@ func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 					// Only the sender could have produced bytes that do not parse:
 					// the transport authenticated it and protects integrity.
 					return tsslib.NewError(fmt.Errorf("malformed message: %w", err), r.kind, r.round(), r.m.byName[r.self], from)
+				}
+				if err := r.checks.check(in.from, msg); err != nil {
+					return tsslib.NewError(err, r.kind, RoundOf(msg.Type()), r.m.byName[r.self], from)
 				}
 				_, e := r.party.Update(msg)
 				return e

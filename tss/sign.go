@@ -49,7 +49,7 @@ func NewSignSession(share *Share, quorum []string, digest []byte, outbox Outbox)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
-	r, err := newRunner("sign", share.Self, m, outbox)
+	r, err := newRunner("sign", share.Self, m, share.Threshold, outbox)
 	if err != nil {
 		return nil, err
 	}
