@@ -154,7 +154,8 @@ func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 	defer cancel()
 
 	sendErr := make(chan error, 1)
-	go r.sendLoop(ctx, sendErr)
+	drain, drained := make(chan struct{}), make(chan struct{})
+	go r.sendLoop(ctx, sendErr, drain, drained)
 
 	if err := r.safely(func() *tsslib.Error { return r.party.Start() }, ""); err != nil {
 		return zero, err
@@ -162,6 +163,13 @@ func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 	for {
 		select {
 		case res := <-end:
+			// The party's last messages (round 9's share of s) are queued
+			// but maybe not sent: the others need them to finish too.
+			close(drain)
+			select {
+			case <-drained:
+			case <-ctx.Done():
+			}
 			return res, nil
 		case err := <-sendErr:
 			return zero, &SessionError{Kind: r.kind, Round: r.round(), Err: err}
@@ -230,25 +238,43 @@ func (r *runner) waitingFor() (names []string) {
 	return names
 }
 
-func (r *runner) sendLoop(ctx context.Context, errc chan<- error) {
+func (r *runner) sendLoop(ctx context.Context, errc chan<- error, drain <-chan struct{}, drained chan<- struct{}) {
+	send := func(msg tsslib.Message) bool {
+		og, err := r.outgoing(msg)
+		if og.Round > int(r.lastRound.Load()) {
+			r.lastRound.Store(int32(og.Round))
+		}
+		if err == nil {
+			err = r.outbox.Send(ctx, og)
+		}
+		if err != nil {
+			select {
+			case errc <- fmt.Errorf("send %s: %w", og.Type, err):
+			default:
+			}
+			return false
+		}
+		return true
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case msg := <-r.out:
-			og, err := r.outgoing(msg)
-			if og.Round > int(r.lastRound.Load()) {
-				r.lastRound.Store(int32(og.Round))
-			}
-			if err == nil {
-				err = r.outbox.Send(ctx, og)
-			}
-			if err != nil {
-				select {
-				case errc <- fmt.Errorf("send %s: %w", og.Type, err):
-				default:
-				}
+			if !send(msg) {
 				return
+			}
+		case <-drain:
+			defer close(drained)
+			for {
+				select {
+				case msg := <-r.out:
+					if !send(msg) {
+						return
+					}
+				default:
+					return
+				}
 			}
 		}
 	}

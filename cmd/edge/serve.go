@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/tkeyless/tkeyless/tlsglue"
+)
+
+// serveOptions are the flags of edge serve (and the keys of its configuration file).
+type serveOptions struct {
+	configPath      string
+	listen          string
+	certs           []string
+	signer          string
+	keyless         keylessTLS
+	signTimeout     time.Duration
+	static          string
+	upstream        string
+	ticketSecret    string
+	shutdownTimeout time.Duration
+}
+
+func serveCmd(g *globalFlags) *cobra.Command {
+	o := &serveOptions{}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve HTTPS with a certificate whose key is on the signers",
+		Long: `serve terminates TLS 1.2 and 1.3 (HTTP/2 and HTTP/1.1) for the certificate chain
+in --cert. Each full handshake asks the --signer for one signature, within
+--sign-timeout; resumed handshakes (session tickets) need none.
+
+--signer is a key reference:
+  keyless://host:port,host:port   the tkeyless signer cluster, or any gokeyless key
+                                  server, over mutual TLS (--keyless-cert, --keyless-key,
+                                  --keyless-ca). Any listed signer may be asked; a failing
+                                  one is skipped. Add ?ski=HEX to insist on a key.
+  file:///path/key.pem            a private key in this process: the baseline for load
+                                  tests, never for production.
+
+Content is a static directory (--static), a reverse proxy (--upstream, with
+X-Forwarded-For/-Proto/-Host), or with neither a one-line page. /healthz answers
+200 "ok", or 503 once the last 5 handshake signatures all failed.
+
+Every flag can also come from a YAML file (--config) whose keys are the flag
+names; flags given on the command line win. See examples/edge.yaml.
+
+The edge stops gracefully on SIGINT or SIGTERM: it stops accepting, lets open
+requests finish for up to --shutdown-timeout, then closes what is left.`,
+		Example: `  edge serve --listen :443 --cert site.pem \
+    --signer keyless://signer-a:2407,signer-b:2407,signer-c:2407 \
+    --keyless-cert edge.pem --keyless-key edge-key.pem --keyless-ca cluster-ca.pem \
+    --upstream http://127.0.0.1:8080
+  edge serve --config /etc/tkeyless/edge.yaml --log-format console`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.configPath != "" {
+				if err := applyConfigFile(cmd.Flags(), o.configPath); err != nil {
+					return err
+				}
+			}
+			logger, err := g.logger()
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), o, logger)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.configPath, "config", "", "YAML file with any of these flags as keys (paths in it are relative to the file); flags override it")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "address to serve HTTPS on (host:port; :443 for every interface)")
+	f.StringArrayVar(&o.certs, "cert", nil, "certificate file, PEM or DER; repeat it for a chain split over files (leaf and intermediates, any order; a root is left out)")
+	f.StringVar(&o.signer, "signer", "", "key reference: keyless://host:port[,host:port…] (signer cluster or gokeyless server) or file:///path/key.pem (in-memory baseline)")
+	f.StringVar(&o.keyless.cert, "keyless-cert", "", "the edge's client certificate for mutual TLS to keyless signers (PEM)")
+	f.StringVar(&o.keyless.key, "keyless-key", "", "the private key of --keyless-cert (PEM); the edge's identity, not the site's key")
+	f.StringVar(&o.keyless.ca, "keyless-ca", "", "CA bundle (PEM) that certifies the signers (default: the system roots)")
+	f.StringVar(&o.keyless.serverName, "keyless-server-name", "", "name to verify in the signers' certificates (default: each endpoint's host)")
+	f.DurationVar(&o.signTimeout, "sign-timeout", tlsglue.DefaultHandshakeTimeout, "how long a handshake waits for its signature before it fails")
+	f.StringVar(&o.static, "static", "", "serve the files in this directory")
+	f.StringVar(&o.upstream, "upstream", "", "reverse-proxy every request to this http:// or https:// URL")
+	f.StringVar(&o.ticketSecret, "ticket-secret", "", "file with a secret of 32+ bytes shared by all edges, so any edge resumes any edge's sessions (default: per-process keys rotated by crypto/tls)")
+	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long open requests may take to finish")
+	return cmd
+}
+
+// serve runs the edge until ctx is cancelled, then shuts down gracefully.
+func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
+	if len(o.certs) == 0 {
+		return errors.New("--cert: give the certificate chain file(s) to serve")
+	}
+	if o.signer == "" {
+		return errors.New("--signer: give the key reference (keyless://host:port,… or file:///path/key.pem)")
+	}
+	if o.signTimeout <= 0 {
+		return fmt.Errorf("--sign-timeout %s: want a positive duration", o.signTimeout)
+	}
+	ref, err := parseKeyRef(o.signer)
+	if err != nil {
+		return err
+	}
+	chain, err := tlsglue.LoadChain(o.certs...)
+	if err != nil {
+		return err
+	}
+	ski, err := tlsglue.SKI(chain.Leaf.PublicKey)
+	if err != nil {
+		return err
+	}
+	warnExpiry(logger, chain.Leaf, ski)
+
+	var secret []byte
+	if o.ticketSecret != "" {
+		if secret, err = tlsglue.LoadTicketSecret(o.ticketSecret); err != nil {
+			return err
+		}
+		if fi, err := os.Stat(o.ticketSecret); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			logger.Warn().Str("file", o.ticketSecret).Str("mode", fi.Mode().Perm().String()).
+				Msg("ticket secret is readable by other users; anyone who reads it can decrypt session tickets (chmod 600)")
+		}
+	}
+
+	keys, closeKeys, err := openKeySource(ref, chain, o.keyless, o.signTimeout, logger)
+	if err != nil {
+		return err
+	}
+	defer closeKeys.Close()
+
+	health := &signHealth{log: logger}
+	tlsCfg, err := tlsglue.ServerConfig(tlsglue.ServerOptions{
+		Chain:            chain,
+		Keys:             keys,
+		HandshakeTimeout: o.signTimeout,
+		TicketSecret:     secret,
+		OnSign:           health.record,
+	})
+	if err != nil {
+		return err
+	}
+	hlog := &handshakeLog{log: logger}
+	tlsCfg.GetConfigForClient = hlog.clientHello
+
+	handler, err := siteHandler(o.static, o.upstream, health, logger)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:   handler,
+		ErrorLog:  log.New(hlog, "", 0),
+		ConnState: hlog.connState,
+		// net/http also bounds the TLS handshake by ReadHeaderTimeout; leave room for the
+		// signature.
+		ReadHeaderTimeout: max(10*time.Second, o.signTimeout+5*time.Second),
+		IdleTimeout:       2 * time.Minute,
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(tls.NewListener(ln, tlsCfg)) }()
+
+	logger.Info().Str("addr", ln.Addr().String()).Str("key", ski).Strs("names", leafNames(chain.Leaf)).
+		Str("signer", ref.String()).Bool("shared_ticket_keys", secret != nil).Msg("edge ready")
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	logger.Info().Dur("timeout", o.shutdownTimeout).Msg("shutting down: no new connections, waiting for open requests")
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.Warn().Err(err).Msg("open requests did not finish in time; closing their connections")
+		srv.Close()
+	}
+	<-served
+	logger.Info().Msg("edge stopped")
+	return nil
+}
+
+func leafNames(leaf *x509.Certificate) []string {
+	names := append([]string{}, leaf.DNSNames...)
+	for _, ip := range leaf.IPAddresses {
+		names = append(names, ip.String())
+	}
+	if len(names) == 0 && leaf.Subject.CommonName != "" {
+		names = append(names, leaf.Subject.CommonName)
+	}
+	return names
+}
+
+// warnExpiry logs when the certificate is not valid now or soon will not be: the edge still
+// serves it (the operator may be replacing it), but clients will refuse it.
+func warnExpiry(logger zerolog.Logger, leaf *x509.Certificate, ski string) {
+	now := time.Now()
+	switch {
+	case now.After(leaf.NotAfter):
+		logger.Error().Str("key", ski).Time("not_after", leaf.NotAfter).Msg("certificate has expired; clients will refuse it")
+	case now.Before(leaf.NotBefore):
+		logger.Error().Str("key", ski).Time("not_before", leaf.NotBefore).Msg("certificate is not valid yet; clients will refuse it")
+	case leaf.NotAfter.Sub(now) < 14*24*time.Hour:
+		logger.Warn().Str("key", ski).Time("not_after", leaf.NotAfter).Msg("certificate expires in less than 14 days")
+	}
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"sync"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tkeyless/tkeyless/tlsglue"
+)
+
+// siteHandler is what the edge serves behind TLS: a static directory, a reverse proxy to an
+// upstream, or, with neither, a one-line page (enough for load tests and a first run). Either way
+// /healthz is the edge's own.
+func siteHandler(staticDir, upstream string, health *signHealth, log zerolog.Logger) (http.Handler, error) {
+	var content http.Handler
+	switch {
+	case staticDir != "" && upstream != "":
+		return nil, fmt.Errorf("--static %s and --upstream %s: give one of them", staticDir, upstream)
+	case staticDir != "":
+		fi, err := os.Stat(staticDir)
+		if err != nil {
+			return nil, fmt.Errorf("--static: %w", err)
+		}
+		if !fi.IsDir() {
+			return nil, fmt.Errorf("--static %s: not a directory", staticDir)
+		}
+		content = http.FileServer(http.Dir(staticDir))
+	case upstream != "":
+		target, err := url.Parse(upstream)
+		if err != nil || (target.Scheme != "http" && target.Scheme != "https") || target.Host == "" {
+			return nil, fmt.Errorf("--upstream %q: want an http:// or https:// URL with a host", upstream)
+		}
+		content = reverseProxy(target, log)
+	default:
+		content = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			io.WriteString(w, "tkeyless edge\n")
+		})
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/healthz", health)
+	mux.Handle("/", content)
+	return mux, nil
+}
+
+// reverseProxy forwards to target with X-Forwarded-For, -Host and -Proto set from this
+// connection. Forwarded headers a client sent are dropped, not extended: the edge is the first
+// hop anyone should trust.
+func reverseProxy(target *url.URL, log zerolog.Logger) http.Handler {
+	return &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(target)
+			r.SetXForwarded()
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			log.Warn().Str("upstream", target.Redacted()).Str("path", r.URL.Path).Err(err).Msg("upstream request failed")
+			w.WriteHeader(http.StatusBadGateway)
+		},
+	}
+}
+
+// failuresBeforeUnhealthy is how many signatures in a row must fail before /healthz says 503.
+// One failure is a slow handshake; several in a row mean this edge cannot reach its signers.
+const failuresBeforeUnhealthy = 5
+
+// signHealth follows handshake signatures: /healthz answers 503 once the last
+// failuresBeforeUnhealthy signatures all failed, and 200 "ok" otherwise (also before any
+// handshake: an idle edge is not a broken one).
+type signHealth struct {
+	log      zerolog.Logger
+	mu       sync.Mutex
+	failures int   // consecutive failed signatures
+	lastErr  error // the latest failure
+}
+
+// record is the tlsglue.ServerOptions.OnSign hook.
+func (h *signHealth) record(ev tlsglue.SignEvent) {
+	h.log.Debug().Str("key", ev.Key).Str("sni", ev.ServerName).Str("remote", ev.Remote).
+		Dur("dur_ms", ev.Duration).AnErr("err", ev.Err).Msg("handshake signature")
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ev.Err == nil {
+		if h.failures >= failuresBeforeUnhealthy {
+			h.log.Info().Str("key", ev.Key).Msg("signatures succeed again; healthy")
+		}
+		h.failures, h.lastErr = 0, nil
+		return
+	}
+	h.failures++
+	h.lastErr = ev.Err
+	if h.failures == failuresBeforeUnhealthy {
+		h.log.Error().Str("key", ev.Key).Err(ev.Err).Int("failures", h.failures).Msg("signatures keep failing; unhealthy")
+	}
+}
+
+func (h *signHealth) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	h.mu.Lock()
+	failures, lastErr := h.failures, h.lastErr
+	h.mu.Unlock()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if failures >= failuresBeforeUnhealthy {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "unhealthy: the last %d handshake signatures failed: %v\n", failures, lastErr)
+		return
+	}
+	io.WriteString(w, "ok")
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/tkeyless/tkeyless/internal/peerwire"
+	"github.com/tkeyless/tkeyless/internal/pki"
+	"github.com/tkeyless/tkeyless/node"
+)
+
+func keygenCmd(g *globalFlags) *cobra.Command {
+	var configPath, parties, out string
+	var threshold int
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "keygen",
+		Short: "Generate a new cluster key by distributed key generation (GG18)",
+		Long: `keygen asks this node (which must be serving) to coordinate a distributed key
+generation with the other nodes. Each node ends with its own share; the
+private key is never assembled anywhere. Any threshold+1 of the parties
+can then sign: --threshold 1 with 2 nodes is 2-of-2, with 3 nodes 2-of-3;
+--threshold 2 with 3 nodes is 3-of-3.
+
+It prints the new key's id (its SKI, which edges use to address it) and
+writes its public key to --out.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := node.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			tc, err := pki.MutualTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
+			if err != nil {
+				return err
+			}
+			tc.ServerName = cfg.Name
+			conn, err := grpc.NewClient(cfg.PeerListen, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+				grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{})))
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			var ps []string
+			if parties != "" {
+				ps = strings.Split(parties, ",")
+			}
+			fmt.Fprintf(os.Stderr, "running key generation through %s (%s)...\n", cfg.Name, cfg.PeerListen)
+			resp, err := peerwire.NewClient(conn).KeygenCeremony(ctx, &peerwire.KeygenCeremonyRequest{Threshold: threshold, Parties: ps})
+			if err != nil {
+				return fmt.Errorf("keygen via %s: %w (is `signer serve` running on every node?)", cfg.PeerListen, err)
+			}
+			if out == "" {
+				out = resp.Key + ".pub.pem"
+			}
+			if err := os.WriteFile(out, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: resp.PublicKey}), 0o644); err != nil {
+				return err
+			}
+			if _, err := x509.ParsePKIXPublicKey(resp.PublicKey); err != nil {
+				return fmt.Errorf("node returned an unreadable public key: %w", err)
+			}
+			fmt.Fprintf(os.Stderr, "new key %s; public key written to %s\n", resp.Key, out)
+			fmt.Println(resp.Key)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&configPath, "config", "c", "", "this node's configuration file")
+	cmd.Flags().IntVarP(&threshold, "threshold", "t", 1, "t: any t+1 parties sign (1 or 2)")
+	cmd.Flags().StringVar(&parties, "parties", "", "comma-separated node names to hold shares (default: this node and all its peers)")
+	cmd.Flags().StringVarP(&out, "out", "o", "", "where to write the public key PEM (default KEYID.pub.pem)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "give up after this long")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}

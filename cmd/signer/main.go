@@ -1,0 +1,73 @@
+// Command signer runs one node of a tkeyless signer cluster: it holds this
+// node's shares of the cluster's keys, runs key ceremonies with the other
+// nodes, and signs for edges over the keyless protocol — always jointly
+// with enough other nodes, never alone.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := rootCmd().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "signer:", err)
+		os.Exit(1)
+	}
+}
+
+type globalFlags struct {
+	logFormat string
+	logLevel  string
+}
+
+func rootCmd() *cobra.Command {
+	g := &globalFlags{}
+	root := &cobra.Command{
+		Use:   "signer",
+		Short: "One node of a tkeyless threshold-ECDSA signer cluster",
+		Long: `signer runs one node of a tkeyless cluster. The cluster's TLS keys exist only
+as GG18 threshold shares, one per node; any t+1 nodes sign together and no
+node can sign alone.
+
+A first cluster, step by step (see README.md and examples/):
+  signer pki init --dir pki                       # a development cluster CA
+  signer pki issue --dir pki --name a --role node --host 127.0.0.1
+  signer preparams --config a.yaml                # once per node, 10–30 s
+  signer serve --config a.yaml                    # on every node
+  signer keygen --config a.yaml --threshold 1     # once, from any node
+  signer csr --public-key KEY.pub.pem --name example.com ...`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "json", "log format: json (for machines) or console (for people)")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.AddCommand(serveCmd(g), keygenCmd(g), preparamsCmd(g), csrCmd(g), pkiCmd(g))
+	return root
+}
+
+func (g *globalFlags) logger() zerolog.Logger {
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	zerolog.DurationFieldUnit = time.Millisecond
+	zerolog.DurationFieldInteger = false
+	var l zerolog.Logger
+	if g.logFormat == "console" {
+		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
+	} else {
+		l = zerolog.New(os.Stderr)
+	}
+	lvl, err := zerolog.ParseLevel(g.logLevel)
+	if err != nil || lvl == zerolog.NoLevel {
+		lvl = zerolog.InfoLevel
+	}
+	return l.Level(lvl).With().Timestamp().Logger()
+}

@@ -1,0 +1,327 @@
+// Package e2e runs tkeyless as an operator does: real signer and edge
+// processes, built from this tree, talking real mTLS, gRPC and TLS on
+// 127.0.0.1, driven through their command lines and checked with real
+// clients (Go's crypto/tls, curl, openssl).
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds cmd/signer and cmd/edge once per test run.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "tkeyless-e2e-bin")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "github.com/tkeyless/tkeyless/cmd/signer", "github.com/tkeyless/tkeyless/cmd/edge")
+		cmd.Stderr = os.Stderr
+		buildErr = cmd.Run()
+	})
+	if buildErr != nil {
+		t.Fatalf("build binaries: %v", buildErr)
+	}
+	return binDir
+}
+
+// repoRoot finds the module root, for the committed test fixtures.
+func repoRoot(t *testing.T) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// freeAddrs reserves n loopback ports. The ports are released just before
+// the processes bind them; on a busy machine another process could take
+// one in between, which would fail the test loudly, never silently.
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var addrs []string
+	var ls []net.Listener
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		addrs = append(addrs, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return addrs
+}
+
+// run executes a CLI command to completion and returns its stdout.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binaries(t), name), args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\nstderr:\n%s", name, strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String()
+}
+
+// proc is a long-running process whose output is kept for assertions and
+// for the failure report.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  bytes.Buffer
+	done chan struct{}
+}
+
+func (p *proc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+// Output returns everything the process printed so far.
+func (p *proc) Output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+func start(t *testing.T, name, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, done: make(chan struct{})}
+	p.cmd = exec.Command(filepath.Join(binaries(t), bin), args...)
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("---- %s output (last 4 KiB) ----\n%s", name, tail(p.Output(), 4096))
+		}
+	})
+	return p
+}
+
+// stop asks the process to exit (SIGTERM), then kills it after 10 s.
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// kill ends the process at once (SIGKILL), as a crash would.
+func (p *proc) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// waitListening polls until addr accepts TCP connections, the process
+// exits, or 60 s pass.
+func waitListening(t *testing.T, p *proc, addrs ...string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for _, addr := range addrs {
+		for {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case <-p.done:
+				t.Fatalf("%s exited before listening on %s:\n%s", p.name, addr, tail(p.Output(), 4096))
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not listening on %s after 60 s", p.name, addr)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// signerNode is one signer process of a test cluster.
+type signerNode struct {
+	name        string
+	config      string
+	peerAddr    string
+	keylessAddr string
+	proc        *proc
+}
+
+// cluster is a running signer cluster with one key.
+type cluster struct {
+	dir       string
+	threshold int
+	nodes     []*signerNode
+	keyID     string
+	pubPath   string
+	caPath    string // the cluster CA
+	edgeCert  string
+	edgeKey   string
+}
+
+// startCluster creates a dev PKI, n signer processes with the committed
+// test pre-parameters, and a (threshold, n) key made by a real ceremony.
+func startCluster(t *testing.T, threshold, n int) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c := &cluster{dir: dir, threshold: threshold}
+	pkiDir := filepath.Join(dir, "pki")
+	run(t, "signer", "pki", "init", "--dir", pkiDir)
+	run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", "edge", "--role", "edge")
+	c.caPath = filepath.Join(pkiDir, "ca.pem")
+	c.edgeCert, c.edgeKey = filepath.Join(pkiDir, "edge.pem"), filepath.Join(pkiDir, "edge-key.pem")
+	addrs := freeAddrs(t, 2*n)
+	names := []string{"a", "b", "c"}[:n]
+	for i, name := range names {
+		c.nodes = append(c.nodes, &signerNode{name: name, peerAddr: addrs[2*i], keylessAddr: addrs[2*i+1]})
+		run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", name, "--role", "node")
+	}
+	for i, sn := range c.nodes {
+		var cfg strings.Builder
+		fmt.Fprintf(&cfg, "name: %s\ndata_dir: %s\npeer_listen: %s\nkeyless_listen: %s\n", sn.name, sn.name, sn.peerAddr, sn.keylessAddr)
+		fmt.Fprintf(&cfg, "tls: {ca: pki/ca.pem, cert: pki/%s.pem, key: pki/%s-key.pem}\nsign_timeout: 20s\npeers:\n", sn.name, sn.name)
+		for _, o := range c.nodes {
+			if o != sn {
+				fmt.Fprintf(&cfg, "  - {name: %s, addr: %s}\n", o.name, o.peerAddr)
+			}
+		}
+		sn.config = filepath.Join(dir, sn.name+".yaml")
+		if err := os.WriteFile(sn.config, []byte(cfg.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// Test-only pre-parameters: generating safe primes takes 10–30 s each.
+		fixture, err := os.ReadFile(filepath.Join(repoRoot(t), "tss", "testdata", "preparams", fmt.Sprintf("party-%d.json", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(dir, sn.name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, sn.name, "preparams.json"), fixture, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sn := range c.nodes {
+		c.startNode(t, sn)
+	}
+	c.pubPath = filepath.Join(dir, "key.pub.pem")
+	c.keyID = strings.TrimSpace(run(t, "signer", "keygen", "--config", c.nodes[0].config, "--threshold", fmt.Sprint(threshold), "--out", c.pubPath))
+	if len(c.keyID) != 40 {
+		t.Fatalf("keygen printed %q, want a 40-hex-digit key id", c.keyID)
+	}
+	return c
+}
+
+func (c *cluster) startNode(t *testing.T, sn *signerNode) {
+	t.Helper()
+	sn.proc = start(t, "signer "+sn.name, "signer", "serve", "--config", sn.config, "--log-level", "debug")
+	waitListening(t, sn.proc, sn.peerAddr, sn.keylessAddr)
+}
+
+func (c *cluster) keylessAddrs() []string {
+	var out []string
+	for _, n := range c.nodes {
+		out = append(out, n.keylessAddr)
+	}
+	return out
+}
+
+// publicKey reads the key's public key as keygen wrote it.
+func (c *cluster) publicKey(t *testing.T) any {
+	t.Helper()
+	b, err := os.ReadFile(c.pubPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	pub, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
+
+// auditCount counts signing requests the cluster recorded (one audit
+// record per request, on the coordinator).
+func (c *cluster) auditCount() int {
+	n := 0
+	for _, sn := range c.nodes {
+		n += strings.Count(sn.proc.Output(), `"event":"sign"`)
+	}
+	return n
+}
+
+// siteCert has the cluster sign a CSR for localhost and a fresh demo web CA
+// issue the certificate. It returns the certificate path and the web CA.
+func (c *cluster) siteCert(t *testing.T) (certPath, webCA string) {
+	t.Helper()
+	csr := filepath.Join(c.dir, "site.csr")
+	run(t, "signer", "csr", "--signer", strings.Join(c.keylessAddrs(), ","), "--public-key", c.pubPath,
+		"--name", "localhost", "--name", "127.0.0.1", "--cert", c.edgeCert, "--key", c.edgeKey, "--ca", c.caPath, "--out", csr)
+	webDir := filepath.Join(c.dir, "webca")
+	run(t, "signer", "pki", "init", "--dir", webDir, "--name", "e2e web CA")
+	certPath = filepath.Join(c.dir, "site.pem")
+	run(t, "signer", "pki", "sign-csr", "--dir", webDir, "--csr", csr, "--out", certPath)
+	return certPath, filepath.Join(webDir, "ca.pem")
+}
+
+// edge is a running edge process.
+type edge struct {
+	addr string
+	proc *proc
+}
+
+func startEdge(t *testing.T, c *cluster, certPath, staticDir string, extra ...string) *edge {
+	t.Helper()
+	addr := freeAddrs(t, 1)[0]
+	args := []string{"serve", "--listen", addr, "--cert", certPath,
+		"--signer", "keyless://" + strings.Join(c.keylessAddrs(), ","),
+		"--keyless-cert", c.edgeCert, "--keyless-key", c.edgeKey, "--keyless-ca", c.caPath,
+		"--static", staticDir}
+	e := &edge{addr: addr, proc: start(t, "edge", "edge", append(args, extra...)...)}
+	waitListening(t, e.proc, addr)
+	return e
+}

@@ -1,0 +1,163 @@
+// Package peerwire is the signer-to-signer protocol: the messages signers
+// exchange over gRPC (mutual TLS) to run ceremonies and signing sessions
+// together, the codec that puts them on the wire, and the gRPC service
+// description. It is internal so the format can change with a version bump
+// and never becomes API.
+//
+// Every call is made by one cluster node to another; the receiver learns the
+// caller's node name from its verified client certificate, never from the
+// message. A session is addressed by a random 128-bit id chosen by its
+// coordinator, which is what separates sessions: tss-lib v2.0.2 derives its
+// own session id from a constant nonce (CVE-2022-47930).
+package peerwire
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+)
+
+// Version is the protocol version carried in every envelope; a receiver
+// refuses any other.
+const Version = 1
+
+// SessionID names one signing session or ceremony.
+type SessionID [16]byte
+
+// NewSessionID returns a fresh random id.
+func NewSessionID() SessionID {
+	var id SessionID
+	if _, err := rand.Read(id[:]); err != nil {
+		panic(fmt.Errorf("peerwire: no randomness: %w", err))
+	}
+	return id
+}
+
+func (id SessionID) String() string { return hex.EncodeToString(id[:]) }
+
+// MarshalText encodes the id as hex.
+func (id SessionID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText decodes a hex id.
+func (id *SessionID) UnmarshalText(b []byte) error {
+	if hex.DecodedLen(len(b)) != len(id) {
+		return fmt.Errorf("session id: want %d hex bytes", len(id))
+	}
+	_, err := hex.Decode(id[:], b)
+	return err
+}
+
+// Kind says what a session computes.
+type Kind string
+
+// The session kinds.
+const (
+	KindSign   Kind = "sign"
+	KindKeygen Kind = "keygen"
+)
+
+// SignRequest is what a quorum member is asked to sign, and why. Each member
+// checks it on its own before it joins the session.
+type SignRequest struct {
+	Key    string   `json:"key"`    // KeyID, hex
+	Quorum []string `json:"quorum"` // node names, the coordinator among them
+	Hash   string   `json:"hash"`   // "SHA-256", "SHA-384" or "SHA-512"
+	Digest []byte   `json:"digest"`
+	// Edge is the identity (certificate common name) of the edge whose
+	// keyless request this is, as the coordinator authenticated it.
+	Edge string `json:"edge"`
+	// Authority is the edge's own end-to-end signature over the request,
+	// forwarded untouched, so that members need not trust the coordinator.
+	Authority []byte `json:"authority,omitempty"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// KeygenRequest describes a key generation ceremony.
+type KeygenRequest struct {
+	Threshold int      `json:"threshold"`
+	Parties   []string `json:"parties"`
+}
+
+// PrepareRequest asks a member to set up (not start) its party of a session.
+type PrepareRequest struct {
+	Version int            `json:"v"`
+	Session SessionID      `json:"session"`
+	Kind    Kind           `json:"kind"`
+	Sign    *SignRequest   `json:"sign,omitempty"`
+	Keygen  *KeygenRequest `json:"keygen,omitempty"`
+}
+
+// PrepareResponse acknowledges a prepared session.
+type PrepareResponse struct{}
+
+// RunRequest starts a prepared session; the call returns when the member's
+// party finishes, and its deadline is the session's deadline. Cancelling the
+// call aborts the member's party.
+type RunRequest struct {
+	Version int       `json:"v"`
+	Session SessionID `json:"session"`
+}
+
+// RunResponse is a member's result: the DER signature for a signing session,
+// the PKIX public key for a key generation.
+type RunResponse struct {
+	Signature []byte `json:"signature,omitempty"`
+	PublicKey []byte `json:"public_key,omitempty"`
+}
+
+// Envelope carries one tss-lib message from one member to another.
+type Envelope struct {
+	Version   int       `json:"v"`
+	Session   SessionID `json:"session"`
+	Kind      Kind      `json:"kind"`
+	Key       string    `json:"key,omitempty"` // KeyID of a signing session
+	Round     int       `json:"round"`
+	Type      string    `json:"type"`
+	Broadcast bool      `json:"broadcast"`
+	Payload   []byte    `json:"payload"`
+}
+
+// DeliverResponse acknowledges an envelope.
+type DeliverResponse struct{}
+
+// KeygenCeremonyRequest asks a node to coordinate a key generation across
+// the cluster (an operator command, from a node or admin identity).
+type KeygenCeremonyRequest struct {
+	Threshold int      `json:"threshold"`
+	Parties   []string `json:"parties"`
+}
+
+// KeygenCeremonyResponse reports the new key.
+type KeygenCeremonyResponse struct {
+	Key       string `json:"key"`
+	PublicKey []byte `json:"public_key"` // PKIX DER
+}
+
+// PingRequest checks a peer is alive and in the same protocol version.
+type PingRequest struct {
+	Version int `json:"v"`
+}
+
+// PingResponse names the answering node and the keys it holds.
+type PingResponse struct {
+	Node string   `json:"node"`
+	Keys []string `json:"keys"`
+}
+
+// Codec encodes peer messages as JSON. The messages are small next to the
+// cost of the cryptography they carry, and JSON keeps the format readable
+// in a debugger and trivially safe to decode.
+type Codec struct{}
+
+// CodecName is the gRPC content-subtype of the peer protocol.
+const CodecName = "tkeyless-peer-v1"
+
+// Name implements encoding.Codec.
+func (Codec) Name() string { return CodecName }
+
+// Marshal implements encoding.Codec.
+func (Codec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// Unmarshal implements encoding.Codec.
+func (Codec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }

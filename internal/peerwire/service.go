@@ -1,0 +1,91 @@
+package peerwire
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+)
+
+// ServiceName is the gRPC service of the peer protocol.
+const ServiceName = "tkeyless.peer.v1.Peer"
+
+// Server is what a node implements for its peers.
+type Server interface {
+	Ping(context.Context, *PingRequest) (*PingResponse, error)
+	Prepare(context.Context, *PrepareRequest) (*PrepareResponse, error)
+	Run(context.Context, *RunRequest) (*RunResponse, error)
+	Deliver(context.Context, *Envelope) (*DeliverResponse, error)
+	KeygenCeremony(context.Context, *KeygenCeremonyRequest) (*KeygenCeremonyResponse, error)
+}
+
+func unary[Req any, Resp any](name string, call func(Server, context.Context, *Req) (*Resp, error)) grpc.MethodDesc {
+	return grpc.MethodDesc{
+		MethodName: name,
+		Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+			req := new(Req)
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			if interceptor == nil {
+				return call(srv.(Server), ctx, req)
+			}
+			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: "/" + ServiceName + "/" + name}
+			return interceptor(ctx, req, info, func(ctx context.Context, r any) (any, error) {
+				return call(srv.(Server), ctx, r.(*Req))
+			})
+		},
+	}
+}
+
+// ServiceDesc describes the peer service to grpc.Server.RegisterService.
+var ServiceDesc = grpc.ServiceDesc{
+	ServiceName: ServiceName,
+	HandlerType: (*Server)(nil),
+	Methods: []grpc.MethodDesc{
+		unary("Ping", Server.Ping),
+		unary("Prepare", Server.Prepare),
+		unary("Run", Server.Run),
+		unary("Deliver", Server.Deliver),
+		unary("KeygenCeremony", Server.KeygenCeremony),
+	},
+	Metadata: "tkeyless/peer/v1",
+}
+
+// Client calls a peer.
+type Client struct{ cc grpc.ClientConnInterface }
+
+// NewClient wraps a connection to a peer. The connection must use Codec.
+func NewClient(cc grpc.ClientConnInterface) *Client { return &Client{cc: cc} }
+
+func invoke[Resp any](ctx context.Context, c *Client, name string, req any) (*Resp, error) {
+	resp := new(Resp)
+	if err := c.cc.Invoke(ctx, "/"+ServiceName+"/"+name, req, resp, grpc.ForceCodec(Codec{})); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// Ping calls Ping.
+func (c *Client) Ping(ctx context.Context, r *PingRequest) (*PingResponse, error) {
+	return invoke[PingResponse](ctx, c, "Ping", r)
+}
+
+// Prepare calls Prepare.
+func (c *Client) Prepare(ctx context.Context, r *PrepareRequest) (*PrepareResponse, error) {
+	return invoke[PrepareResponse](ctx, c, "Prepare", r)
+}
+
+// Run calls Run.
+func (c *Client) Run(ctx context.Context, r *RunRequest) (*RunResponse, error) {
+	return invoke[RunResponse](ctx, c, "Run", r)
+}
+
+// Deliver calls Deliver.
+func (c *Client) Deliver(ctx context.Context, r *Envelope) (*DeliverResponse, error) {
+	return invoke[DeliverResponse](ctx, c, "Deliver", r)
+}
+
+// KeygenCeremony calls KeygenCeremony.
+func (c *Client) KeygenCeremony(ctx context.Context, r *KeygenCeremonyRequest) (*KeygenCeremonyResponse, error) {
+	return invoke[KeygenCeremonyResponse](ctx, c, "KeygenCeremony", r)
+}

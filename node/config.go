@@ -1,0 +1,128 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is one signer node's configuration, usually read from a YAML file
+// (see examples/signer.yaml).
+type Config struct {
+	// Name is the node's name in the cluster: its certificate's common
+	// name, and its party name in every ceremony. Never reuse a name for a
+	// different node: shares are bound to it.
+	Name string `yaml:"name"`
+	// DataDir holds the node's shares and pre-parameters (mode 0700).
+	DataDir string `yaml:"data_dir"`
+	// PeerListen is where other signers reach this node (gRPC, mTLS).
+	PeerListen string `yaml:"peer_listen"`
+	// KeylessListen is where edges send keyless requests (mTLS).
+	KeylessListen string `yaml:"keyless_listen"`
+	// TLS is the node's identity and the cluster CA.
+	TLS TLSFiles `yaml:"tls"`
+	// Peers are the other signers of the cluster.
+	Peers []Peer `yaml:"peers"`
+	// SignTimeout bounds one signing session when the request carries no
+	// earlier deadline.
+	SignTimeout Duration `yaml:"sign_timeout"`
+	// KeygenTimeout bounds a key generation ceremony.
+	KeygenTimeout Duration `yaml:"keygen_timeout"`
+}
+
+// TLSFiles names PEM files.
+type TLSFiles struct {
+	CA   string `yaml:"ca"`
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Peer is another signer.
+type Peer struct {
+	Name string `yaml:"name"`
+	Addr string `yaml:"addr"`
+}
+
+// Duration is a time.Duration written as "5s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes a Go duration string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// LoadConfig reads a YAML config file; relative paths in it are taken
+// relative to the file's directory.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	base := filepath.Dir(path)
+	for _, p := range []*string{&c.DataDir, &c.TLS.CA, &c.TLS.Cert, &c.TLS.Key} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.SignTimeout == 0 {
+		c.SignTimeout = Duration(10 * time.Second)
+	}
+	if c.KeygenTimeout == 0 {
+		c.KeygenTimeout = Duration(2 * time.Minute)
+	}
+}
+
+// Validate reports the first missing or inconsistent setting.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Name == "" {
+		errs = append(errs, errors.New("name is required"))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is required"))
+	}
+	if c.PeerListen == "" {
+		errs = append(errs, errors.New("peer_listen is required"))
+	}
+	if c.TLS.CA == "" || c.TLS.Cert == "" || c.TLS.Key == "" {
+		errs = append(errs, errors.New("tls.ca, tls.cert and tls.key are required"))
+	}
+	seen := map[string]bool{c.Name: true}
+	for _, p := range c.Peers {
+		if p.Name == "" || p.Addr == "" {
+			errs = append(errs, fmt.Errorf("peer %+v needs name and addr", p))
+		}
+		if seen[p.Name] {
+			errs = append(errs, fmt.Errorf("peer name %q used twice (or is this node's own name)", p.Name))
+		}
+		seen[p.Name] = true
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,218 @@
+package node
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tkeyless/tkeyless/internal/peerwire"
+	"github.com/tkeyless/tkeyless/tss"
+)
+
+// ErrUnknownKey is returned for a key this node holds no share of.
+var ErrUnknownKey = errors.New("unknown key")
+
+// SignRequest is one signature to make with a cluster key.
+type SignRequest struct {
+	Key    tss.KeyID
+	Hash   crypto.Hash
+	Digest []byte
+	// Edge names the authenticated requester; Authority is its end-to-end
+	// signature over the request, forwarded to every member.
+	Edge      string
+	Authority []byte
+	RequestID string
+}
+
+// Sign coordinates one threshold signature: it picks a quorum that includes
+// this node, runs the session, and if a member fails or stalls, tries once
+// more with a quorum without it when the key has one. The signature comes
+// from this node's own party, verified against the public key.
+func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error) {
+	start := time.Now()
+	var quorums [][]string
+	// One audit record per request, whatever its outcome: who asked to sign
+	// with which key, who signed, how long it took.
+	defer func() {
+		ev := n.log.Info()
+		outcome := "signed"
+		if err != nil {
+			ev, outcome = n.log.Warn().AnErr("err", err), "failed"
+		}
+		ev.Str("event", "sign").Str("key", req.Key.String()).Str("edge", req.Edge).Str("request", req.RequestID).
+			Interface("quorums", quorums).Str("outcome", outcome).Dur("dur_ms", time.Since(start)).Msg("audit")
+	}()
+	share, ok := n.share(req.Key)
+	if !ok {
+		return nil, fmt.Errorf("key %s: %w", req.Key, ErrUnknownKey)
+	}
+	if err := tss.CheckDigest(req.Hash, req.Digest); err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(n.cfg.SignTimeout))
+		defer cancel()
+	}
+	var excluded []string
+	var errs []error
+	for attempt := 0; attempt < 2; attempt++ {
+		quorum, ok := n.pickQuorum(share, excluded)
+		if !ok {
+			break
+		}
+		quorums = append(quorums, quorum)
+		attemptStart := time.Now()
+		sig, bad, err := n.signWith(ctx, share, quorum, req)
+		if err == nil {
+			return sig, nil
+		}
+		n.log.Warn().Err(err).Str("key", req.Key.String()).Strs("quorum", quorum).Strs("suspects", bad).
+			Int("attempt", attempt+1).Dur("dur_ms", time.Since(attemptStart)).Msg("signing session failed")
+		errs = append(errs, fmt.Errorf("quorum %v: %w", quorum, err))
+		if ctx.Err() != nil || len(bad) == 0 {
+			break
+		}
+		excluded = append(excluded, bad...)
+	}
+	return nil, fmt.Errorf("sign key %s: %w", req.Key, errors.Join(errs...))
+}
+
+// pickQuorum chooses this node plus Threshold others, leaving out excluded
+// members, in random order so load spreads over the cluster.
+func (n *Node) pickQuorum(share *tss.Share, excluded []string) ([]string, bool) {
+	var others []string
+	for _, p := range share.Parties {
+		if p != n.cfg.Name && !slices.Contains(excluded, p) {
+			others = append(others, p)
+		}
+	}
+	if len(others) < share.Threshold {
+		return nil, false
+	}
+	rand.Shuffle(len(others), func(i, j int) { others[i], others[j] = others[j], others[i] })
+	return append([]string{n.cfg.Name}, others[:share.Threshold]...), true
+}
+
+// signWith runs one session with a given quorum. bad names members to
+// avoid on a retry.
+func (n *Node) signWith(ctx context.Context, share *tss.Share, quorum []string, req SignRequest) (sig []byte, bad []string, err error) {
+	pr := &peerwire.PrepareRequest{
+		Version: peerwire.Version,
+		Session: peerwire.NewSessionID(),
+		Kind:    peerwire.KindSign,
+		Sign: &peerwire.SignRequest{
+			Key: req.Key.String(), Quorum: quorum, Hash: req.Hash.String(), Digest: req.Digest,
+			Edge: req.Edge, Authority: req.Authority, RequestID: req.RequestID,
+		},
+	}
+	res, bad, err := n.runSession(ctx, pr, quorum)
+	if err != nil {
+		return nil, bad, err
+	}
+	return res.Signature, nil, nil
+}
+
+// runSession prepares a session on every member, then runs it on all of
+// them, and returns this node's own result. Any member's failure cancels
+// the others.
+func (n *Node) runSession(ctx context.Context, pr *peerwire.PrepareRequest, members []string) (*peerwire.RunResponse, []string, error) {
+	return n.runSessionCollect(ctx, pr, members, nil)
+}
+
+// runSessionCollect is runSession that also hands each other member's
+// result to collect.
+func (n *Node) runSessionCollect(ctx context.Context, pr *peerwire.PrepareRequest, members []string, collect func(member string, r *peerwire.RunResponse)) (*peerwire.RunResponse, []string, error) {
+	self := n.cfg.Name
+	if err := n.prepare(self, pr); err != nil {
+		return nil, nil, fmt.Errorf("prepare on %s: %w", self, err)
+	}
+	if bad, err := n.forEachPeer(ctx, members, func(ctx context.Context, p *peerConn) error {
+		_, err := p.client.Prepare(ctx, pr)
+		return err
+	}); err != nil {
+		n.sessions.abort(pr.Session)
+		return nil, bad, fmt.Errorf("prepare: %w", err)
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var own *peerwire.RunResponse
+	var ownErr error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		own, ownErr = n.sessions.start(ctx, pr.Session)
+		if ownErr != nil {
+			cancel(ownErr)
+		}
+	})
+	_, _ = n.forEachPeer(ctx, members, func(ctx context.Context, p *peerConn) error {
+		r, err := p.client.Run(ctx, &peerwire.RunRequest{Version: peerwire.Version, Session: pr.Session})
+		if err != nil {
+			cancel(&memberError{member: p.name, err: err})
+			return err
+		}
+		if collect != nil {
+			collect(p.name, r)
+		}
+		return nil
+	})
+	wg.Wait()
+	if ownErr == nil {
+		// This node's party verified the signature against the public key;
+		// a member failing after that changes nothing.
+		return own, nil, nil
+	}
+	// Blame whoever failed first: a member whose call broke cancels this
+	// node's party, whose own error would then only say "cancelled".
+	var me *memberError
+	if errors.As(context.Cause(ctx), &me) {
+		return nil, []string{me.member}, me
+	}
+	var bad []string
+	var se *tss.SessionError
+	if errors.As(ownErr, &se) {
+		bad = append(append(bad, se.Culprits...), se.Waiting...)
+	}
+	return nil, dedupe(bad), ownErr
+}
+
+// forEachPeer calls f for every member but this node, concurrently; it
+// returns the members whose call failed.
+func (n *Node) forEachPeer(ctx context.Context, members []string, f func(context.Context, *peerConn) error) ([]string, error) {
+	var mu sync.Mutex
+	var bad []string
+	var errs []error
+	var wg sync.WaitGroup
+	for _, m := range members {
+		if m == n.cfg.Name {
+			continue
+		}
+		p, ok := n.peers[m]
+		if !ok {
+			bad = append(bad, m)
+			errs = append(errs, fmt.Errorf("member %s: no address configured", m))
+			continue
+		}
+		wg.Go(func() {
+			if err := f(ctx, p); err != nil {
+				mu.Lock()
+				bad = append(bad, m)
+				errs = append(errs, &memberError{member: m, err: err})
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return bad, errors.Join(errs...)
+}
+
+func dedupe(s []string) []string {
+	slices.Sort(s)
+	return slices.Compact(s)
+}

@@ -1,0 +1,40 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cloudflare/gokeyless/protocol"
+
+	"github.com/tkeyless/tkeyless/internal/pki"
+	"github.com/tkeyless/tkeyless/keyless"
+	"github.com/tkeyless/tkeyless/tss"
+)
+
+// keylessBackend answers the keyless endpoint: every ECDSA operation an
+// authenticated edge sends becomes a threshold signature coordinated here.
+type keylessBackend struct{ n *Node }
+
+func (b *keylessBackend) Sign(ctx context.Context, req *keyless.Request) ([]byte, error) {
+	id, err := pki.IdentityOf(req.Identity)
+	if err != nil {
+		b.n.log.Warn().Err(err).Msg("keyless request refused: no tkeyless identity")
+		return nil, protocol.ErrKeyNotFound
+	}
+	if id.Role != pki.RoleEdge && id.Role != pki.RoleAdmin {
+		b.n.log.Warn().Str("identity", id.Name).Str("role", string(id.Role)).Msg("keyless request refused: only edge and admin identities may sign")
+		return nil, protocol.ErrKeyNotFound
+	}
+	sig, err := b.n.Sign(ctx, SignRequest{
+		Key: tss.KeyID(req.SKI), Hash: req.Hash, Digest: req.Digest,
+		Edge: id.Name, Authority: req.Authority, RequestID: fmt.Sprint(req.ID),
+	})
+	switch {
+	case errors.Is(err, ErrUnknownKey):
+		return nil, protocol.ErrKeyNotFound
+	case err != nil:
+		return nil, err
+	}
+	return sig, nil
+}

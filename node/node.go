@@ -1,0 +1,218 @@
+// Package node is one tkeyless signer: it holds this node's shares of the
+// cluster keys, serves its peers (the other signers) over gRPC and edges
+// over the keyless protocol, and coordinates the signing sessions and key
+// ceremonies that start at it.
+//
+// Any node can coordinate. The coordinator of a request is simply the node
+// the edge reached; it picks a quorum, asks each member to prepare its party
+// (each member checks the request on its own), starts them, relays nothing
+// but the parties' own messages, and returns the signature its own party
+// computed and verified.
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/tkeyless/tkeyless/internal/peerwire"
+	"github.com/tkeyless/tkeyless/internal/pki"
+	"github.com/tkeyless/tkeyless/keyless"
+	"github.com/tkeyless/tkeyless/tss"
+)
+
+// Node is one running signer. Create it with New; there is one per process.
+type Node struct {
+	cfg   Config
+	log   zerolog.Logger
+	tls   *tls.Config
+	store *tss.Store
+
+	mu     sync.RWMutex
+	shares map[tss.KeyID]*tss.Share
+
+	preParams *preParamsCache
+	peers     map[string]*peerConn
+	sessions  *router
+}
+
+type peerConn struct {
+	name   string
+	addr   string
+	conn   *grpc.ClientConn
+	client *peerwire.Client
+}
+
+// New loads the node's identity and shares and prepares (lazy) connections
+// to its peers. It does not listen yet: see Serve.
+func New(cfg Config, log zerolog.Logger) (*Node, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	tlsConf, err := pki.MutualTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkOwnIdentity(tlsConf, cfg.Name); err != nil {
+		return nil, err
+	}
+	store, err := tss.OpenStore(filepath.Join(cfg.DataDir, "keys"))
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:       cfg,
+		log:       log.With().Str("node", cfg.Name).Logger(),
+		tls:       tlsConf,
+		store:     store,
+		shares:    map[tss.KeyID]*tss.Share{},
+		preParams: newPreParamsCache(filepath.Join(cfg.DataDir, "preparams.json")),
+		peers:     map[string]*peerConn{},
+		sessions:  newRouter(30 * time.Second),
+	}
+	if err := n.loadShares(); err != nil {
+		return nil, err
+	}
+	for _, p := range cfg.Peers {
+		pc, err := n.dial(p)
+		if err != nil {
+			return nil, err
+		}
+		n.peers[p.Name] = pc
+	}
+	return n, nil
+}
+
+func checkOwnIdentity(c *tls.Config, name string) error {
+	leaf := c.Certificates[0].Leaf
+	id, err := pki.IdentityOf(leaf)
+	if err != nil {
+		return fmt.Errorf("node certificate: %w", err)
+	}
+	if id.Role != pki.RoleNode {
+		return fmt.Errorf("node certificate has role %s, want node", id.Role)
+	}
+	if id.Name != name {
+		return fmt.Errorf("node certificate is for %q but config name is %q", id.Name, name)
+	}
+	return nil
+}
+
+// loadShares reads every stored share. A share that fails to load is
+// reported and skipped: the node still serves its other keys.
+func (n *Node) loadShares() error {
+	ids, err := n.store.List()
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		s, err := n.store.Load(id)
+		if err != nil {
+			n.log.Error().Err(err).Str("key", id.String()).Msg("share not loaded; this key will not sign on this node")
+			continue
+		}
+		if s.Self != n.cfg.Name {
+			n.log.Error().Str("key", id.String()).Str("share_owner", s.Self).Msg("share belongs to another node name; not loaded")
+			continue
+		}
+		n.shares[id] = s
+		n.log.Info().Str("key", id.String()).Int("t", s.Threshold).Strs("parties", s.Parties).Msg("share loaded")
+	}
+	return nil
+}
+
+func (n *Node) dial(p Peer) (*peerConn, error) {
+	tc := n.tls.Clone()
+	// The peer's certificate must be issued for its name: that is what
+	// binds a connection to a tss party.
+	tc.ServerName = p.Name
+	conn, err := grpc.NewClient(p.Addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{}), grpc.MaxCallRecvMsgSize(4<<20)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 5 * time.Second}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("peer %s at %s: %w", p.Name, p.Addr, err)
+	}
+	return &peerConn{name: p.Name, addr: p.Addr, conn: conn, client: peerwire.NewClient(conn)}, nil
+}
+
+// share returns this node's share of key id.
+func (n *Node) share(id tss.KeyID) (*tss.Share, bool) {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	s, ok := n.shares[id]
+	return s, ok
+}
+
+// Keys lists the keys this node holds a share of.
+func (n *Node) Keys() []tss.KeyID {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	ids := make([]tss.KeyID, 0, len(n.shares))
+	for id := range n.shares {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Serve listens for peers and edges until ctx ends, then stops both
+// gracefully (in-flight sessions get a few seconds to finish).
+func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
+	gs := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(n.tls)),
+		grpc.ForceServerCodec(peerwire.Codec{}),
+		grpc.MaxRecvMsgSize(4<<20),
+		grpc.ChainUnaryInterceptor(n.recoverInterceptor, n.identityInterceptor),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	gs.RegisterService(&peerwire.ServiceDesc, &peerService{n: n})
+
+	ks, err := keyless.NewServer(keyless.ServerConfig{
+		TLS:            n.tls.Clone(),
+		Backend:        &keylessBackend{n: n},
+		Logger:         n.log.With().Str("endpoint", "keyless").Logger(),
+		RequestTimeout: time.Duration(n.cfg.SignTimeout),
+	})
+	if err != nil {
+		return fmt.Errorf("keyless endpoint: %w", err)
+	}
+
+	errc := make(chan error, 2)
+	go func() { errc <- gs.Serve(peerL) }()
+	go func() { errc <- ks.Serve(keylessL) }()
+	n.log.Info().Str("peer_addr", peerL.Addr().String()).Str("keyless_addr", keylessL.Addr().String()).Int("keys", len(n.Keys())).Msg("signer ready")
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	n.log.Info().Msg("signer stopping")
+	_ = ks.Close()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		gs.Stop()
+	}
+	for _, p := range n.peers {
+		_ = p.conn.Close()
+	}
+	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
+		return serveErr
+	}
+	return nil
+}

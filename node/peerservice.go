@@ -1,0 +1,121 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"slices"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/tkeyless/tkeyless/internal/peerwire"
+	"github.com/tkeyless/tkeyless/internal/pki"
+)
+
+type identityKey struct{}
+
+// callerOf returns the verified identity of the peer making a call.
+func callerOf(ctx context.Context) pki.Identity {
+	id, _ := ctx.Value(identityKey{}).(pki.Identity)
+	return id
+}
+
+// identityInterceptor authenticates every peer call from its client
+// certificate and enforces which roles may make it: only nodes take part in
+// sessions; an admin may also start a ceremony or ping.
+func (n *Node) identityInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "no peer")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "not a TLS connection")
+	}
+	id, err := pki.IdentityFromState(ti.State)
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "peer identity: %v", err)
+	}
+	allowed := []pki.Role{pki.RoleNode}
+	switch info.FullMethod {
+	case "/" + peerwire.ServiceName + "/KeygenCeremony", "/" + peerwire.ServiceName + "/Ping":
+		allowed = append(allowed, pki.RoleAdmin)
+	}
+	if !slices.Contains(allowed, id.Role) {
+		n.log.Warn().Str("peer", id.Name).Str("role", string(id.Role)).Str("method", info.FullMethod).Msg("peer call refused: role not allowed")
+		return nil, status.Errorf(codes.PermissionDenied, "%s %q may not call %s", id.Role, id.Name, info.FullMethod)
+	}
+	return handler(context.WithValue(ctx, identityKey{}, id), req)
+}
+
+// recoverInterceptor keeps one bad call (a tss-lib panic on a crafted
+// message, a bug) from taking the node down.
+func (n *Node) recoverInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			n.log.Error().Str("method", info.FullMethod).Interface("panic", r).Bytes("stack", debug.Stack()).Msg("peer call panicked; recovered")
+			err = status.Errorf(codes.Internal, "internal error in %s", info.FullMethod)
+		}
+	}()
+	return handler(ctx, req)
+}
+
+// peerService answers the other signers.
+type peerService struct{ n *Node }
+
+func (s *peerService) Ping(ctx context.Context, _ *peerwire.PingRequest) (*peerwire.PingResponse, error) {
+	resp := &peerwire.PingResponse{Node: s.n.cfg.Name}
+	for _, id := range s.n.Keys() {
+		resp.Keys = append(resp.Keys, id.String())
+	}
+	slices.Sort(resp.Keys)
+	return resp, nil
+}
+
+func (s *peerService) Prepare(ctx context.Context, req *peerwire.PrepareRequest) (*peerwire.PrepareResponse, error) {
+	caller := callerOf(ctx)
+	if err := s.n.prepare(caller.Name, req); err != nil {
+		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", req.Session.String()).Str("kind", string(req.Kind)).Msg("refused to join session")
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &peerwire.PrepareResponse{}, nil
+}
+
+func (s *peerService) Run(ctx context.Context, req *peerwire.RunRequest) (*peerwire.RunResponse, error) {
+	caller := callerOf(ctx)
+	sess, err := s.n.sessions.get(req.Session)
+	if err != nil {
+		return nil, status.Error(codes.NotFound, err.Error())
+	}
+	if sess.coordinator != caller.Name {
+		return nil, status.Errorf(codes.PermissionDenied, "session %s was prepared by %s, not %s", req.Session, sess.coordinator, caller.Name)
+	}
+	resp, err := s.n.sessions.start(ctx, req.Session)
+	if err != nil {
+		return nil, status.Error(codes.Aborted, err.Error())
+	}
+	return resp, nil
+}
+
+func (s *peerService) Deliver(ctx context.Context, env *peerwire.Envelope) (*peerwire.DeliverResponse, error) {
+	caller := callerOf(ctx)
+	if err := s.n.sessions.deliver(caller.Name, env); err != nil {
+		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", env.Session.String()).Int("round", env.Round).Msg("message refused")
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &peerwire.DeliverResponse{}, nil
+}
+
+func (s *peerService) KeygenCeremony(ctx context.Context, req *peerwire.KeygenCeremonyRequest) (*peerwire.KeygenCeremonyResponse, error) {
+	caller := callerOf(ctx)
+	s.n.log.Info().Str("requested_by", caller.Name).Int("t", req.Threshold).Strs("parties", req.Parties).Msg("key generation requested")
+	resp, err := s.n.Keygen(ctx, req.Threshold, req.Parties)
+	if err != nil {
+		return nil, status.Error(codes.Aborted, fmt.Sprintf("keygen: %v", err))
+	}
+	return resp, nil
+}

@@ -1,0 +1,190 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tkeyless/tkeyless/internal/peerwire"
+)
+
+// sessionState names where a session is in its life. A session moves only
+// forward: prepared → running → finished.
+type sessionState int
+
+const (
+	statePrepared sessionState = iota
+	stateRunning
+	stateFinished
+)
+
+func (s sessionState) String() string {
+	return [...]string{"prepared", "running", "finished"}[s]
+}
+
+// party is what the engine's keygen and sign sessions have in common.
+type party interface {
+	Deliver(from string, broadcast bool, payload []byte) error
+}
+
+// session is this node's part in one signing session or ceremony.
+type session struct {
+	id      peerwire.SessionID
+	kind    peerwire.Kind
+	key     string   // KeyID of a signing session
+	members []string // every member, this node included
+	// coordinator is the node that prepared the session; only it may start it.
+	coordinator string
+	party   party
+	run     func(ctx context.Context) (*peerwire.RunResponse, error)
+	expiry  *time.Timer
+
+	mu    sync.Mutex
+	state sessionState
+	// lastRound is the highest round seen from each sender, and seen the
+	// messages already accepted: a sender's messages arrive in the order it
+	// sent them, so an older round is a replay and a repeat a duplicate.
+	lastRound map[string]int
+	seen      map[string]bool
+}
+
+// ErrUnknownSession is returned for a message or call that names a session
+// this node does not have (never prepared, expired, or finished).
+var ErrUnknownSession = errors.New("unknown session")
+
+// router holds this node's live sessions by id.
+type router struct {
+	mu       sync.Mutex
+	sessions map[peerwire.SessionID]*session
+	// prepareTTL is how long a prepared session waits for its Run call.
+	prepareTTL time.Duration
+}
+
+func newRouter(prepareTTL time.Duration) *router {
+	return &router{sessions: map[peerwire.SessionID]*session{}, prepareTTL: prepareTTL}
+}
+
+// add registers a prepared session. An id already in use is refused: ids
+// are random, so a repeat is a replay.
+func (r *router) add(s *session) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.sessions[s.id]; ok {
+		return fmt.Errorf("session %s already exists", s.id)
+	}
+	s.lastRound = map[string]int{}
+	s.seen = map[string]bool{}
+	r.sessions[s.id] = s
+	s.expiry = time.AfterFunc(r.prepareTTL, func() {
+		s.mu.Lock()
+		expired := s.state == statePrepared
+		if expired {
+			s.state = stateFinished
+		}
+		s.mu.Unlock()
+		if expired {
+			r.remove(s.id)
+		}
+	})
+	return nil
+}
+
+func (r *router) get(id peerwire.SessionID) (*session, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.sessions[id]
+	if !ok {
+		return nil, fmt.Errorf("session %s: %w", id, ErrUnknownSession)
+	}
+	return s, nil
+}
+
+func (r *router) remove(id peerwire.SessionID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.sessions, id)
+}
+
+// abort forgets a prepared session that will not run.
+func (r *router) abort(id peerwire.SessionID) {
+	r.mu.Lock()
+	s, ok := r.sessions[id]
+	delete(r.sessions, id)
+	r.mu.Unlock()
+	if ok {
+		s.mu.Lock()
+		s.state = stateFinished
+		s.expiry.Stop()
+		s.mu.Unlock()
+	}
+}
+
+func (r *router) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.sessions)
+}
+
+// start moves a prepared session to running, runs it, and forgets it.
+func (r *router) start(ctx context.Context, id peerwire.SessionID) (*peerwire.RunResponse, error) {
+	s, err := r.get(id)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.state != statePrepared {
+		st := s.state
+		s.mu.Unlock()
+		return nil, fmt.Errorf("session %s is %s, not prepared", id, st)
+	}
+	s.state = stateRunning
+	s.expiry.Stop()
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.state = stateFinished
+		s.mu.Unlock()
+		r.remove(id)
+	}()
+	return s.run(ctx)
+}
+
+// deliver checks an envelope against its session and hands it to the party.
+// sender is the authenticated peer name, never a field of the envelope.
+func (r *router) deliver(sender string, env *peerwire.Envelope) error {
+	if env.Version != peerwire.Version {
+		return fmt.Errorf("envelope version %d, want %d", env.Version, peerwire.Version)
+	}
+	s, err := r.get(env.Session)
+	if err != nil {
+		return err
+	}
+	if env.Kind != s.kind || env.Key != s.key {
+		return fmt.Errorf("session %s: envelope is for %s key %q, session is %s key %q", s.id, env.Kind, env.Key, s.kind, s.key)
+	}
+	if !slices.Contains(s.members, sender) {
+		return fmt.Errorf("session %s: %s is not a member %v", s.id, sender, s.members)
+	}
+	s.mu.Lock()
+	if s.state == stateFinished {
+		s.mu.Unlock()
+		return fmt.Errorf("session %s: %w", s.id, ErrUnknownSession)
+	}
+	if env.Round < s.lastRound[sender] {
+		last := s.lastRound[sender]
+		s.mu.Unlock()
+		return fmt.Errorf("session %s: %s sent round %d after round %d: replayed or reordered", s.id, sender, env.Round, last)
+	}
+	mk := fmt.Sprintf("%s|%s|%t", sender, env.Type, env.Broadcast)
+	if s.seen[mk] {
+		s.mu.Unlock()
+		return fmt.Errorf("session %s: duplicate %s from %s", s.id, env.Type, sender)
+	}
+	s.seen[mk] = true
+	s.lastRound[sender] = env.Round
+	s.mu.Unlock()
+	return s.party.Deliver(sender, env.Broadcast, env.Payload)
+}

@@ -1,0 +1,145 @@
+package node
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/tkeyless/tkeyless/internal/peerwire"
+	"github.com/tkeyless/tkeyless/tss"
+)
+
+var hashNames = map[string]crypto.Hash{"SHA-256": crypto.SHA256, "SHA-384": crypto.SHA384, "SHA-512": crypto.SHA512}
+
+// prepare sets up this node's party of a session another node (or this
+// one) coordinates, after checking on its own that the request is one it
+// should take part in.
+func (n *Node) prepare(coordinator string, req *peerwire.PrepareRequest) error {
+	if req.Version != peerwire.Version {
+		return fmt.Errorf("protocol version %d, this node speaks %d", req.Version, peerwire.Version)
+	}
+	switch req.Kind {
+	case peerwire.KindSign:
+		if req.Sign == nil {
+			return errors.New("sign session without a sign request")
+		}
+		return n.prepareSign(coordinator, req.Session, req.Sign)
+	case peerwire.KindKeygen:
+		if req.Keygen == nil {
+			return errors.New("keygen session without a keygen request")
+		}
+		return n.prepareKeygen(coordinator, req.Session, req.Keygen)
+	default:
+		return fmt.Errorf("unknown session kind %q", req.Kind)
+	}
+}
+
+func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerwire.SignRequest) error {
+	keyID, err := tss.ParseKeyID(req.Key)
+	if err != nil {
+		return err
+	}
+	share, ok := n.share(keyID)
+	if !ok {
+		return fmt.Errorf("key %s: this node holds no share", keyID)
+	}
+	if !slices.Contains(req.Quorum, n.cfg.Name) || !slices.Contains(req.Quorum, coordinator) {
+		return fmt.Errorf("quorum %v must include this node (%s) and the coordinator (%s)", req.Quorum, n.cfg.Name, coordinator)
+	}
+	hash, ok := hashNames[req.Hash]
+	if !ok {
+		return fmt.Errorf("hash %q not supported", req.Hash)
+	}
+	if err := tss.CheckDigest(hash, req.Digest); err != nil {
+		return err
+	}
+	if req.Edge == "" {
+		return errors.New("request names no edge identity")
+	}
+	ss, err := tss.NewSignSession(share, req.Quorum, req.Digest, n.outbox(id, peerwire.KindSign, req.Key))
+	if err != nil {
+		return err
+	}
+	return n.sessions.add(&session{
+		id: id, kind: peerwire.KindSign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ss,
+		run: func(ctx context.Context) (*peerwire.RunResponse, error) {
+			sig, err := ss.Run(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return &peerwire.RunResponse{Signature: sig}, nil
+		},
+	})
+}
+
+func (n *Node) prepareKeygen(coordinator string, id peerwire.SessionID, req *peerwire.KeygenRequest) error {
+	if !slices.Contains(req.Parties, n.cfg.Name) || !slices.Contains(req.Parties, coordinator) {
+		return fmt.Errorf("parties %v must include this node (%s) and the coordinator (%s)", req.Parties, n.cfg.Name, coordinator)
+	}
+	pp, err := n.preParams.get()
+	if err != nil {
+		return err
+	}
+	ks, err := tss.NewKeygenSession(req.Threshold, req.Parties, n.cfg.Name, pp, n.outbox(id, peerwire.KindKeygen, ""))
+	if err != nil {
+		return err
+	}
+	return n.sessions.add(&session{
+		id: id, kind: peerwire.KindKeygen, members: slices.Clone(req.Parties), coordinator: coordinator, party: ks,
+		run: func(ctx context.Context) (*peerwire.RunResponse, error) {
+			share, err := ks.Run(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if err := n.store.Save(share); err != nil {
+				return nil, fmt.Errorf("store share of new key %s: %w", share.KeyID(), err)
+			}
+			n.mu.Lock()
+			n.shares[share.KeyID()] = share
+			n.mu.Unlock()
+			pub, err := x509.MarshalPKIXPublicKey(share.PublicKey())
+			if err != nil {
+				return nil, err
+			}
+			n.log.Info().Str("key", share.KeyID().String()).Int("t", share.Threshold).Strs("parties", share.Parties).Msg("new key share stored")
+			return &peerwire.RunResponse{PublicKey: pub}, nil
+		},
+	})
+}
+
+// outbox sends a session's messages to the other members, in parallel, and
+// returns once every recipient accepted (queued) them.
+func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string) tss.Outbox {
+	return tss.OutboxFunc(func(ctx context.Context, m tss.Outgoing) error {
+		env := &peerwire.Envelope{Version: peerwire.Version, Session: id, Kind: kind, Key: key, Round: m.Round, Type: m.Type, Broadcast: m.Broadcast, Payload: m.Payload}
+		errs := make([]error, len(m.To))
+		var wg sync.WaitGroup
+		for i, to := range m.To {
+			p, ok := n.peers[to]
+			if !ok {
+				errs[i] = fmt.Errorf("no address configured for member %s", to)
+				continue
+			}
+			wg.Go(func() {
+				if _, err := p.client.Deliver(ctx, env); err != nil {
+					errs[i] = &memberError{member: to, err: err}
+				}
+			})
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	})
+}
+
+// memberError is a failure attributed to one session member.
+type memberError struct {
+	member string
+	err    error
+}
+
+func (e *memberError) Error() string { return fmt.Sprintf("member %s: %v", e.member, e.err) }
+func (e *memberError) Unwrap() error { return e.err }

@@ -1,0 +1,283 @@
+package tlsglue
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cloudflare/gokeyless/protocol"
+)
+
+// Chain is the certificate chain an edge serves: the leaf whose key lives on the signers, and the
+// intermediates a client needs to reach a root it trusts, in the order they are sent (the
+// leaf's issuer first). A self-signed root is never part of a Chain: clients must already have it.
+//
+// Build one with LoadChain; a Chain is read-only once built and safe to share between handshakes.
+type Chain struct {
+	Leaf          *x509.Certificate
+	Intermediates []*x509.Certificate
+}
+
+// loadedCert is a parsed certificate and the file it came from, for error messages.
+type loadedCert struct {
+	cert *x509.Certificate
+	file string
+}
+
+// LoadChain reads certificates from PEM files (one certificate or a bundle, in any order) or DER
+// files (one or more concatenated certificates) and orders them leaf first, each followed by its
+// issuer. Issuers are matched by subject and checked by signature, so the order in the files
+// does not matter, duplicates are dropped, and a self-signed root is left out.
+//
+// It refuses, with a message naming the file, input that is not a certificate chain: a file
+// without certificates, a private key or a certificate request where a certificate belongs, and
+// certificates that form more than one chain (several leaves).
+func LoadChain(paths ...string) (*Chain, error) {
+	if len(paths) == 0 {
+		return nil, errors.New("load certificate chain: no certificate file given")
+	}
+	var certs []loadedCert
+	seen := make(map[string]bool)
+	for _, path := range paths {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("load certificate chain: %w", err)
+		}
+		found, err := parseCertificateFile(path, data)
+		if err != nil {
+			return nil, fmt.Errorf("load certificate chain: %w", err)
+		}
+		for _, c := range found {
+			if seen[string(c.Raw)] {
+				continue
+			}
+			seen[string(c.Raw)] = true
+			certs = append(certs, loadedCert{cert: c, file: path})
+		}
+	}
+	chain, err := orderChain(certs)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate chain from %s: %w", strings.Join(paths, ", "), err)
+	}
+	return chain, nil
+}
+
+// parseCertificateFile returns the certificates in one file, PEM or DER. It names the file and,
+// when it can tell, what the file holds instead of a certificate.
+func parseCertificateFile(path string, data []byte) ([]*x509.Certificate, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("file %s is empty: no certificate found", path)
+	}
+	if bytes.Contains(data, []byte("-----BEGIN ")) {
+		return parsePEMCertificates(path, data)
+	}
+	certs, err := x509.ParseCertificates(data)
+	if err == nil && len(certs) > 0 {
+		return certs, nil
+	}
+	// Not DER certificates: say what it is when it is something we recognise.
+	if _, csrErr := x509.ParseCertificateRequest(data); csrErr == nil {
+		return nil, fmt.Errorf("file %s holds a CSR, not a certificate: %s", path, csrAdvice)
+	}
+	if isDERPrivateKey(data) {
+		return nil, fmt.Errorf("file %s holds a private key, not a certificate: %s", path, keyAdvice)
+	}
+	return nil, fmt.Errorf("file %s: no certificate found (neither PEM nor DER certificates): %v", path, err)
+}
+
+const (
+	csrAdvice = "have a CA sign it and give the issued certificate (with its intermediates) instead"
+	keyAdvice = "give the certificate chain here; the private key stays with the signer (keyless://… or file://…)"
+)
+
+func parsePEMCertificates(path string, data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for n := 1; ; n++ {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		switch {
+		case block.Type == "CERTIFICATE":
+			c, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("file %s: PEM block %d: parse certificate: %w", path, n, err)
+			}
+			certs = append(certs, c)
+		case strings.Contains(block.Type, "CERTIFICATE REQUEST"):
+			return nil, fmt.Errorf("file %s holds a CSR, not a certificate: %s", path, csrAdvice)
+		case strings.Contains(block.Type, "PRIVATE KEY"):
+			return nil, fmt.Errorf("file %s holds a private key (PEM %q), not a certificate: %s", path, block.Type, keyAdvice)
+		default:
+			return nil, fmt.Errorf("file %s: PEM block %d is %q, not a CERTIFICATE", path, n, block.Type)
+		}
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("file %s: no certificate found (no readable PEM CERTIFICATE block)", path)
+	}
+	return certs, nil
+}
+
+func isDERPrivateKey(der []byte) bool {
+	if _, err := x509.ParsePKCS8PrivateKey(der); err == nil {
+		return true
+	}
+	if _, err := x509.ParseECPrivateKey(der); err == nil {
+		return true
+	}
+	if _, err := x509.ParsePKCS1PrivateKey(der); err == nil {
+		return true
+	}
+	return false
+}
+
+// issued reports whether parent issued child: the names match and parent's key signed child.
+func issued(parent, child *x509.Certificate) bool {
+	return bytes.Equal(child.RawIssuer, parent.RawSubject) && child.CheckSignatureFrom(parent) == nil
+}
+
+func selfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
+}
+
+// orderChain finds the one leaf among certs (the certificate that issued no other) and walks up
+// from it through its issuers, stopping before a self-signed root.
+func orderChain(certs []loadedCert) (*Chain, error) {
+	if len(certs) == 0 {
+		return nil, errors.New("no certificate found")
+	}
+	var leaves []loadedCert
+	for i, c := range certs {
+		issuesAnother := false
+		for j, other := range certs {
+			if i != j && issued(c.cert, other.cert) {
+				issuesAnother = true
+				break
+			}
+		}
+		if !issuesAnother {
+			leaves = append(leaves, c)
+		}
+	}
+	if len(leaves) > 1 {
+		// A stray root in a bundle is harmless: it is never sent. Anything else is a second chain.
+		var notRoots []loadedCert
+		for _, l := range leaves {
+			if !(l.cert.IsCA && selfSigned(l.cert)) {
+				notRoots = append(notRoots, l)
+			}
+		}
+		if len(notRoots) > 0 {
+			leaves = notRoots
+		}
+	}
+	switch len(leaves) {
+	case 0:
+		return nil, errors.New("no leaf certificate: every certificate issued another one")
+	case 1:
+	default:
+		names := make([]string, len(leaves))
+		for i, l := range leaves {
+			names[i] = fmt.Sprintf("%q (%s)", l.cert.Subject.String(), l.file)
+		}
+		return nil, fmt.Errorf("%d leaf certificates that do not chain to one another: %s; give one leaf with its intermediates",
+			len(leaves), strings.Join(names, ", "))
+	}
+
+	chain := &Chain{Leaf: leaves[0].cert}
+	inChain := map[*x509.Certificate]bool{chain.Leaf: true}
+	for cur := chain.Leaf; !selfSigned(cur); {
+		parent := findIssuer(cur, certs, inChain)
+		if parent == nil || selfSigned(parent) {
+			break
+		}
+		chain.Intermediates = append(chain.Intermediates, parent)
+		inChain[parent] = true
+		cur = parent
+	}
+	return chain, nil
+}
+
+// findIssuer returns the issuer of c among certs that is not already in the chain. When a bundle
+// holds both a self-signed root and a cross-signed version of it, it prefers the cross-signed
+// one: the bundle's author included it to be sent.
+func findIssuer(c *x509.Certificate, certs []loadedCert, inChain map[*x509.Certificate]bool) *x509.Certificate {
+	var root *x509.Certificate
+	for _, p := range certs {
+		if inChain[p.cert] || !issued(p.cert, c) {
+			continue
+		}
+		if !selfSigned(p.cert) {
+			return p.cert
+		}
+		root = p.cert
+	}
+	return root
+}
+
+// TLSCertificate returns the chain as a tls.Certificate whose private key is key, typically a
+// signer that forwards each handshake's digest to the signer cluster. The returned value shares
+// the chain's parsed certificates; it does not copy them.
+func (c *Chain) TLSCertificate(key crypto.Signer) tls.Certificate {
+	raw := make([][]byte, 0, 1+len(c.Intermediates))
+	raw = append(raw, c.Leaf.Raw)
+	for _, ic := range c.Intermediates {
+		raw = append(raw, ic.Raw)
+	}
+	return tls.Certificate{Certificate: raw, PrivateKey: key, Leaf: c.Leaf}
+}
+
+// SKI returns the gokeyless subject key identifier of pub as lower-case hex: the name under which
+// signers and gokeyless servers know a key.
+func SKI(pub crypto.PublicKey) (string, error) {
+	ski, err := protocol.GetSKI(pub)
+	if err != nil {
+		return "", fmt.Errorf("compute SKI of %T: %w", pub, err)
+	}
+	return hex.EncodeToString(ski[:]), nil
+}
+
+// CheckKey reports whether the chain's leaf certificate is for the public key pub, and when it is
+// not, names both keys by SKI so the operator can tell which certificate or which key is wrong.
+func CheckKey(chain *Chain, pub crypto.PublicKey) error {
+	if chain == nil || chain.Leaf == nil {
+		return errors.New("check key: no certificate chain")
+	}
+	want, err := SKI(pub)
+	if err != nil {
+		return fmt.Errorf("check key: %w", err)
+	}
+	return checkSKI(chain, want)
+}
+
+// checkSKI compares the SKI of the chain's leaf key with want (hex).
+func checkSKI(chain *Chain, want string) error {
+	have, err := SKI(chain.Leaf.PublicKey)
+	if err != nil {
+		return fmt.Errorf("check key: certificate %q: %w", chain.Leaf.Subject.String(), err)
+	}
+	if !strings.EqualFold(have, want) {
+		return fmt.Errorf("certificate public key does not match cluster key %s; this certificate belongs to key %s", strings.ToLower(want), have)
+	}
+	return nil
+}
+
+// CheckSKI is CheckKey for a key known only by its SKI in hex, as a keyless:// key reference
+// names it.
+func CheckSKI(chain *Chain, ski string) error {
+	if chain == nil || chain.Leaf == nil {
+		return errors.New("check key: no certificate chain")
+	}
+	if b, err := hex.DecodeString(ski); err != nil || len(b) != len(protocol.SKI{}) {
+		return fmt.Errorf("check key: %q is not an SKI (40 hex digits)", ski)
+	}
+	return checkSKI(chain, ski)
+}

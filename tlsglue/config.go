@@ -1,0 +1,204 @@
+package tlsglue
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+)
+
+// KeySource yields the crypto.Signer for one handshake. Implementations: the keyless client
+// (threshold cluster or stock gokeyless server) and an in-memory key (the load-test baseline).
+//
+// The context carries the handshake's deadline; a remote implementation must give up on the
+// signature when it expires, so that a slow or missing signer fails one handshake instead of
+// holding its connection. The returned signer is used for at most one Sign call, within ctx.
+type KeySource interface {
+	Signer(ctx context.Context, pub crypto.PublicKey) (crypto.Signer, error)
+}
+
+// LocalKey is a KeySource for a private key held in this process. It exists to measure what the
+// signer cluster costs (the load-test baseline) and for tests; a production edge never holds
+// its key.
+type LocalKey struct{ Key crypto.Signer }
+
+// Signer returns the local key if it is the key for pub.
+func (k LocalKey) Signer(_ context.Context, pub crypto.PublicKey) (crypto.Signer, error) {
+	if k.Key == nil {
+		return nil, errors.New("local key: no key loaded")
+	}
+	if eq, ok := k.Key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(pub) {
+		return nil, errors.New("local key: not the key of the certificate being served")
+	}
+	return k.Key, nil
+}
+
+// DefaultHandshakeTimeout is how long a handshake may wait for its signature when
+// ServerOptions.HandshakeTimeout is zero.
+const DefaultHandshakeTimeout = 5 * time.Second
+
+// ServerOptions configures ServerConfig. Chain and Keys are required.
+type ServerOptions struct {
+	// Chain is the certificate chain served on every full handshake. Its leaf must hold an
+	// ECDSA key: the TLS 1.2 suites offered are ECDHE-ECDSA only.
+	Chain *Chain
+
+	// Keys yields the signer for each handshake that needs a signature. Resumed handshakes do
+	// not ask it.
+	Keys KeySource
+
+	// HandshakeTimeout bounds the time from ClientHello to the signature, through the context
+	// handed to Keys. Zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+
+	// TicketSecret, if set, is a secret of at least MinTicketSecretLen bytes shared by every edge
+	// of a fleet; session ticket keys are derived from it (see TicketKeys), so a ticket issued by
+	// one edge resumes on any other. When nil, crypto/tls generates and rotates its own keys,
+	// and tickets resume only on this process.
+	TicketSecret []byte
+
+	// OnSign, if set, is called after every signature a handshake asked for, with its outcome.
+	// It runs on the handshake's goroutine and must not block.
+	OnSign func(SignEvent)
+}
+
+// SignEvent describes one handshake signature, for health tracking and metrics.
+type SignEvent struct {
+	ServerName string        // SNI the client sent, empty if none
+	Remote     string        // client address
+	Key        string        // SKI of the key, hex
+	Duration   time.Duration // time spent in Sign
+	Err        error         // nil when the signer returned a signature
+}
+
+// ServerConfig returns the tls.Config for an edge: TLS 1.2 and 1.3, TLS 1.2 restricted to
+// ECDHE-ECDSA with AES-GCM or ChaCha20-Poly1305, ALPN h2 and http/1.1, session tickets on.
+//
+// The certificate is picked in GetCertificate; its private key asks opts.Keys for the
+// handshake's signer, with a context derived from the ClientHello's and bounded by
+// HandshakeTimeout, so the handshake's deadline reaches the remote signing call. Only a
+// handshake that needs a signature asks: resumed ones never reach the key source. Use the returned config with
+// tls.NewListener or tls.Server; it is safe for concurrent handshakes.
+func ServerConfig(opts ServerOptions) (*tls.Config, error) {
+	if opts.Chain == nil || opts.Chain.Leaf == nil {
+		return nil, errors.New("tls server config: no certificate chain")
+	}
+	if opts.Keys == nil {
+		return nil, errors.New("tls server config: no key source")
+	}
+	pub, ok := opts.Chain.Leaf.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("tls server config: certificate %q has a %T key; the edge serves ECDSA certificates only",
+			opts.Chain.Leaf.Subject.String(), opts.Chain.Leaf.PublicKey)
+	}
+	ski, err := SKI(pub)
+	if err != nil {
+		return nil, fmt.Errorf("tls server config: %w", err)
+	}
+	timeout := opts.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = DefaultHandshakeTimeout
+	}
+	h := &handshakeKeys{
+		cert:    opts.Chain.TLSCertificate(nil),
+		pub:     pub,
+		ski:     ski,
+		keys:    opts.Keys,
+		timeout: timeout,
+		onSign:  opts.OnSign,
+	}
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// TLS 1.3 suites are not configurable in crypto/tls; its defaults apply.
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305,
+		},
+		NextProtos:     []string{"h2", "http/1.1"},
+		GetCertificate: h.getCertificate,
+	}
+	if opts.TicketSecret != nil {
+		if len(opts.TicketSecret) < MinTicketSecretLen {
+			return nil, fmt.Errorf("tls server config: ticket secret is %d bytes; it needs at least %d", len(opts.TicketSecret), MinTicketSecretLen)
+		}
+		cfg.SetSessionTicketKeys(TicketKeys(opts.TicketSecret, time.Now()))
+	}
+	return cfg, nil
+}
+
+// handshakeKeys binds each full handshake to a signer from the key source.
+type handshakeKeys struct {
+	cert    tls.Certificate // the chain, PrivateKey unset; copied per handshake
+	pub     crypto.PublicKey
+	ski     string
+	keys    KeySource
+	timeout time.Duration
+	onSign  func(SignEvent)
+}
+
+var errHandshakeTimeout = errors.New("handshake timeout reached before the signature")
+
+func (h *handshakeKeys) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	// The signature comes later in the handshake, after GetCertificate returns, so ctx outlives
+	// this call. crypto/tls cancels hello.Context() when the handshake returns, which cancels
+	// ctx and stops its timer.
+	ctx, cancel := context.WithTimeoutCause(hello.Context(), h.timeout, errHandshakeTimeout)
+	context.AfterFunc(hello.Context(), cancel)
+
+	cert := h.cert
+	cert.PrivateKey = &handshakeSigner{
+		h:     h,
+		ctx:   ctx,
+		event: SignEvent{ServerName: hello.ServerName, Remote: remoteAddr(hello.Conn), Key: h.ski},
+	}
+	return &cert, nil
+}
+
+func remoteAddr(c net.Conn) string {
+	if c == nil || c.RemoteAddr() == nil {
+		return ""
+	}
+	return c.RemoteAddr().String()
+}
+
+// handshakeSigner is the private key of one handshake. It asks the key source for a signer only
+// when the handshake needs a signature: a TLS 1.2 handshake calls GetCertificate before it
+// decides to resume, and a resumed handshake must not reach the signers. Errors name the key
+// and, when the deadline ran out, say so.
+type handshakeSigner struct {
+	h     *handshakeKeys
+	ctx   context.Context
+	event SignEvent
+}
+
+func (s *handshakeSigner) Public() crypto.PublicKey { return s.h.pub }
+
+func (s *handshakeSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	start := time.Now()
+	var sig []byte
+	signer, err := s.h.keys.Signer(s.ctx, s.h.pub)
+	if err == nil {
+		sig, err = signer.Sign(rand, digest, opts)
+	}
+	if err != nil {
+		if cause := context.Cause(s.ctx); cause != nil && !errors.Is(err, cause) {
+			err = fmt.Errorf("%w (%v)", err, cause)
+		}
+		if !strings.Contains(err.Error(), s.event.Key) { // the keyless client names it already
+			err = fmt.Errorf("key %s: %w", s.event.Key, err)
+		}
+	}
+	if s.h.onSign != nil {
+		ev := s.event
+		ev.Duration, ev.Err = time.Since(start), err
+		s.h.onSign(ev)
+	}
+	return sig, err
+}
