@@ -28,14 +28,24 @@ key generation needs. Finding the safe primes takes 10–30 s of CPU here
 			}
 			path := filepath.Join(cfg.DataDir, "preparams.json")
 			start := time.Now()
+			// On a terminal one line counts up; in a log, a line every 10 s.
+			tty := isTerminal(os.Stderr)
 			_, generated, err := tss.LoadOrGeneratePreParams(cmd.Context(), path, func(d time.Duration) {
-				fmt.Fprintf(os.Stderr, "\r%s: generating pre-parameters (safe primes)... %s ", cfg.Name, d.Truncate(time.Second))
+				switch secs := int(d.Seconds()); {
+				case tty:
+					fmt.Fprintf(os.Stderr, "\r%s: generating pre-parameters (safe primes)... %ds ", cfg.Name, secs)
+				case secs%10 == 0:
+					fmt.Fprintf(os.Stderr, "%s: generating pre-parameters (safe primes)... %ds\n", cfg.Name, secs)
+				}
 			})
 			if err != nil {
 				return err
 			}
 			if generated {
-				fmt.Fprintf(os.Stderr, "\r%s: pre-parameters ready in %s, saved to %s\n", cfg.Name, time.Since(start).Truncate(100*time.Millisecond), path)
+				if tty {
+					fmt.Fprint(os.Stderr, "\r")
+				}
+				fmt.Fprintf(os.Stderr, "%s: pre-parameters ready in %s, saved to %s\n", cfg.Name, time.Since(start).Truncate(100*time.Millisecond), path)
 			} else {
 				fmt.Fprintf(os.Stderr, "%s: pre-parameters already present in %s\n", cfg.Name, path)
 			}
@@ -45,4 +55,9 @@ key generation needs. Finding the safe primes takes 10–30 s of CPU here
 	cmd.Flags().StringVarP(&configPath, "config", "c", "", "this node's configuration file")
 	_ = cmd.MarkFlagRequired("config")
 	return cmd
+}
+
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
