@@ -69,7 +69,15 @@ type ClientConfig struct {
 	// Authorize, if set, is called once per signature; its bytes travel in
 	// the request's authority item (tag 0xC0), which stock servers ignore.
 	// An error from it fails the signature without contacting any signer.
+	// When nil and the client certificate in TLS is a tkeyless edge or
+	// admin identity, each request carries an authority signed with that
+	// identity's key (IdentityAuthority): tkeyless signers require it.
 	Authorize func(op protocol.Op, ski protocol.SKI, digest []byte) ([]byte, error)
+
+	// NoAuthority sends requests without any authority item, as a stock
+	// gokeyless client does. tkeyless signers then accept them only from
+	// identities their operator marked legacy.
+	NoAuthority bool
 
 	Logger zerolog.Logger
 }
@@ -142,6 +150,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = defaultDialTimeout
+	}
+	switch {
+	case cfg.NoAuthority:
+		cfg.Authorize = nil
+	case cfg.Authorize == nil && len(cfg.TLS.Certificates) > 0:
+		cfg.Authorize = IdentityAuthority(cfg.TLS.Certificates[0])
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Client{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel}

@@ -33,6 +33,29 @@ type Config struct {
 	SignTimeout Duration `yaml:"sign_timeout"`
 	// KeygenTimeout bounds a key generation ceremony.
 	KeygenTimeout Duration `yaml:"keygen_timeout"`
+	// Access grants edge (and admin) identities the use of keys. Every
+	// member of a signing session checks it on its own. Empty means every
+	// edge or admin identity of the cluster CA may use every key, with
+	// end-to-end request authority: convenient for a first cluster, too
+	// broad for production.
+	Access []Grant `yaml:"access"`
+	// AuthorityWindow is how far the time in an edge's request authority
+	// may be from this node's clock (default 30s).
+	AuthorityWindow Duration `yaml:"authority_window"`
+}
+
+// Grant lets one identity use some keys.
+type Grant struct {
+	// Identity is the certificate common name of an edge or admin.
+	Identity string `yaml:"identity"`
+	// Keys are key ids (hex SKI), or "*" for every key.
+	Keys []string `yaml:"keys"`
+	// Legacy accepts requests from this identity without end-to-end
+	// authority, as stock gokeyless clients send them. Members then trust
+	// the coordinator's word for who asked and for the digest: a single
+	// compromised signer can sign anything this identity may. Use only to
+	// migrate clients that cannot be changed.
+	Legacy bool `yaml:"legacy"`
 }
 
 // TLSFiles names PEM files.
@@ -94,6 +117,9 @@ func (c *Config) setDefaults() {
 	if c.SignTimeout == 0 {
 		c.SignTimeout = Duration(10 * time.Second)
 	}
+	if c.AuthorityWindow == 0 {
+		c.AuthorityWindow = Duration(30 * time.Second)
+	}
 	if c.KeygenTimeout == 0 {
 		c.KeygenTimeout = Duration(2 * time.Minute)
 	}
@@ -123,6 +149,11 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("peer name %q used twice (or is this node's own name)", p.Name))
 		}
 		seen[p.Name] = true
+	}
+	for _, g := range c.Access {
+		if g.Identity == "" || len(g.Keys) == 0 {
+			errs = append(errs, fmt.Errorf("access grant %+v needs identity and keys", g))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -31,8 +31,14 @@ func (b *keylessBackend) Sign(ctx context.Context, req *keyless.Request) ([]byte
 		Edge: id.Name, Authority: req.Authority, RequestID: fmt.Sprint(req.ID),
 	})
 	switch {
-	case errors.Is(err, ErrUnknownKey):
+	case errors.Is(err, ErrUnknownKey), errors.Is(err, errNotGranted):
+		// Not granted looks like not found: an edge learns nothing about
+		// keys it may not use. The signer's log says which it was.
 		return nil, protocol.ErrKeyNotFound
+	case errors.Is(err, errUnauthorized):
+		// No (valid) end-to-end authority: the client must be a tkeyless
+		// client, or its identity marked legacy.
+		return nil, protocol.ErrRemoteConfiguration
 	case err != nil:
 		return nil, err
 	}

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/tkeyless/tkeyless/internal/authority"
 	"github.com/tkeyless/tkeyless/internal/peerwire"
 	"github.com/tkeyless/tkeyless/internal/pki"
 	"github.com/tkeyless/tkeyless/keyless"
@@ -44,6 +45,7 @@ type Node struct {
 	preParams *preParamsCache
 	peers     map[string]*peerConn
 	sessions  *router
+	verifier  *authority.Verifier
 }
 
 type peerConn struct {
@@ -80,6 +82,7 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 		preParams: newPreParamsCache(filepath.Join(cfg.DataDir, "preparams.json")),
 		peers:     map[string]*peerConn{},
 		sessions:  newRouter(30 * time.Second),
+		verifier:  &authority.Verifier{Roots: tlsConf.ClientCAs, Window: time.Duration(cfg.AuthorityWindow)},
 	}
 	if err := n.loadShares(); err != nil {
 		return nil, err

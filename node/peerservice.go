@@ -103,11 +103,20 @@ func (s *peerService) Run(ctx context.Context, req *peerwire.RunRequest) (*peerw
 
 func (s *peerService) Deliver(ctx context.Context, env *peerwire.Envelope) (*peerwire.DeliverResponse, error) {
 	caller := callerOf(ctx)
-	if err := s.n.sessions.deliver(caller.Name, env); err != nil {
+	if err := s.n.deliver(caller, env); err != nil {
 		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", env.Session.String()).Int("round", env.Round).Msg("message refused")
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return &peerwire.DeliverResponse{}, nil
+}
+
+func (s *peerService) Echo(ctx context.Context, e *peerwire.Echo) (*peerwire.EchoResponse, error) {
+	caller := callerOf(ctx)
+	if err := s.n.handleEcho(caller, e); err != nil {
+		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", e.Session.String()).Int("round", e.Round).Msg("echo refused")
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &peerwire.EchoResponse{}, nil
 }
 
 func (s *peerService) KeygenCeremony(ctx context.Context, req *peerwire.KeygenCeremonyRequest) (*peerwire.KeygenCeremonyResponse, error) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tkeyless/tkeyless/internal/peerwire"
+	"github.com/tkeyless/tkeyless/tss"
 )
 
 // sessionState names where a session is in its life. A session moves only
@@ -28,6 +29,7 @@ func (s sessionState) String() string {
 // party is what the engine's keygen and sign sessions have in common.
 type party interface {
 	Deliver(from string, broadcast bool, payload []byte) error
+	Abort(err *tss.SessionError)
 }
 
 // session is this node's part in one signing session or ceremony.
@@ -38,9 +40,9 @@ type session struct {
 	members []string // every member, this node included
 	// coordinator is the node that prepared the session; only it may start it.
 	coordinator string
-	party   party
-	run     func(ctx context.Context) (*peerwire.RunResponse, error)
-	expiry  *time.Timer
+	party       party
+	run         func(ctx context.Context) (*peerwire.RunResponse, error)
+	expiry      *time.Timer
 
 	mu    sync.Mutex
 	state sessionState
@@ -49,6 +51,9 @@ type session struct {
 	// sent them, so an older round is a replay and a repeat a duplicate.
 	lastRound map[string]int
 	seen      map[string]bool
+	// broadcasts tracks, in sessions of three or more, each broadcast
+	// message until every other member has echoed the same one.
+	broadcasts map[broadcastKey]*broadcast
 }
 
 // ErrUnknownSession is returned for a message or call that names a session
@@ -77,6 +82,7 @@ func (r *router) add(s *session) error {
 	}
 	s.lastRound = map[string]int{}
 	s.seen = map[string]bool{}
+	s.broadcasts = map[broadcastKey]*broadcast{}
 	r.sessions[s.id] = s
 	s.expiry = time.AfterFunc(r.prepareTTL, func() {
 		s.mu.Lock()
@@ -152,39 +158,41 @@ func (r *router) start(ctx context.Context, id peerwire.SessionID) (*peerwire.Ru
 	return s.run(ctx)
 }
 
-// deliver checks an envelope against its session and hands it to the party.
-// sender is the authenticated peer name, never a field of the envelope.
-func (r *router) deliver(sender string, env *peerwire.Envelope) error {
+// accept checks an envelope against its session: the session exists and
+// is live, the envelope is for this session's kind and key, the sender is
+// a member and claims to be who its certificate says, and the message is
+// neither a replay of an earlier round nor a duplicate. sender is the
+// authenticated peer name.
+func (r *router) accept(sender string, env *peerwire.Envelope) (*session, error) {
 	if env.Version != peerwire.Version {
-		return fmt.Errorf("envelope version %d, want %d", env.Version, peerwire.Version)
+		return nil, fmt.Errorf("envelope version %d, want %d", env.Version, peerwire.Version)
 	}
 	s, err := r.get(env.Session)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	if env.From != sender {
+		return nil, fmt.Errorf("session %s: %s sent a message claiming to be %q", s.id, sender, env.From)
 	}
 	if env.Kind != s.kind || env.Key != s.key {
-		return fmt.Errorf("session %s: envelope is for %s key %q, session is %s key %q", s.id, env.Kind, env.Key, s.kind, s.key)
+		return nil, fmt.Errorf("session %s: envelope is for %s key %q, session is %s key %q", s.id, env.Kind, env.Key, s.kind, s.key)
 	}
 	if !slices.Contains(s.members, sender) {
-		return fmt.Errorf("session %s: %s is not a member %v", s.id, sender, s.members)
+		return nil, fmt.Errorf("session %s: %s is not a member %v", s.id, sender, s.members)
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.state == stateFinished {
-		s.mu.Unlock()
-		return fmt.Errorf("session %s: %w", s.id, ErrUnknownSession)
+		return nil, fmt.Errorf("session %s: %w", s.id, ErrUnknownSession)
 	}
 	if env.Round < s.lastRound[sender] {
-		last := s.lastRound[sender]
-		s.mu.Unlock()
-		return fmt.Errorf("session %s: %s sent round %d after round %d: replayed or reordered", s.id, sender, env.Round, last)
+		return nil, fmt.Errorf("session %s: %s sent round %d after round %d: replayed or reordered", s.id, sender, env.Round, s.lastRound[sender])
 	}
 	mk := fmt.Sprintf("%s|%s|%t", sender, env.Type, env.Broadcast)
 	if s.seen[mk] {
-		s.mu.Unlock()
-		return fmt.Errorf("session %s: duplicate %s from %s", s.id, env.Type, sender)
+		return nil, fmt.Errorf("session %s: duplicate %s from %s", s.id, env.Type, sender)
 	}
 	s.seen[mk] = true
 	s.lastRound[sender] = env.Round
-	s.mu.Unlock()
-	return s.party.Deliver(sender, env.Broadcast, env.Payload)
+	return s, nil
 }

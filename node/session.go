@@ -60,15 +60,29 @@ func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerw
 	if req.Edge == "" {
 		return errors.New("request names no edge identity")
 	}
-	ss, err := tss.NewSignSession(share, req.Quorum, req.Digest, n.outbox(id, peerwire.KindSign, req.Key))
+	claims, err := n.authorize(keyID, hash, req)
+	if err != nil {
+		n.log.Warn().Err(err).Str("key", keyID.String()).Str("edge", req.Edge).Str("coordinator", coordinator).Str("session", id.String()).Msg("refused to sign: request not authorized")
+		return fmt.Errorf("%w: %w", errUnauthorized, err)
+	}
+	ss, err := tss.NewSignSession(share, req.Quorum, req.Digest, n.outbox(id, peerwire.KindSign, req.Key, len(req.Quorum)))
 	if err != nil {
 		return err
 	}
 	return n.sessions.add(&session{
 		id: id, kind: peerwire.KindSign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ss,
 		run: func(ctx context.Context) (*peerwire.RunResponse, error) {
+			// One authority yields at most one signature from this node:
+			// claim its request id before signing, give it back on failure
+			// so the coordinator's retry with another quorum can use it.
+			if claims != nil && !n.verifier.MarkUsed(*claims) {
+				return nil, fmt.Errorf("request %s from %q already signed: replay", claims.RequestIDString(), claims.Identity.Name)
+			}
 			sig, err := ss.Run(ctx)
 			if err != nil {
+				if claims != nil {
+					n.verifier.Release(*claims)
+				}
 				return nil, err
 			}
 			return &peerwire.RunResponse{Signature: sig}, nil
@@ -84,7 +98,7 @@ func (n *Node) prepareKeygen(coordinator string, id peerwire.SessionID, req *pee
 	if err != nil {
 		return err
 	}
-	ks, err := tss.NewKeygenSession(req.Threshold, req.Parties, n.cfg.Name, pp, n.outbox(id, peerwire.KindKeygen, ""))
+	ks, err := tss.NewKeygenSession(req.Threshold, req.Parties, n.cfg.Name, pp, n.outbox(id, peerwire.KindKeygen, "", len(req.Parties)))
 	if err != nil {
 		return err
 	}
@@ -113,9 +127,10 @@ func (n *Node) prepareKeygen(coordinator string, id peerwire.SessionID, req *pee
 
 // outbox sends a session's messages to the other members, in parallel, and
 // returns once every recipient accepted (queued) them.
-func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string) tss.Outbox {
+// Broadcasts in sessions of three or more are signed for the echo check
+// (see echo.go).
+func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, members int) tss.Outbox {
 	return tss.OutboxFunc(func(ctx context.Context, m tss.Outgoing) error {
-		env := &peerwire.Envelope{Version: peerwire.Version, Session: id, Kind: kind, Key: key, Round: m.Round, Type: m.Type, Broadcast: m.Broadcast, Payload: m.Payload}
 		errs := make([]error, len(m.To))
 		var wg sync.WaitGroup
 		for i, to := range m.To {
@@ -123,6 +138,16 @@ func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string) tss
 			if !ok {
 				errs[i] = fmt.Errorf("no address configured for member %s", to)
 				continue
+			}
+			env := &peerwire.Envelope{Version: peerwire.Version, Session: id, Kind: kind, Key: key, From: n.cfg.Name,
+				Round: m.Round, Type: m.Type, Broadcast: m.Broadcast, Payload: m.Payload}
+			if tamperOutgoing != nil {
+				tamperOutgoing(to, env)
+			}
+			if env.Broadcast && members >= 3 {
+				if err := n.signBroadcast(env); err != nil {
+					return fmt.Errorf("sign broadcast: %w", err)
+				}
 			}
 			wg.Go(func() {
 				if _, err := p.client.Deliver(ctx, env); err != nil {
@@ -143,3 +168,8 @@ type memberError struct {
 
 func (e *memberError) Error() string { return fmt.Sprintf("member %s: %v", e.member, e.err) }
 func (e *memberError) Unwrap() error { return e.err }
+
+// tamperOutgoing, when set, may rewrite an envelope before it is signed and
+// sent. Only the adversary build (go build -tags adversary) sets it, to test
+// that honest nodes catch a misbehaving one; release builds leave it nil.
+var tamperOutgoing func(to string, env *peerwire.Envelope)

@@ -56,3 +56,7 @@ func (s *KeygenSession) Run(ctx context.Context) (*Share, error) {
 	}
 	return newShare(s.threshold, s.r.m.names(), s.r.self, *data)
 }
+
+// Abort ends the session with err (Kind is filled in): for misbehaviour
+// the transport detects, such as an equivocating member.
+func (s *KeygenSession) Abort(err *SessionError) { s.r.abort(err) }

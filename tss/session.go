@@ -94,6 +94,7 @@ type runner struct {
 	checks *peerChecks
 
 	inbox     chan inbound
+	failc     chan *SessionError
 	done      chan struct{}
 	closeOnce sync.Once
 	lastRound atomic.Int32
@@ -117,6 +118,7 @@ func newRunner(kind, self string, m *members, threshold int, outbox Outbox) (*ru
 		// messages per party; ten rounds of that never block the party.
 		out:   make(chan tsslib.Message, 10*n),
 		inbox: make(chan inbound, 10*n*n),
+		failc: make(chan *SessionError, 1),
 		done:  make(chan struct{}),
 	}, nil
 }
@@ -144,6 +146,16 @@ func (r *runner) deliver(from string, broadcast bool, payload []byte) error {
 }
 
 func (r *runner) close() { r.closeOnce.Do(func() { close(r.done) }) }
+
+// abort ends the session with err, for failures found outside tss-lib (an
+// equivocating member, found by the transport's echo check).
+func (r *runner) abort(err *SessionError) {
+	err.Kind = r.kind
+	select {
+	case r.failc <- err:
+	default:
+	}
+}
 
 // run starts the party and drives it until it yields a result on end, fails,
 // or ctx ends.
@@ -173,6 +185,8 @@ func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 			return res, nil
 		case err := <-sendErr:
 			return zero, &SessionError{Kind: r.kind, Round: r.round(), Err: err}
+		case err := <-r.failc:
+			return zero, err
 		case <-ctx.Done():
 			return zero, &SessionError{Kind: r.kind, Round: r.round(), Waiting: r.waitingFor(), Err: context.Cause(ctx)}
 		case in := <-r.inbox:

@@ -91,3 +91,7 @@ func encodeSignature(r, s *big.Int) []byte {
 	})
 	return b.BytesOrPanic()
 }
+
+// Abort ends the session with err (Kind is filled in): for misbehaviour
+// the transport detects, such as an equivocating member.
+func (s *SignSession) Abort(err *SessionError) { s.r.abort(err) }

@@ -57,6 +57,7 @@ A first cluster, step by step (see README.md and examples/):
 
 func (g *globalFlags) logger() zerolog.Logger {
 	zerolog.TimeFieldFormat = time.RFC3339Nano
+	zerolog.ErrorFieldName = "err"
 	zerolog.DurationFieldUnit = time.Millisecond
 	zerolog.DurationFieldInteger = false
 	var l zerolog.Logger

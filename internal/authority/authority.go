@@ -249,6 +249,14 @@ func (v *Verifier) MarkUsed(c Claims) bool {
 	return true
 }
 
+// Release gives back a request id claimed by MarkUsed whose session then
+// failed, so a retry with another quorum can use the same authority.
+func (v *Verifier) Release(c Claims) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.used, c.RequestID)
+}
+
 func verifySig(pub any, msg, sig []byte) bool {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:

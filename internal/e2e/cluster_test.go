@@ -45,6 +45,33 @@ func binaries(t *testing.T) string {
 	return binDir
 }
 
+var (
+	adversaryOnce sync.Once
+	adversaryBin  string
+	adversaryErr  error
+)
+
+// adversaryBinary builds the signer with the adversary build tag: a node
+// that misbehaves as TKEYLESS_ADVERSARY says (node/adversary.go).
+func adversaryBinary(t *testing.T) string {
+	t.Helper()
+	adversaryOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tkeyless-e2e-adversary")
+		if err != nil {
+			adversaryErr = err
+			return
+		}
+		adversaryBin = filepath.Join(dir, "signer")
+		cmd := exec.Command("go", "build", "-tags", "adversary", "-o", adversaryBin, "github.com/tkeyless/tkeyless/cmd/signer")
+		cmd.Stderr = os.Stderr
+		adversaryErr = cmd.Run()
+	})
+	if adversaryErr != nil {
+		t.Fatalf("build adversary signer: %v", adversaryErr)
+	}
+	return adversaryBin
+}
+
 // repoRoot finds the module root, for the committed test fixtures.
 func repoRoot(t *testing.T) string {
 	_, file, _, _ := runtime.Caller(0)
@@ -111,8 +138,17 @@ func (p *proc) Output() string {
 
 func start(t *testing.T, name, bin string, args ...string) *proc {
 	t.Helper()
+	return startPath(t, name, filepath.Join(binaries(t), bin), nil, args...)
+}
+
+// startPath starts the binary at path with extra environment variables.
+func startPath(t *testing.T, name, path string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: name, done: make(chan struct{})}
-	p.cmd = exec.Command(filepath.Join(binaries(t), bin), args...)
+	p.cmd = exec.Command(path, args...)
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -206,6 +242,13 @@ type cluster struct {
 // test pre-parameters, and a (threshold, n) key made by a real ceremony.
 func startCluster(t *testing.T, threshold, n int) *cluster {
 	t.Helper()
+	return startClusterWith(t, threshold, n, "")
+}
+
+// startClusterWith is startCluster with extra YAML appended to every
+// node's configuration (access grants, timeouts).
+func startClusterWith(t *testing.T, threshold, n int, extraYAML string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
 	c := &cluster{dir: dir, threshold: threshold}
 	pkiDir := filepath.Join(dir, "pki")
@@ -228,6 +271,7 @@ func startCluster(t *testing.T, threshold, n int) *cluster {
 				fmt.Fprintf(&cfg, "  - {name: %s, addr: %s}\n", o.name, o.peerAddr)
 			}
 		}
+		cfg.WriteString(extraYAML)
 		sn.config = filepath.Join(dir, sn.name+".yaml")
 		if err := os.WriteFile(sn.config, []byte(cfg.String()), 0o600); err != nil {
 			t.Fatal(err)
@@ -257,7 +301,13 @@ func startCluster(t *testing.T, threshold, n int) *cluster {
 
 func (c *cluster) startNode(t *testing.T, sn *signerNode) {
 	t.Helper()
-	sn.proc = start(t, "signer "+sn.name, "signer", "serve", "--config", sn.config, "--log-level", "debug")
+	c.startNodeBinary(t, sn, filepath.Join(binaries(t), "signer"), nil)
+}
+
+// startNodeBinary (re)starts one node from the given signer binary.
+func (c *cluster) startNodeBinary(t *testing.T, sn *signerNode, path string, env []string) {
+	t.Helper()
+	sn.proc = startPath(t, "signer "+sn.name, path, env, "serve", "--config", sn.config, "--log-level", "debug")
 	waitListening(t, sn.proc, sn.peerAddr, sn.keylessAddr)
 }
 

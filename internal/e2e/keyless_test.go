@@ -14,6 +14,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,7 +35,10 @@ func TestKeylessEndpoint(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
-	c := startCluster(t, 1, 2)
+	c := startClusterWith(t, 1, 2, `access:
+  - {identity: edge, keys: ["*"]}
+  - {identity: legacy, keys: ["*"], legacy: true}
+`)
 	pub := c.publicKey(t).(*ecdsa.PublicKey)
 	node := c.nodes[0]
 
@@ -42,7 +46,18 @@ func TestKeylessEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stock := gkclient.NewClient(edgeTLS, rootsFrom(t, c.caPath))
+	// Stock gokeyless clients cannot send the end-to-end authority; the
+	// signers accept them only for an identity marked legacy.
+	pkiDir := filepath.Join(c.dir, "pki")
+	run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", "legacy", "--role", "edge")
+	legacyTLS, err := tls.LoadX509KeyPair(filepath.Join(pkiDir, "legacy.pem"), filepath.Join(pkiDir, "legacy-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stock := gkclient.NewClient(legacyTLS, rootsFrom(t, c.caPath))
+	// gokeyless pools connections per address process-wide, whatever the
+	// client's identity; this test uses two identities on one address.
+	atomic.StoreUint32(&gkclient.TestDisableConnectionPool, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -83,6 +98,27 @@ func TestKeylessEndpoint(t *testing.T) {
 				t.Fatalf("%v: signature does not verify", tc.h)
 			}
 		}
+	})
+
+	t.Run("stock-client-not-legacy-refused", func(t *testing.T) {
+		before := c.auditCount()
+		notLegacy := gkclient.NewClient(edgeTLS, rootsFrom(t, c.caPath))
+		signer, err := notLegacy.NewRemoteSignerByPublicKey(ctx, node.keylessAddr, pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := sha256.Sum256([]byte("no authority"))
+		_, err = signer.Sign(rand.Reader, d[:], crypto.SHA256)
+		if !errors.Is(err, protocol.ErrRemoteConfiguration) {
+			t.Fatalf("stock client with a non-legacy identity: want ErrRemoteConfiguration, got %v", err)
+		}
+		if !strings.Contains(node.proc.Output(), "is not marked legacy") {
+			t.Fatal("the signer's log does not say why it refused")
+		}
+		if c.auditCount() != before+1 {
+			t.Fatal("refusal not in the audit log")
+		}
+		signs(t)
 	})
 
 	t.Run("unknown-ski", func(t *testing.T) {
@@ -154,7 +190,6 @@ func TestKeylessEndpoint(t *testing.T) {
 
 		// A cluster identity whose calls name sessions that do not exist and
 		// carry payloads that do not parse.
-		pkiDir := filepath.Join(c.dir, "pki")
 		run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", "z", "--role", "node")
 		tc, err := pki.MutualTLS(c.caPath, filepath.Join(pkiDir, "z.pem"), filepath.Join(pkiDir, "z-key.pem"))
 		if err != nil {
@@ -167,7 +202,7 @@ func TestKeylessEndpoint(t *testing.T) {
 		}
 		defer cc.Close()
 		pc := peerwire.NewClient(cc)
-		if _, err := pc.Deliver(ctx, &peerwire.Envelope{Version: peerwire.Version, Session: peerwire.NewSessionID(), Kind: peerwire.KindSign, Payload: []byte("junk")}); err == nil || !strings.Contains(err.Error(), "unknown session") {
+		if _, err := pc.Deliver(ctx, &peerwire.Envelope{Version: peerwire.Version, Session: peerwire.NewSessionID(), Kind: peerwire.KindSign, From: "z", Payload: []byte("junk")}); err == nil || !strings.Contains(err.Error(), "unknown session") {
 			t.Fatalf("Deliver to an unknown session: %v", err)
 		}
 		if _, err := pc.Prepare(ctx, &peerwire.PrepareRequest{Version: peerwire.Version, Session: peerwire.NewSessionID(), Kind: peerwire.KindSign,

@@ -13,6 +13,8 @@ package peerwire
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -108,14 +110,53 @@ type RunResponse struct {
 
 // Envelope carries one tss-lib message from one member to another.
 type Envelope struct {
-	Version   int       `json:"v"`
-	Session   SessionID `json:"session"`
-	Kind      Kind      `json:"kind"`
-	Key       string    `json:"key,omitempty"` // KeyID of a signing session
-	Round     int       `json:"round"`
-	Type      string    `json:"type"`
-	Broadcast bool      `json:"broadcast"`
-	Payload   []byte    `json:"payload"`
+	Version int       `json:"v"`
+	Session SessionID `json:"session"`
+	Kind    Kind      `json:"kind"`
+	Key     string    `json:"key,omitempty"` // KeyID of a signing session
+	// From is the party the sender claims to be; the receiver refuses an
+	// envelope whose From is not the name in the caller's certificate.
+	From      string `json:"from"`
+	Round     int    `json:"round"`
+	Type      string `json:"type"`
+	Broadcast bool   `json:"broadcast"`
+	Payload   []byte `json:"payload"`
+	// Sig is the sender's signature (its node identity key) over
+	// BroadcastDigest, on broadcasts in sessions of three or more members,
+	// so that a receiver can prove to the others what the sender sent it.
+	Sig []byte `json:"sig,omitempty"`
+}
+
+// Echo tells the other members which broadcast a member received from an
+// origin, with the origin's own signature over it. Two validly signed,
+// different broadcasts from one origin prove it equivocated.
+type Echo struct {
+	Version int       `json:"v"`
+	Session SessionID `json:"session"`
+	Origin  string    `json:"origin"`
+	Type    string    `json:"type"`
+	Round   int       `json:"round"`
+	Hash    []byte    `json:"hash"` // SHA-256 of the payload received
+	Sig     []byte    `json:"sig"`  // the origin's signature over BroadcastDigest
+	// OriginCert is the origin's certificate (DER), for verifying Sig.
+	OriginCert []byte `json:"origin_cert"`
+}
+
+// EchoResponse acknowledges an echo.
+type EchoResponse struct{}
+
+// BroadcastDigest is what an origin signs for one broadcast message.
+func BroadcastDigest(session SessionID, origin, msgType string, round int, payloadHash []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte("tkeyless broadcast v1\x00"))
+	h.Write(session[:])
+	for _, s := range []string{origin, msgType} {
+		_ = binary.Write(h, binary.BigEndian, uint16(len(s)))
+		h.Write([]byte(s))
+	}
+	_ = binary.Write(h, binary.BigEndian, uint32(round))
+	h.Write(payloadHash)
+	return h.Sum(nil)
 }
 
 // DeliverResponse acknowledges an envelope.

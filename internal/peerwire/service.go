@@ -15,6 +15,7 @@ type Server interface {
 	Prepare(context.Context, *PrepareRequest) (*PrepareResponse, error)
 	Run(context.Context, *RunRequest) (*RunResponse, error)
 	Deliver(context.Context, *Envelope) (*DeliverResponse, error)
+	Echo(context.Context, *Echo) (*EchoResponse, error)
 	KeygenCeremony(context.Context, *KeygenCeremonyRequest) (*KeygenCeremonyResponse, error)
 }
 
@@ -46,6 +47,7 @@ var ServiceDesc = grpc.ServiceDesc{
 		unary("Prepare", Server.Prepare),
 		unary("Run", Server.Run),
 		unary("Deliver", Server.Deliver),
+		unary("Echo", Server.Echo),
 		unary("KeygenCeremony", Server.KeygenCeremony),
 	},
 	Metadata: "tkeyless/peer/v1",
@@ -83,6 +85,11 @@ func (c *Client) Run(ctx context.Context, r *RunRequest) (*RunResponse, error) {
 // Deliver calls Deliver.
 func (c *Client) Deliver(ctx context.Context, r *Envelope) (*DeliverResponse, error) {
 	return invoke[DeliverResponse](ctx, c, "Deliver", r)
+}
+
+// Echo calls Echo.
+func (c *Client) Echo(ctx context.Context, r *Echo) (*EchoResponse, error) {
+	return invoke[EchoResponse](ctx, c, "Echo", r)
 }
 
 // KeygenCeremony calls KeygenCeremony.

@@ -1,0 +1,228 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/tkeyless/tkeyless/internal/peerwire"
+	"github.com/tkeyless/tkeyless/internal/pki"
+	"github.com/tkeyless/tkeyless/tss"
+)
+
+// Reliable broadcast for sessions of three or more members.
+//
+// GG18 assumes a broadcast reaches every member identically. Over
+// point-to-point links a member could send different "broadcasts" to
+// different peers (equivocate). So every broadcast is signed by its origin
+// with its node key, each receiver echoes the hash and the origin's
+// signature to the other members, and a broadcast reaches the local party
+// only once every other member has echoed the same hash. Two different
+// hashes, both signed by the origin, prove the origin equivocated; an echo
+// whose signature does not verify blames the echoer.
+
+type broadcastKey struct{ origin, msgType string }
+
+type broadcast struct {
+	env      *peerwire.Envelope // held until released; nil once released
+	hash     []byte             // what this node received, nil until then
+	echoes   map[string][]byte  // echoer → hash it received
+	released bool
+}
+
+// deliver hands an accepted envelope to its session's party, through the
+// echo check when the session has three or more members.
+func (n *Node) deliver(caller pki.Identity, env *peerwire.Envelope) error {
+	s, err := n.sessions.accept(caller.Name, env)
+	if err != nil {
+		return err
+	}
+	if !env.Broadcast || len(s.members) < 3 {
+		return s.party.Deliver(env.From, env.Broadcast, env.Payload)
+	}
+	hash := sha256.Sum256(env.Payload)
+	digest := peerwire.BroadcastDigest(env.Session, env.From, env.Type, env.Round, hash[:])
+	if !verifyNodeSig(caller.Cert.PublicKey, digest, env.Sig) {
+		err := fmt.Errorf("session %s: broadcast %s from %s has no valid signature", s.id, env.Type, env.From)
+		s.party.Abort(&tss.SessionError{Round: env.Round, Culprits: []string{env.From}, Err: err})
+		return err
+	}
+	k := broadcastKey{env.From, env.Type}
+	s.mu.Lock()
+	b := s.broadcastFor(k)
+	b.env, b.hash = env, hash[:]
+	conflict := b.conflict()
+	s.mu.Unlock()
+	if conflict {
+		return n.equivocation(s, env.From, env.Type, env.Round)
+	}
+	echo := &peerwire.Echo{Version: peerwire.Version, Session: env.Session, Origin: env.From, Type: env.Type, Round: env.Round,
+		Hash: hash[:], Sig: env.Sig, OriginCert: caller.Cert.Raw}
+	n.sendEchoes(s, echo)
+	return n.maybeRelease(s, k)
+}
+
+// broadcastFor returns the tracking state of one broadcast; s.mu is held.
+func (s *session) broadcastFor(k broadcastKey) *broadcast {
+	b, ok := s.broadcasts[k]
+	if !ok {
+		b = &broadcast{echoes: map[string][]byte{}}
+		s.broadcasts[k] = b
+	}
+	return b
+}
+
+// conflict reports whether two of the hashes seen for one broadcast (this
+// node's own and the echoes) differ. Each was checked to carry the origin's
+// signature, so a difference convicts the origin.
+func (b *broadcast) conflict() bool {
+	var first []byte
+	for _, h := range append(slices.Collect(maps.Values(b.echoes)), b.hash) {
+		if h == nil {
+			continue
+		}
+		if first == nil {
+			first = h
+		} else if !bytes.Equal(first, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// handleEcho records another member's echo of a broadcast.
+func (n *Node) handleEcho(caller pki.Identity, e *peerwire.Echo) error {
+	if e.Version != peerwire.Version {
+		return fmt.Errorf("echo version %d, want %d", e.Version, peerwire.Version)
+	}
+	s, err := n.sessions.get(e.Session)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(s.members, caller.Name) || !slices.Contains(s.members, e.Origin) || caller.Name == e.Origin || e.Origin == n.cfg.Name {
+		return fmt.Errorf("session %s: echo from %s about %s does not fit members %v", s.id, caller.Name, e.Origin, s.members)
+	}
+	// The echo must carry the origin's own signature over what the echoer
+	// says it received; otherwise the echoer is lying.
+	if err := n.checkOriginSig(e); err != nil {
+		err = fmt.Errorf("session %s: echo from %s: %w", s.id, caller.Name, err)
+		s.party.Abort(&tss.SessionError{Round: e.Round, Culprits: []string{caller.Name}, Err: err})
+		return err
+	}
+	k := broadcastKey{e.Origin, e.Type}
+	s.mu.Lock()
+	b := s.broadcastFor(k)
+	if _, dup := b.echoes[caller.Name]; dup {
+		s.mu.Unlock()
+		return fmt.Errorf("session %s: duplicate echo from %s", s.id, caller.Name)
+	}
+	b.echoes[caller.Name] = e.Hash
+	conflict := b.conflict()
+	s.mu.Unlock()
+	if conflict {
+		return n.equivocation(s, e.Origin, e.Type, e.Round)
+	}
+	return n.maybeRelease(s, k)
+}
+
+func (n *Node) checkOriginSig(e *peerwire.Echo) error {
+	cert, err := x509.ParseCertificate(e.OriginCert)
+	if err != nil {
+		return fmt.Errorf("origin certificate: %w", err)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: n.tls.ClientCAs, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("origin certificate not from the cluster CA: %w", err)
+	}
+	id, err := pki.IdentityOf(cert)
+	if err != nil || id.Role != pki.RoleNode || id.Name != e.Origin {
+		return fmt.Errorf("origin certificate is not node %s's", e.Origin)
+	}
+	if !verifyNodeSig(cert.PublicKey, peerwire.BroadcastDigest(e.Session, e.Origin, e.Type, e.Round, e.Hash), e.Sig) {
+		return errors.New("origin signature does not verify")
+	}
+	return nil
+}
+
+// equivocation aborts the session, naming the origin: two members hold
+// different broadcasts that the origin signed both of.
+func (n *Node) equivocation(s *session, origin, msgType string, round int) error {
+	err := fmt.Errorf("session %s: %s equivocated: members received different signed %s broadcasts", s.id, origin, msgType)
+	n.log.Error().Str("session", s.id.String()).Str("peer", origin).Int("round", round).Str("culprit", origin).Msg("equivocation detected; session aborted")
+	s.party.Abort(&tss.SessionError{Round: round, Culprits: []string{origin}, Err: err})
+	return err
+}
+
+// maybeRelease hands a broadcast to the party once every member other than
+// its origin and this node has echoed the same hash.
+func (n *Node) maybeRelease(s *session, k broadcastKey) error {
+	s.mu.Lock()
+	b := s.broadcasts[k]
+	ready := b != nil && !b.released && b.env != nil && len(b.echoes) == len(s.members)-2
+	var env *peerwire.Envelope
+	if ready {
+		b.released, env, b.env = true, b.env, nil
+	}
+	s.mu.Unlock()
+	if !ready {
+		return nil
+	}
+	return s.party.Deliver(env.From, true, env.Payload)
+}
+
+// sendEchoes sends an echo to every member but this node and the origin,
+// in the background: the session's deadline bounds it.
+func (n *Node) sendEchoes(s *session, e *peerwire.Echo) {
+	for _, m := range s.members {
+		if m == n.cfg.Name || m == e.Origin {
+			continue
+		}
+		p, ok := n.peers[m]
+		if !ok {
+			continue
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n.cfg.SignTimeout))
+			defer cancel()
+			if _, err := p.client.Echo(ctx, e); err != nil {
+				n.log.Warn().Err(err).Str("session", s.id.String()).Str("peer", m).Msg("echo not delivered")
+			}
+		}()
+	}
+}
+
+// signBroadcast signs a broadcast this node sends, with its node key.
+func (n *Node) signBroadcast(env *peerwire.Envelope) error {
+	hash := sha256.Sum256(env.Payload)
+	digest := peerwire.BroadcastDigest(env.Session, env.From, env.Type, env.Round, hash[:])
+	key, ok := n.tls.Certificates[0].PrivateKey.(crypto.Signer)
+	if !ok {
+		return errors.New("node key cannot sign")
+	}
+	var err error
+	if _, isEd := key.Public().(ed25519.PublicKey); isEd {
+		env.Sig, err = key.Sign(rand.Reader, digest, crypto.Hash(0))
+	} else {
+		env.Sig, err = key.Sign(rand.Reader, digest, crypto.SHA256)
+	}
+	return err
+}
+
+func verifyNodeSig(pub any, digest, sig []byte) bool {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return ecdsa.VerifyASN1(k, digest, sig)
+	case ed25519.PublicKey:
+		return ed25519.Verify(k, digest, sig)
+	}
+	return false
+}
