@@ -114,26 +114,20 @@ func run(t *testing.T, name string, args ...string) string {
 }
 
 // proc is a long-running process whose output is kept for assertions and
-// for the failure report.
+// for the failure report. The output goes to a file, not a pipe: a process
+// writes a log line before it answers a request, so once the answer is in,
+// the line is in the file, and reading it needs no waiting.
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
+	log  string
 	done chan struct{}
-}
-
-func (p *proc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
 }
 
 // Output returns everything the process printed so far.
 func (p *proc) Output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
+	b, _ := os.ReadFile(p.log)
+	return string(b)
 }
 
 func start(t *testing.T, name, bin string, args ...string) *proc {
@@ -144,16 +138,20 @@ func start(t *testing.T, name, bin string, args ...string) *proc {
 // startPath starts the binary at path with extra environment variables.
 func startPath(t *testing.T, name, path string, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, done: make(chan struct{})}
+	f, err := os.CreateTemp(t.TempDir(), "proc-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{name: name, log: f.Name(), done: make(chan struct{})}
 	p.cmd = exec.Command(path, args...)
 	if env != nil {
 		p.cmd.Env = append(os.Environ(), env...)
 	}
-	p.cmd.Stdout, p.cmd.Stderr = p, p
+	p.cmd.Stdout, p.cmd.Stderr = f, f
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	go func() { _ = p.cmd.Wait(); f.Close(); close(p.done) }()
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() {

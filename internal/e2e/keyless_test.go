@@ -21,7 +21,9 @@ import (
 	gkclient "github.com/cloudflare/gokeyless/client"
 	"github.com/cloudflare/gokeyless/protocol"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/tkeyless/tkeyless/internal/peerwire"
 	"github.com/tkeyless/tkeyless/internal/pki"
@@ -38,6 +40,7 @@ func TestKeylessEndpoint(t *testing.T) {
 	c := startClusterWith(t, 1, 2, `access:
   - {identity: edge, keys: ["*"]}
   - {identity: legacy, keys: ["*"], legacy: true}
+  - {identity: other, keys: ["0000000000000000000000000000000000000000"], legacy: true}
 `)
 	pub := c.publicKey(t).(*ecdsa.PublicKey)
 	node := c.nodes[0]
@@ -117,6 +120,45 @@ func TestKeylessEndpoint(t *testing.T) {
 		}
 		if c.auditCount() != before+1 {
 			t.Fatal("refusal not in the audit log")
+		}
+		signs(t)
+	})
+
+	t.Run("identity-not-granted-key", func(t *testing.T) {
+		run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", "other", "--role", "edge")
+		otherTLS, err := tls.LoadX509KeyPair(filepath.Join(pkiDir, "other.pem"), filepath.Join(pkiDir, "other-key.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		signer, err := gkclient.NewClient(otherTLS, rootsFrom(t, c.caPath)).NewRemoteSignerByPublicKey(ctx, node.keylessAddr, pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := sha256.Sum256([]byte("not yours"))
+		if _, err := signer.Sign(rand.Reader, d[:], crypto.SHA256); !errors.Is(err, protocol.ErrKeyNotFound) {
+			t.Fatalf("identity without a grant for the key: want KeyNotFound, got %v", err)
+		}
+		if !strings.Contains(node.proc.Output(), "identity is not granted this key") {
+			t.Fatal("the signer's log does not say why it refused")
+		}
+		signs(t)
+	})
+
+	t.Run("edge-identity-on-peer-endpoint", func(t *testing.T) {
+		tc, err := pki.MutualTLS(c.caPath, c.edgeCert, c.edgeKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.ServerName = node.name
+		cc, err := grpc.NewClient(node.peerAddr, grpc.WithTransportCredentials(credentials.NewTLS(tc)), grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		_, err = peerwire.NewClient(cc).Prepare(ctx, &peerwire.PrepareRequest{Version: peerwire.Version, Session: peerwire.NewSessionID(), Kind: peerwire.KindSign,
+			Sign: &peerwire.SignRequest{Key: c.keyID, Quorum: []string{"a", "b"}, Hash: "SHA-256", Digest: make([]byte, 32), Edge: "edge"}})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("an edge identity calling the peer endpoint: want PermissionDenied, got %v", err)
 		}
 		signs(t)
 	})
