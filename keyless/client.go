@@ -118,7 +118,19 @@ type RemoteError struct {
 }
 
 func (e *RemoteError) Error() string {
-	return fmt.Sprintf("keyless signer %s: %s", e.Endpoint, e.Code.String())
+	return fmt.Sprintf("keyless signer %s: %s", e.Endpoint, codeString(e.Code))
+}
+
+// ErrKeyDisabled is tkeyless's own keyless error code: an operator
+// disabled the key cluster-wide (the kill switch). Stock gokeyless clients
+// see it as "unknown error"; it is not worth trying another signer.
+const ErrKeyDisabled protocol.Error = 0x80
+
+func codeString(e protocol.Error) string {
+	if e == ErrKeyDisabled {
+		return "key disabled by the cluster operator"
+	}
+	return e.String()
 }
 
 // Unwrap returns the protocol.Error code.

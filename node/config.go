@@ -24,6 +24,17 @@ type Config struct {
 	PeerListen string `yaml:"peer_listen"`
 	// KeylessListen is where edges send keyless requests (mTLS).
 	KeylessListen string `yaml:"keyless_listen"`
+	// HTTPListen, if set, serves /healthz (for load balancers), /metrics
+	// (Prometheus) and /status (JSON) over plain HTTP: bind it to a
+	// private address.
+	HTTPListen string `yaml:"http_listen"`
+	// MaxQueue bounds the signing requests this node coordinates at once;
+	// past it a request fails at once with "overloaded" and the edge tries
+	// another signer (default 64).
+	MaxQueue int `yaml:"max_queue"`
+	// MaxSessions bounds the sessions this node takes part in at once,
+	// coordinated or joined (default 128).
+	MaxSessions int `yaml:"max_sessions"`
 	// TLS is the node's identity and the cluster CA.
 	TLS TLSFiles `yaml:"tls"`
 	// Peers are the other signers of the cluster.
@@ -116,6 +127,12 @@ func LoadConfig(path string) (Config, error) {
 func (c *Config) setDefaults() {
 	if c.SignTimeout == 0 {
 		c.SignTimeout = Duration(10 * time.Second)
+	}
+	if c.MaxQueue == 0 {
+		c.MaxQueue = 64
+	}
+	if c.MaxSessions == 0 {
+		c.MaxSessions = 128
 	}
 	if c.AuthorityWindow == 0 {
 		c.AuthorityWindow = Duration(30 * time.Second)

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/tkeyless/tkeyless/internal/peerwire"
 	"github.com/tkeyless/tkeyless/tss"
 )
@@ -41,9 +43,16 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 	defer func() {
 		ev := n.log.Info()
 		outcome := "signed"
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrOverloaded):
+			ev, outcome = n.log.Warn().AnErr("err", err), "overloaded"
+		case errors.Is(err, errUnauthorized), errors.Is(err, ErrUnknownKey), errors.Is(err, ErrKeyDisabled):
+			ev, outcome = n.log.Warn().AnErr("err", err), "refused"
+		case err != nil:
 			ev, outcome = n.log.Warn().AnErr("err", err), "failed"
 		}
+		n.metrics.signRequests.WithLabelValues(outcome).Inc()
+		n.metrics.signDuration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
 		ev.Str("event", "sign").Str("key", req.Key.String()).Str("edge", req.Edge).Str("request", req.RequestID).
 			Interface("quorums", quorums).Str("outcome", outcome).Dur("dur_ms", time.Since(start)).Msg("audit")
 	}()
@@ -51,8 +60,18 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 	if !ok {
 		return nil, fmt.Errorf("key %s: %w", req.Key, ErrUnknownKey)
 	}
+	if n.keyDisabled(req.Key) {
+		return nil, fmt.Errorf("key %s: %w", req.Key, ErrKeyDisabled)
+	}
 	if err := tss.CheckDigest(req.Hash, req.Digest); err != nil {
 		return nil, err
+	}
+	select {
+	case n.queue <- struct{}{}:
+		n.metrics.queueDepth.Inc()
+		defer func() { <-n.queue; n.metrics.queueDepth.Dec() }()
+	default:
+		return nil, fmt.Errorf("%w: %d signing requests already in progress on %s", ErrOverloaded, cap(n.queue), n.cfg.Name)
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -70,8 +89,15 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 		attemptStart := time.Now()
 		sig, bad, err := n.signWith(ctx, share, quorum, req)
 		if err == nil {
+			for _, m := range quorum {
+				n.credit(m)
+			}
 			return sig, nil
 		}
+		for _, m := range bad {
+			n.blame(m, err)
+		}
+		n.metrics.aborts.WithLabelValues(abortReason(err, bad)).Inc()
 		n.log.Warn().Err(err).Str("key", req.Key.String()).Strs("quorum", quorum).Strs("suspects", bad).
 			Int("attempt", attempt+1).Dur("dur_ms", time.Since(attemptStart)).Msg("signing session failed")
 		errs = append(errs, fmt.Errorf("quorum %v: %w", quorum, err))
@@ -84,7 +110,8 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 }
 
 // pickQuorum chooses this node plus Threshold others, leaving out excluded
-// members, in random order so load spreads over the cluster.
+// members: healthy peers first, fastest first, with ties shuffled so load
+// spreads over the cluster.
 func (n *Node) pickQuorum(share *tss.Share, excluded []string) ([]string, bool) {
 	var others []string
 	for _, p := range share.Parties {
@@ -96,7 +123,26 @@ func (n *Node) pickQuorum(share *tss.Share, excluded []string) ([]string, bool) 
 		return nil, false
 	}
 	rand.Shuffle(len(others), func(i, j int) { others[i], others[j] = others[j], others[i] })
+	others = n.rankPeers(others)
 	return append([]string{n.cfg.Name}, others[:share.Threshold]...), true
+}
+
+// prepareTimeout bounds asking one member to prepare its party.
+const prepareTimeout = time.Second
+
+// ErrOverloaded is returned when this node's queue of signing requests is
+// full; the edge should try another signer.
+var ErrOverloaded = errors.New("signer overloaded")
+
+func abortReason(err error, bad []string) string {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "deadline"
+	case len(bad) > 0:
+		return "member"
+	default:
+		return "protocol"
+	}
 }
 
 // signWith runs one session with a given quorum. bad names members to
@@ -133,7 +179,13 @@ func (n *Node) runSessionCollect(ctx context.Context, pr *peerwire.PrepareReques
 		return nil, nil, fmt.Errorf("prepare on %s: %w", self, err)
 	}
 	if bad, err := n.forEachPeer(ctx, members, func(ctx context.Context, p *peerConn) error {
-		_, err := p.client.Prepare(ctx, pr)
+		// A member that cannot even prepare within this time is treated as
+		// down, leaving the rest of the deadline for another quorum.
+		ctx, cancel := context.WithTimeout(ctx, prepareTimeout)
+		defer cancel()
+		// A peer whose last ping failed is not waited for: if it is still
+		// down the call fails at once and the retry picks another quorum.
+		_, err := p.client.Prepare(ctx, pr, grpc.WaitForReady(n.reachable(p.name)))
 		return err
 	}); err != nil {
 		n.sessions.abort(pr.Session)

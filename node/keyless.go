@@ -35,6 +35,11 @@ func (b *keylessBackend) Sign(ctx context.Context, req *keyless.Request) ([]byte
 		// Not granted looks like not found: an edge learns nothing about
 		// keys it may not use. The signer's log says which it was.
 		return nil, protocol.ErrKeyNotFound
+	case errors.Is(err, ErrKeyDisabled):
+		return nil, keyless.ErrKeyDisabled
+	case errors.Is(err, ErrOverloaded):
+		// Internal error makes the edge's client try another signer.
+		return nil, protocol.ErrInternal
 	case errors.Is(err, errUnauthorized):
 		// No (valid) end-to-end authority: the client must be a tkeyless
 		// client, or its identity marked legacy.

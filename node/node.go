@@ -16,12 +16,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
@@ -46,6 +48,10 @@ type Node struct {
 	peers     map[string]*peerConn
 	sessions  *router
 	verifier  *authority.Verifier
+	metrics   *metrics
+	keyState  *keyStates
+	// queue counts the signing requests this node coordinates now.
+	queue chan struct{}
 }
 
 type peerConn struct {
@@ -53,6 +59,7 @@ type peerConn struct {
 	addr   string
 	conn   *grpc.ClientConn
 	client *peerwire.Client
+	health *peerHealth
 }
 
 // New loads the node's identity and shares and prepares (lazy) connections
@@ -83,6 +90,11 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 		peers:     map[string]*peerConn{},
 		sessions:  newRouter(30 * time.Second),
 		verifier:  &authority.Verifier{Roots: tlsConf.ClientCAs, Window: time.Duration(cfg.AuthorityWindow)},
+		queue:     make(chan struct{}, cfg.MaxQueue),
+	}
+	n.metrics = newMetrics(func() float64 { return float64(n.sessions.count()) })
+	if n.keyState, err = loadKeyStates(keyStatePath(cfg.DataDir)); err != nil {
+		return nil, err
 	}
 	if err := n.loadShares(); err != nil {
 		return nil, err
@@ -142,13 +154,22 @@ func (n *Node) dial(p Peer) (*peerConn, error) {
 	tc.ServerName = p.Name
 	conn, err := grpc.NewClient(p.Addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{}), grpc.MaxCallRecvMsgSize(4<<20)),
+		// Calls wait for a (re)connecting peer instead of failing at once;
+		// every call has a deadline, so a dead peer costs that deadline,
+		// and health checks steer quorums away from it.
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{}), grpc.MaxCallRecvMsgSize(4<<20), grpc.WaitForReady(true)),
+		// A restarted peer is found again within a second, not gRPC's
+		// default of up to two minutes.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		}),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 5 * time.Second}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("peer %s at %s: %w", p.Name, p.Addr, err)
 	}
-	return &peerConn{name: p.Name, addr: p.Addr, conn: conn, client: peerwire.NewClient(conn)}, nil
+	return &peerConn{name: p.Name, addr: p.Addr, conn: conn, client: peerwire.NewClient(conn), health: &peerHealth{}}, nil
 }
 
 // share returns this node's share of key id.
@@ -192,9 +213,25 @@ func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
 		return fmt.Errorf("keyless endpoint: %w", err)
 	}
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- gs.Serve(peerL) }()
 	go func() { errc <- ks.Serve(keylessL) }()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go n.watchPeers(watchCtx)
+	var hs *http.Server
+	if n.cfg.HTTPListen != "" {
+		hl, err := net.Listen("tcp", n.cfg.HTTPListen)
+		if err != nil {
+			return fmt.Errorf("http endpoint: %w", err)
+		}
+		hs = &http.Server{Handler: n.HTTPHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
 	n.log.Info().Str("peer_addr", peerL.Addr().String()).Str("keyless_addr", keylessL.Addr().String()).Int("keys", len(n.Keys())).Msg("signer ready")
 
 	var serveErr error
@@ -203,6 +240,9 @@ func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
 	case serveErr = <-errc:
 	}
 	n.log.Info().Msg("signer stopping")
+	if hs != nil {
+		_ = hs.Close()
+	}
 	_ = ks.Close()
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()

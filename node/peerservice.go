@@ -42,7 +42,8 @@ func (n *Node) identityInterceptor(ctx context.Context, req any, info *grpc.Unar
 	}
 	allowed := []pki.Role{pki.RoleNode}
 	switch info.FullMethod {
-	case "/" + peerwire.ServiceName + "/KeygenCeremony", "/" + peerwire.ServiceName + "/Ping":
+	case "/" + peerwire.ServiceName + "/KeygenCeremony", "/" + peerwire.ServiceName + "/Ping",
+		"/" + peerwire.ServiceName + "/Status", "/" + peerwire.ServiceName + "/SetKeyState":
 		allowed = append(allowed, pki.RoleAdmin)
 	}
 	if !slices.Contains(allowed, id.Role) {
@@ -68,7 +69,7 @@ func (n *Node) recoverInterceptor(ctx context.Context, req any, info *grpc.Unary
 type peerService struct{ n *Node }
 
 func (s *peerService) Ping(ctx context.Context, _ *peerwire.PingRequest) (*peerwire.PingResponse, error) {
-	resp := &peerwire.PingResponse{Node: s.n.cfg.Name}
+	resp := &peerwire.PingResponse{Node: s.n.cfg.Name, KeyStates: s.n.keyState.snapshot()}
 	for _, id := range s.n.Keys() {
 		resp.Keys = append(resp.Keys, id.String())
 	}
@@ -79,6 +80,7 @@ func (s *peerService) Ping(ctx context.Context, _ *peerwire.PingRequest) (*peerw
 func (s *peerService) Prepare(ctx context.Context, req *peerwire.PrepareRequest) (*peerwire.PrepareResponse, error) {
 	caller := callerOf(ctx)
 	if err := s.n.prepare(caller.Name, req); err != nil {
+		s.n.metrics.refused.WithLabelValues("prepare").Inc()
 		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", req.Session.String()).Str("kind", string(req.Kind)).Msg("refused to join session")
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
@@ -104,6 +106,7 @@ func (s *peerService) Run(ctx context.Context, req *peerwire.RunRequest) (*peerw
 func (s *peerService) Deliver(ctx context.Context, env *peerwire.Envelope) (*peerwire.DeliverResponse, error) {
 	caller := callerOf(ctx)
 	if err := s.n.deliver(caller, env); err != nil {
+		s.n.metrics.refused.WithLabelValues("message").Inc()
 		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", env.Session.String()).Int("round", env.Round).Msg("message refused")
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
@@ -113,6 +116,7 @@ func (s *peerService) Deliver(ctx context.Context, env *peerwire.Envelope) (*pee
 func (s *peerService) Echo(ctx context.Context, e *peerwire.Echo) (*peerwire.EchoResponse, error) {
 	caller := callerOf(ctx)
 	if err := s.n.handleEcho(caller, e); err != nil {
+		s.n.metrics.refused.WithLabelValues("echo").Inc()
 		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", e.Session.String()).Int("round", e.Round).Msg("echo refused")
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}

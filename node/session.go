@@ -19,6 +19,9 @@ var hashNames = map[string]crypto.Hash{"SHA-256": crypto.SHA256, "SHA-384": cryp
 // one) coordinates, after checking on its own that the request is one it
 // should take part in.
 func (n *Node) prepare(coordinator string, req *peerwire.PrepareRequest) error {
+	if c := n.sessions.count(); c >= n.cfg.MaxSessions {
+		return fmt.Errorf("%w: %d sessions already live on %s", ErrOverloaded, c, n.cfg.Name)
+	}
 	if req.Version != peerwire.Version {
 		return fmt.Errorf("protocol version %d, this node speaks %d", req.Version, peerwire.Version)
 	}
@@ -46,6 +49,9 @@ func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerw
 	share, ok := n.share(keyID)
 	if !ok {
 		return fmt.Errorf("key %s: this node holds no share", keyID)
+	}
+	if n.keyDisabled(keyID) {
+		return fmt.Errorf("key %s: %w", keyID, ErrKeyDisabled)
 	}
 	if !slices.Contains(req.Quorum, n.cfg.Name) || !slices.Contains(req.Quorum, coordinator) {
 		return fmt.Errorf("quorum %v must include this node (%s) and the coordinator (%s)", req.Quorum, n.cfg.Name, coordinator)

@@ -10,11 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/tkeyless/tkeyless/internal/peerwire"
-	"github.com/tkeyless/tkeyless/internal/pki"
 	"github.com/tkeyless/tkeyless/node"
 )
 
@@ -38,17 +35,11 @@ writes its public key to --out.`,
 			if err != nil {
 				return err
 			}
-			tc, err := pki.MutualTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
+			client, closeFn, err := dialNode(cfg, cfg.Name, cfg.PeerListen)
 			if err != nil {
 				return err
 			}
-			tc.ServerName = cfg.Name
-			conn, err := grpc.NewClient(cfg.PeerListen, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-				grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{})))
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
+			defer closeFn()
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			var ps []string
@@ -56,7 +47,7 @@ writes its public key to --out.`,
 				ps = strings.Split(parties, ",")
 			}
 			fmt.Fprintf(os.Stderr, "running key generation through %s (%s)...\n", cfg.Name, cfg.PeerListen)
-			resp, err := peerwire.NewClient(conn).KeygenCeremony(ctx, &peerwire.KeygenCeremonyRequest{Threshold: threshold, Parties: ps})
+			resp, err := client.KeygenCeremony(ctx, &peerwire.KeygenCeremonyRequest{Threshold: threshold, Parties: ps})
 			if err != nil {
 				return fmt.Errorf("keygen via %s: %w (is `signer serve` running on every node?)", cfg.PeerListen, err)
 			}

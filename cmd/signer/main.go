@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -51,7 +52,7 @@ A first cluster, step by step (see README.md and examples/):
 	}
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "json", "log format: json (for machines) or console (for people)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(serveCmd(g), keygenCmd(g), preparamsCmd(g), csrCmd(g), pkiCmd(g))
+	root.AddCommand(serveCmd(g), keygenCmd(g), preparamsCmd(g), csrCmd(g), pkiCmd(g), statusCmd(g), keyCmd(g))
 	return root
 }
 
@@ -71,4 +72,12 @@ func (g *globalFlags) logger() zerolog.Logger {
 		lvl = zerolog.InfoLevel
 	}
 	return l.Level(lvl).With().Timestamp().Logger()
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
 }

@@ -132,13 +132,15 @@ func (p *proc) Output() string {
 
 func start(t *testing.T, name, bin string, args ...string) *proc {
 	t.Helper()
-	return startPath(t, name, filepath.Join(binaries(t), bin), nil, args...)
+	return startPath(t, t, name, filepath.Join(binaries(t), bin), nil, args...)
 }
 
 // startPath starts the binary at path with extra environment variables.
-func startPath(t *testing.T, name, path string, env []string, args ...string) *proc {
+// The process lives until owner's test ends (owner may be a parent of t,
+// so a subtest can restart a process that outlives it).
+func startPath(t, owner *testing.T, name, path string, env []string, args ...string) *proc {
 	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "proc-*.log")
+	f, err := os.CreateTemp(owner.TempDir(), "proc-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,10 +154,10 @@ func startPath(t *testing.T, name, path string, env []string, args ...string) *p
 		t.Fatalf("start %s: %v", name, err)
 	}
 	go func() { _ = p.cmd.Wait(); f.Close(); close(p.done) }()
-	t.Cleanup(func() {
+	owner.Cleanup(func() {
 		p.stop()
-		if t.Failed() {
-			t.Logf("---- %s output (last 4 KiB) ----\n%s", name, tail(p.Output(), 4096))
+		if owner.Failed() {
+			owner.Logf("---- %s output (last 4 KiB) ----\n%s", name, tail(p.Output(), 4096))
 		}
 	})
 	return p
@@ -221,11 +223,13 @@ type signerNode struct {
 	config      string
 	peerAddr    string
 	keylessAddr string
+	httpAddr    string // /healthz, /metrics, /status
 	proc        *proc
 }
 
 // cluster is a running signer cluster with one key.
 type cluster struct {
+	owner     *testing.T // the test the cluster's processes live as long as
 	dir       string
 	threshold int
 	nodes     []*signerNode
@@ -248,21 +252,21 @@ func startCluster(t *testing.T, threshold, n int) *cluster {
 func startClusterWith(t *testing.T, threshold, n int, extraYAML string) *cluster {
 	t.Helper()
 	dir := t.TempDir()
-	c := &cluster{dir: dir, threshold: threshold}
+	c := &cluster{owner: t, dir: dir, threshold: threshold}
 	pkiDir := filepath.Join(dir, "pki")
 	run(t, "signer", "pki", "init", "--dir", pkiDir)
 	run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", "edge", "--role", "edge")
 	c.caPath = filepath.Join(pkiDir, "ca.pem")
 	c.edgeCert, c.edgeKey = filepath.Join(pkiDir, "edge.pem"), filepath.Join(pkiDir, "edge-key.pem")
-	addrs := freeAddrs(t, 2*n)
+	addrs := freeAddrs(t, 3*n)
 	names := []string{"a", "b", "c"}[:n]
 	for i, name := range names {
-		c.nodes = append(c.nodes, &signerNode{name: name, peerAddr: addrs[2*i], keylessAddr: addrs[2*i+1]})
+		c.nodes = append(c.nodes, &signerNode{name: name, peerAddr: addrs[3*i], keylessAddr: addrs[3*i+1], httpAddr: addrs[3*i+2]})
 		run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", name, "--role", "node")
 	}
 	for i, sn := range c.nodes {
 		var cfg strings.Builder
-		fmt.Fprintf(&cfg, "name: %s\ndata_dir: %s\npeer_listen: %s\nkeyless_listen: %s\n", sn.name, sn.name, sn.peerAddr, sn.keylessAddr)
+		fmt.Fprintf(&cfg, "name: %s\ndata_dir: %s\npeer_listen: %s\nkeyless_listen: %s\nhttp_listen: %s\n", sn.name, sn.name, sn.peerAddr, sn.keylessAddr, sn.httpAddr)
 		fmt.Fprintf(&cfg, "tls: {ca: pki/ca.pem, cert: pki/%s.pem, key: pki/%s-key.pem}\nsign_timeout: 20s\npeers:\n", sn.name, sn.name)
 		for _, o := range c.nodes {
 			if o != sn {
@@ -305,8 +309,8 @@ func (c *cluster) startNode(t *testing.T, sn *signerNode) {
 // startNodeBinary (re)starts one node from the given signer binary.
 func (c *cluster) startNodeBinary(t *testing.T, sn *signerNode, path string, env []string) {
 	t.Helper()
-	sn.proc = startPath(t, "signer "+sn.name, path, env, "serve", "--config", sn.config, "--log-level", "debug")
-	waitListening(t, sn.proc, sn.peerAddr, sn.keylessAddr)
+	sn.proc = startPath(t, c.owner, "signer "+sn.name, path, env, "serve", "--config", sn.config, "--log-level", "debug")
+	waitListening(t, sn.proc, sn.peerAddr, sn.keylessAddr, sn.httpAddr)
 }
 
 func (c *cluster) keylessAddrs() []string {

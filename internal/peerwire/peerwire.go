@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"time"
 )
 
 // Version is the protocol version carried in every envelope; a receiver
@@ -180,10 +181,34 @@ type PingRequest struct {
 	Version int `json:"v"`
 }
 
-// PingResponse names the answering node and the keys it holds.
+// PingResponse names the answering node, the keys it holds, and its view
+// of which keys are disabled (nodes converge on the newest change).
 type PingResponse struct {
-	Node string   `json:"node"`
-	Keys []string `json:"keys"`
+	Node      string              `json:"node"`
+	Keys      []string            `json:"keys"`
+	KeyStates map[string]KeyState `json:"key_states,omitempty"`
+}
+
+// KeyState is whether a key is disabled, as of when an operator said so.
+type KeyState struct {
+	Disabled bool      `json:"disabled"`
+	Changed  time.Time `json:"changed"`
+	By       string    `json:"by,omitempty"`
+}
+
+// SetKeyStateRequest disables or re-enables a key (an operator command).
+// Propagate asks the receiving node to tell every peer too.
+type SetKeyStateRequest struct {
+	Key       string   `json:"key"`
+	State     KeyState `json:"state"`
+	Propagate bool     `json:"propagate"`
+}
+
+// SetKeyStateResponse names the nodes that applied the change and those
+// that could not be reached (they converge when they next ping).
+type SetKeyStateResponse struct {
+	Applied     []string `json:"applied"`
+	Unreachable []string `json:"unreachable,omitempty"`
 }
 
 // Codec encodes peer messages as JSON. The messages are small next to the
@@ -202,3 +227,37 @@ func (Codec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
 
 // Unmarshal implements encoding.Codec.
 func (Codec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+
+// StatusRequest asks a node how it and its keys are doing.
+type StatusRequest struct{}
+
+// StatusResponse is a node's view of itself, its keys and its peers.
+type StatusResponse struct {
+	Node     string       `json:"node"`
+	Sessions int          `json:"sessions"`
+	Queue    int          `json:"queue"`
+	Keys     []KeyStatus  `json:"keys"`
+	Peers    []PeerStatus `json:"peers"`
+}
+
+// KeyStatus is one key as a node sees it.
+type KeyStatus struct {
+	Key       string   `json:"key"`
+	Threshold int      `json:"threshold"`
+	Parties   []string `json:"parties"`
+	Disabled  bool     `json:"disabled"`
+	// Available says whether this node can reach enough healthy parties
+	// to sign with the key now.
+	Available bool `json:"available"`
+}
+
+// PeerStatus is one peer as a node sees it.
+type PeerStatus struct {
+	Name      string    `json:"name"`
+	Addr      string    `json:"addr"`
+	Up        bool      `json:"up"`
+	LatencyMS float64   `json:"latency_ms"`
+	LastError string    `json:"last_error,omitempty"`
+	LastErrAt time.Time `json:"last_error_at,omitzero"`
+	CoolUntil time.Time `json:"cool_until,omitzero"`
+}

@@ -17,6 +17,8 @@ type Server interface {
 	Deliver(context.Context, *Envelope) (*DeliverResponse, error)
 	Echo(context.Context, *Echo) (*EchoResponse, error)
 	KeygenCeremony(context.Context, *KeygenCeremonyRequest) (*KeygenCeremonyResponse, error)
+	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	SetKeyState(context.Context, *SetKeyStateRequest) (*SetKeyStateResponse, error)
 }
 
 func unary[Req any, Resp any](name string, call func(Server, context.Context, *Req) (*Resp, error)) grpc.MethodDesc {
@@ -49,6 +51,8 @@ var ServiceDesc = grpc.ServiceDesc{
 		unary("Deliver", Server.Deliver),
 		unary("Echo", Server.Echo),
 		unary("KeygenCeremony", Server.KeygenCeremony),
+		unary("Status", Server.Status),
+		unary("SetKeyState", Server.SetKeyState),
 	},
 	Metadata: "tkeyless/peer/v1",
 }
@@ -59,9 +63,9 @@ type Client struct{ cc grpc.ClientConnInterface }
 // NewClient wraps a connection to a peer. The connection must use Codec.
 func NewClient(cc grpc.ClientConnInterface) *Client { return &Client{cc: cc} }
 
-func invoke[Resp any](ctx context.Context, c *Client, name string, req any) (*Resp, error) {
+func invoke[Resp any](ctx context.Context, c *Client, name string, req any, opts ...grpc.CallOption) (*Resp, error) {
 	resp := new(Resp)
-	if err := c.cc.Invoke(ctx, "/"+ServiceName+"/"+name, req, resp, grpc.ForceCodec(Codec{})); err != nil {
+	if err := c.cc.Invoke(ctx, "/"+ServiceName+"/"+name, req, resp, append(opts, grpc.ForceCodec(Codec{}))...); err != nil {
 		return nil, err
 	}
 	return resp, nil
@@ -73,8 +77,8 @@ func (c *Client) Ping(ctx context.Context, r *PingRequest) (*PingResponse, error
 }
 
 // Prepare calls Prepare.
-func (c *Client) Prepare(ctx context.Context, r *PrepareRequest) (*PrepareResponse, error) {
-	return invoke[PrepareResponse](ctx, c, "Prepare", r)
+func (c *Client) Prepare(ctx context.Context, r *PrepareRequest, opts ...grpc.CallOption) (*PrepareResponse, error) {
+	return invoke[PrepareResponse](ctx, c, "Prepare", r, opts...)
 }
 
 // Run calls Run.
@@ -95,4 +99,14 @@ func (c *Client) Echo(ctx context.Context, r *Echo) (*EchoResponse, error) {
 // KeygenCeremony calls KeygenCeremony.
 func (c *Client) KeygenCeremony(ctx context.Context, r *KeygenCeremonyRequest) (*KeygenCeremonyResponse, error) {
 	return invoke[KeygenCeremonyResponse](ctx, c, "KeygenCeremony", r)
+}
+
+// Status calls Status.
+func (c *Client) Status(ctx context.Context, r *StatusRequest) (*StatusResponse, error) {
+	return invoke[StatusResponse](ctx, c, "Status", r)
+}
+
+// SetKeyState calls SetKeyState.
+func (c *Client) SetKeyState(ctx context.Context, r *SetKeyStateRequest) (*SetKeyStateResponse, error) {
+	return invoke[SetKeyStateResponse](ctx, c, "SetKeyState", r)
 }

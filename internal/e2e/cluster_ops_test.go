@@ -1,0 +1,231 @@
+package e2e
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cloudflare/gokeyless/protocol"
+
+	"github.com/tkeyless/tkeyless/internal/pki"
+	"github.com/tkeyless/tkeyless/keyless"
+)
+
+func keylessClient(t *testing.T, c *cluster, timeout time.Duration) *keyless.Client {
+	t.Helper()
+	tc, err := pki.MutualTLS(c.caPath, c.edgeCert, c.edgeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := keyless.NewClient(keyless.ClientConfig{Endpoints: c.keylessAddrs(), TLS: tc, Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kc.Close() })
+	return kc
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestNodeFailures kills signers of a (1,3) cluster, one mid-session, and
+// checks that handshakes go on while a quorum is left, fail fast and
+// clearly when none is, and resume when a node comes back.
+func TestNodeFailures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	c := startCluster(t, 1, 3)
+	certPath, webCA := c.siteCert(t)
+	e := startEdge(t, c, certPath, staticSite(t), "--sign-timeout", "8s")
+	roots := rootsFrom(t, webCA)
+	pub := c.publicKey(t).(*ecdsa.PublicKey)
+	ski, _ := protocol.GetSKI(pub)
+	kc := keylessClient(t, c, 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	// Observability first: every node healthy, metrics served.
+	for _, sn := range c.nodes {
+		if code, _ := httpGet(t, "http://"+sn.httpAddr+"/healthz"); code != 200 {
+			t.Fatalf("node %s /healthz = %d", sn.name, code)
+		}
+	}
+	get(t, e.addr, roots, tls.VersionTLS13, nil)
+	if _, body := httpGet(t, "http://"+c.nodes[0].httpAddr+"/metrics"); !strings.Contains(body, "tkeyless_signer_sign_requests_total") {
+		t.Fatal("/metrics lacks the signing counter")
+	}
+
+	t.Run("kill-one-mid-session", func(t *testing.T) {
+		victim := c.nodes[1]
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var ok, failed int
+		for i := range 6 {
+			wg.Go(func() {
+				d := sha256.Sum256(fmt.Appendf(nil, "in flight %d", i))
+				_, err := kc.Sign(ctx, ski, crypto.SHA256, d[:])
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					failed++
+					t.Logf("in-flight request failed: %v", err)
+				} else {
+					ok++
+				}
+			})
+		}
+		// Kill b once it is taking part in a session, not before.
+		waitFor(t, 30*time.Second, func() bool {
+			return strings.Contains(victim.proc.Output(), `"message":"signer ready"`) && sessionsLive(t, victim) > 0
+		})
+		killedAt := time.Now()
+		victim.proc.kill()
+		wg.Wait()
+		t.Logf("requests in flight when b was killed: %d signed, %d failed", ok, failed)
+
+		t.Logf("the in-flight requests were all answered %v after the kill", time.Since(killedAt).Round(time.Millisecond))
+		// Every handshake after the kill completes.
+		for i := range 4 {
+			get(t, e.addr, roots, []uint16{tls.VersionTLS12, tls.VersionTLS13}[i%2], nil)
+		}
+		waitFor(t, 10*time.Second, func() bool { return strings.Contains(statusOf(t, c, c.nodes[0]), "DOWN\tpeer\tb") })
+	})
+
+	t.Run("kill-two-fails-fast", func(t *testing.T) {
+		c.nodes[2].proc.kill()
+		start := time.Now()
+		d := sha256.Sum256([]byte("no quorum"))
+		_, err := kc.Sign(ctx, ski, crypto.SHA256, d[:])
+		took := time.Since(start)
+		if err == nil {
+			t.Fatal("signed with two of three nodes down")
+		}
+		if took > 8*time.Second {
+			t.Fatalf("failing took %v: it should fail fast, not wait out the deadline", took)
+		}
+		t.Logf("with two nodes down a request fails in %v: %v", took.Round(time.Millisecond), err)
+		// Health follows the peers' pings (every 2 s).
+		waitFor(t, 10*time.Second, func() bool {
+			code, _ := httpGet(t, "http://"+c.nodes[0].httpAddr+"/healthz")
+			return code == 503
+		})
+	})
+
+	t.Run("restart-rejoins", func(t *testing.T) {
+		c.startNode(t, c.nodes[1])
+		c.startNode(t, c.nodes[2])
+		get(t, e.addr, roots, tls.VersionTLS13, nil)
+		d := sha256.Sum256([]byte("back"))
+		sig, err := kc.Sign(ctx, ski, crypto.SHA256, d[:])
+		if err != nil || !ecdsa.VerifyASN1(pub, d[:], sig) {
+			t.Fatalf("after restart: %v", err)
+		}
+	})
+
+	// The figure the cluster issue asks for: from SIGKILL of the signer the
+	// edge prefers to the first successful full handshake after it.
+	t.Run("kill-to-first-handshake", func(t *testing.T) {
+		waitFor(t, 10*time.Second, func() bool { return !strings.Contains(statusOf(t, c, c.nodes[0]), "DOWN") })
+		get(t, e.addr, roots, tls.VersionTLS13, nil)
+		killedAt := time.Now()
+		c.nodes[0].proc.kill()
+		get(t, e.addr, roots, tls.VersionTLS13, nil)
+		t.Logf("SIGKILL of signer a → first successful full handshake: %v", time.Since(killedAt).Round(time.Millisecond))
+	})
+}
+
+// TestKillSwitch disables a key cluster-wide and enables it again.
+func TestKillSwitch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	c := startCluster(t, 1, 2)
+	pub := c.publicKey(t).(*ecdsa.PublicKey)
+	ski, _ := protocol.GetSKI(pub)
+	kc := keylessClient(t, c, 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := sha256.Sum256([]byte("kill switch"))
+
+	run(t, "signer", "key", "disable", "--config", c.nodes[0].config, "--key", c.keyID)
+	for _, sn := range c.nodes {
+		if st := statusOf(t, c, sn); !strings.Contains(st, "DISABLED\tkey\t"+c.keyID) {
+			t.Fatalf("node %s does not show the key disabled:\n%s", sn.name, st)
+		}
+	}
+	start := time.Now()
+	_, err := kc.Sign(ctx, ski, crypto.SHA256, d[:])
+	if !errors.Is(err, keyless.ErrKeyDisabled) || !strings.Contains(err.Error(), "key disabled by the cluster operator") {
+		t.Fatalf("disabled key: want a key-disabled error, got %v", err)
+	}
+	t.Logf("refused in %v: %v", time.Since(start).Round(time.Millisecond), err)
+
+	// A node that was down during the change learns it from its peers.
+	c.nodes[1].proc.stop()
+	run(t, "signer", "key", "enable", "--config", c.nodes[0].config, "--key", c.keyID)
+	c.startNode(t, c.nodes[1])
+	waitFor(t, 15*time.Second, func() bool { return strings.Contains(statusOf(t, c, c.nodes[1]), "available\tkey\t"+c.keyID) })
+	sig, err := kc.Sign(ctx, ski, crypto.SHA256, d[:])
+	if err != nil || !ecdsa.VerifyASN1(pub, d[:], sig) {
+		t.Fatalf("re-enabled key: %v", err)
+	}
+}
+
+// statusOf runs `signer status` with a node's configuration and returns
+// the lines about that node.
+func statusOf(t *testing.T, c *cluster, sn *signerNode) string {
+	t.Helper()
+	out := run(t, "signer", "status", "--config", sn.config)
+	var b strings.Builder
+	in := false
+	for _, line := range strings.Split(out, "\n") {
+		if line != "" && !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "\t") {
+			in = strings.HasPrefix(line, sn.name+" ")
+		}
+		if in {
+			b.WriteString(line + "\n")
+		}
+	}
+	// tabwriter pads with spaces; normalise runs of spaces to one tab.
+	return strings.Join(strings.Fields(strings.ReplaceAll(b.String(), "\n", " \n ")), "\t")
+}
+
+func sessionsLive(t *testing.T, sn *signerNode) int {
+	_, body := httpGet(t, "http://"+sn.httpAddr+"/status")
+	var n int
+	if i := strings.Index(body, `"sessions": `); i >= 0 {
+		fmt.Sscanf(body[i+len(`"sessions": `):], "%d", &n)
+	}
+	return n
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,189 @@
+package node
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tkeyless/tkeyless/internal/peerwire"
+)
+
+// peerHealth is what this node knows of one peer, from its pings and from
+// the sessions they shared. The coordinator reads it to pick quorums.
+type peerHealth struct {
+	mu        sync.Mutex
+	up        bool
+	checked   time.Time
+	latency   time.Duration // smoothed ping round trip
+	lastErr   string
+	lastErrAt time.Time
+	failures  int       // consecutive session failures blamed on the peer
+	coolUntil time.Time // not chosen for quorums until then, if avoidable
+	keys      []string
+}
+
+const (
+	pingInterval = 2 * time.Second
+	pingTimeout  = time.Second
+	// coolDown is how long a peer that failed sessions repeatedly is left
+	// out of quorums when another quorum is possible.
+	coolDown = 30 * time.Second
+	// strikes is how many failed sessions in a row earn a cool-down.
+	strikes = 3
+)
+
+// watchPeers pings every peer until ctx ends.
+func (n *Node) watchPeers(ctx context.Context) {
+	t := time.NewTicker(pingInterval)
+	defer t.Stop()
+	for {
+		var wg sync.WaitGroup
+		for _, p := range n.peers {
+			wg.Go(func() { n.ping(ctx, p) })
+		}
+		wg.Wait()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *Node) ping(ctx context.Context, p *peerConn) {
+	ctx, cancel := context.WithTimeout(ctx, pingTimeout)
+	defer cancel()
+	start := time.Now()
+	resp, err := p.client.Ping(ctx, &peerwire.PingRequest{Version: peerwire.Version})
+	rtt := time.Since(start)
+	h := p.health
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	wasUp := h.up
+	h.checked = time.Now()
+	if err != nil {
+		h.up = false
+		h.lastErr, h.lastErrAt = err.Error(), h.checked
+	} else {
+		h.up = true
+		h.keys = resp.Keys
+		defer n.adoptKeyStates(p.name, resp.KeyStates)
+		if h.latency == 0 {
+			h.latency = rtt
+		} else {
+			h.latency = (h.latency*7 + rtt) / 8
+		}
+	}
+	n.metrics.peerUp.WithLabelValues(p.name).Set(boolFloat(h.up))
+	if wasUp != h.up {
+		ev := n.log.Info()
+		if !h.up {
+			ev = n.log.Warn().Str("err", h.lastErr)
+		}
+		ev.Str("peer", p.name).Bool("up", h.up).Msg("peer health changed")
+	}
+}
+
+// blame records a failed session attributed to a peer; after strikes in a
+// row the peer cools down.
+func (n *Node) blame(name string, err error) {
+	p, ok := n.peers[name]
+	if !ok {
+		return
+	}
+	n.metrics.culprits.WithLabelValues(name).Inc()
+	h := p.health
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.failures++
+	h.lastErr, h.lastErrAt = err.Error(), time.Now()
+	if h.failures >= strikes {
+		h.coolUntil = time.Now().Add(coolDown)
+		n.log.Warn().Str("peer", name).Int("failures", h.failures).Dur("cool_down", coolDown).Msg("peer keeps failing sessions; avoiding it in quorums")
+	}
+}
+
+// credit records a session a peer completed.
+func (n *Node) credit(name string) {
+	if p, ok := n.peers[name]; ok {
+		p.health.mu.Lock()
+		p.health.failures = 0
+		p.health.mu.Unlock()
+	}
+}
+
+// rankPeers orders candidate members best first: up and not cooling down,
+// then by latency; peers never checked count as up, so a fresh node works.
+func (n *Node) rankPeers(names []string) []string {
+	type cand struct {
+		name  string
+		score int // 0 best
+		lat   time.Duration
+	}
+	now := time.Now()
+	var cs []cand
+	for _, name := range names {
+		p, ok := n.peers[name]
+		if !ok {
+			cs = append(cs, cand{name, 3, 0})
+			continue
+		}
+		h := p.health
+		h.mu.Lock()
+		score := 0
+		switch {
+		case !h.checked.IsZero() && !h.up:
+			score = 2
+		case now.Before(h.coolUntil):
+			score = 1
+		}
+		cs = append(cs, cand{name, score, h.latency})
+		h.mu.Unlock()
+	}
+	slices.SortStableFunc(cs, func(a, b cand) int {
+		if a.score != b.score {
+			return a.score - b.score
+		}
+		return int(a.lat - b.lat)
+	})
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.name
+	}
+	return out
+}
+
+// peerStatuses returns a snapshot of every peer's health, by name.
+func (n *Node) peerStatuses() []peerwire.PeerStatus {
+	var out []peerwire.PeerStatus
+	for _, p := range n.peers {
+		h := p.health
+		h.mu.Lock()
+		out = append(out, peerwire.PeerStatus{Name: p.name, Addr: p.addr, Up: h.up, LatencyMS: float64(h.latency.Microseconds()) / 1000,
+			LastError: h.lastErr, LastErrAt: h.lastErrAt, CoolUntil: h.coolUntil})
+		h.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b peerwire.PeerStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// reachable reports whether the peer answered its last ping (or has not
+// been checked yet).
+func (n *Node) reachable(name string) bool {
+	p, ok := n.peers[name]
+	if !ok {
+		return false
+	}
+	p.health.mu.Lock()
+	defer p.health.mu.Unlock()
+	return p.health.up || p.health.checked.IsZero()
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,61 @@
+package node
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are one node's Prometheus series, in a registry of its own so
+// that several nodes can live in one process (tests, embedding).
+type metrics struct {
+	reg          *prometheus.Registry
+	signRequests *prometheus.CounterVec
+	signDuration *prometheus.HistogramVec
+	aborts       *prometheus.CounterVec
+	culprits     *prometheus.CounterVec
+	refused      *prometheus.CounterVec
+	queueDepth   prometheus.Gauge
+	sessions     prometheus.GaugeFunc
+	peerUp       *prometheus.GaugeVec
+}
+
+func newMetrics(sessions func() float64) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		signRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tkeyless_signer_sign_requests_total",
+			Help: "Signing requests this node coordinated, by outcome (signed, failed, refused, overloaded).",
+		}, []string{"outcome"}),
+		signDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tkeyless_signer_sign_duration_seconds",
+			Help:    "Time to coordinate one signature, by outcome.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 5, 10},
+		}, []string{"outcome"}),
+		aborts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tkeyless_signer_session_aborts_total",
+			Help: "Signing sessions that failed, by kind of failure (member, deadline, protocol).",
+		}, []string{"reason"}),
+		culprits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tkeyless_signer_culprits_total",
+			Help: "Failed sessions blamed on a peer.",
+		}, []string{"peer"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tkeyless_signer_refused_total",
+			Help: "Peer messages and session requests this node refused, by what was refused.",
+		}, []string{"what"}),
+		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tkeyless_signer_queue_depth",
+			Help: "Signing requests this node is coordinating now.",
+		}),
+		peerUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tkeyless_signer_peer_up",
+			Help: "Whether the last ping to a peer succeeded.",
+		}, []string{"peer"}),
+	}
+	m.sessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tkeyless_signer_sessions",
+		Help: "Sessions (coordinated or joined) live on this node.",
+	}, sessions)
+	m.reg.MustRegister(m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
