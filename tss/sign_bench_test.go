@@ -3,7 +3,9 @@ package tss
 import (
 	"fmt"
 	"math/big"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/bnb-chain/tss-lib/v2/common"
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/signing"
@@ -88,6 +90,38 @@ func referenceSign(b *testing.B, threshold int, m *members, shares []*Share, msg
 			}
 		case <-endCh:
 			ended++
+		}
+	}
+}
+
+// BenchmarkSignConcurrent measures signing throughput with 1, 2, 4 and 8
+// signatures in flight at once, all parties in this process (so every
+// party of every session shares this machine's cores, as a cluster on one
+// host would). It reports signatures per second.
+func BenchmarkSignConcurrent(b *testing.B) {
+	d := digests()["SHA-256"]
+	for _, ts := range thresholdSets {
+		shares := fixtureShares(b, ts.t, ts.n)[:ts.t+1]
+		for _, conc := range []int{1, 2, 4, 8} {
+			b.Run(fmt.Sprintf("t%d-n%d/c%d", ts.t, ts.n, conc), func(b *testing.B) {
+				start := time.Now()
+				sigs := 0
+				for b.Loop() {
+					var wg sync.WaitGroup
+					errs := make([]error, conc)
+					for i := range conc {
+						wg.Go(func() { _, errs[i] = runSign(b, shares, d, nil) })
+					}
+					wg.Wait()
+					for _, err := range errs {
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+					sigs += conc
+				}
+				b.ReportMetric(float64(sigs)/time.Since(start).Seconds(), "sig/s")
+			})
 		}
 	}
 }

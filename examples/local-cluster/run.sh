@@ -13,6 +13,7 @@ EDGE_ADDR=${EDGE_ADDR:-127.0.0.1:8443}
 NODES=(a b c)
 declare -A PEER=([a]=127.0.0.1:7101 [b]=127.0.0.1:7102 [c]=127.0.0.1:7103)
 declare -A KEYLESS=([a]=127.0.0.1:7201 [b]=127.0.0.1:7202 [c]=127.0.0.1:7203)
+declare -A HTTP=([a]=127.0.0.1:7301 [b]=127.0.0.1:7302 [c]=127.0.0.1:7303)
 
 signer() { "$BIN/signer" --log-format console "$@"; }
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -52,6 +53,7 @@ for n in "${NODES[@]}"; do
     echo "data_dir: $n"
     echo "peer_listen: ${PEER[$n]}"
     echo "keyless_listen: ${KEYLESS[$n]}"
+    echo "http_listen: ${HTTP[$n]}"
     echo "tls: {ca: pki/ca.pem, cert: pki/$n.pem, key: pki/$n-key.pem}"
     echo "peers:"
     for p in "${NODES[@]}"; do [[ $p == "$n" ]] || echo "  - {name: $p, addr: ${PEER[$p]}}"; done
@@ -104,6 +106,11 @@ which exists only as three shares on signers a, b and c (any two sign).
 
 Trust $DEMO/webca/ca.pem in a browser to open the URL. Logs: $DEMO/logs/.
 Stop one signer (kill the process of a, b or c): handshakes still complete.
+
+  $BIN/signer status --config $DEMO/a.yaml                    # every node and key at a glance
+  $BIN/signer key disable --config $DEMO/a.yaml --key $KEY    # the kill switch (enable to undo)
+  curl http://${HTTP[a]}/metrics                              # Prometheus
+
 Press Ctrl-C to stop.
 MSG
 # Signers may be stopped and restarted by hand to see failover; the demo
