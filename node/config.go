@@ -42,6 +42,10 @@ type Config struct {
 	// SignTimeout bounds one signing session when the request carries no
 	// earlier deadline.
 	SignTimeout Duration `yaml:"sign_timeout"`
+	// StallTimeout is how long a signing session on an idle node waits for
+	// any message before it blames the members it waits for and the
+	// coordinator retries without them (default 2s; it grows with load).
+	StallTimeout Duration `yaml:"stall_timeout"`
 	// KeygenTimeout bounds a key generation ceremony.
 	KeygenTimeout Duration `yaml:"keygen_timeout"`
 	// Access grants edge (and admin) identities the use of keys. Every
@@ -127,6 +131,9 @@ func LoadConfig(path string) (Config, error) {
 func (c *Config) setDefaults() {
 	if c.SignTimeout == 0 {
 		c.SignTimeout = Duration(10 * time.Second)
+	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = Duration(2 * time.Second)
 	}
 	if c.MaxQueue == 0 {
 		c.MaxQueue = 64

@@ -32,6 +32,9 @@ const (
 	coolDown = 30 * time.Second
 	// strikes is how many failed sessions in a row earn a cool-down.
 	strikes = 3
+	// latencyBucket is the resolution at which peers' latencies are
+	// compared when picking a quorum.
+	latencyBucket = 5 * time.Millisecond
 )
 
 // watchPeers pings every peer until ctx ends.
@@ -70,10 +73,15 @@ func (n *Node) ping(ctx context.Context, p *peerConn) {
 		h.up = true
 		h.keys = resp.Keys
 		defer n.adoptKeyStates(p.name, resp.KeyStates)
-		if h.latency == 0 {
+		switch {
+		case !wasUp:
+			// The first ping after a (re)connection pays for the TLS
+			// handshake; it says nothing about the peer's usual latency.
+			h.latency = 0
+		case h.latency == 0:
 			h.latency = rtt
-		} else {
-			h.latency = (h.latency*7 + rtt) / 8
+		default:
+			h.latency = (h.latency*3 + rtt) / 4
 		}
 	}
 	n.metrics.peerUp.WithLabelValues(p.name).Set(boolFloat(h.up))
@@ -139,7 +147,9 @@ func (n *Node) rankPeers(names []string) []string {
 		case now.Before(h.coolUntil):
 			score = 1
 		}
-		cs = append(cs, cand{name, score, h.latency})
+		// Latencies within a few milliseconds count as equal, so healthy
+		// peers on one network share the load (the caller shuffled them).
+		cs = append(cs, cand{name, score, h.latency.Truncate(latencyBucket)})
 		h.mu.Unlock()
 	}
 	slices.SortStableFunc(cs, func(a, b cand) int {

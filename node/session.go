@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/tkeyless/tkeyless/internal/peerwire"
 	"github.com/tkeyless/tkeyless/tss"
@@ -75,6 +76,7 @@ func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerw
 	if err != nil {
 		return err
 	}
+	ss.SetStallTimeout(n.stallTimeout())
 	return n.sessions.add(&session{
 		id: id, kind: peerwire.KindSign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ss,
 		run: func(ctx context.Context) (*peerwire.RunResponse, error) {
@@ -147,8 +149,8 @@ func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, mem
 			}
 			env := &peerwire.Envelope{Version: peerwire.Version, Session: id, Kind: kind, Key: key, From: n.cfg.Name,
 				Round: m.Round, Type: m.Type, Broadcast: m.Broadcast, Payload: m.Payload}
-			if tamperOutgoing != nil {
-				tamperOutgoing(to, env)
+			if tamperOutgoing != nil && !tamperOutgoing(to, env) {
+				continue
 			}
 			if env.Broadcast && members >= 3 {
 				if err := n.signBroadcast(env); err != nil {
@@ -178,4 +180,13 @@ func (e *memberError) Unwrap() error { return e.err }
 // tamperOutgoing, when set, may rewrite an envelope before it is signed and
 // sent. Only the adversary build (go build -tags adversary) sets it, to test
 // that honest nodes catch a misbehaving one; release builds leave it nil.
-var tamperOutgoing func(to string, env *peerwire.Envelope)
+var tamperOutgoing func(to string, env *peerwire.Envelope) (send bool)
+
+// stallTimeout is how long a session waits for any message before it
+// blames the members it waits for. A round takes well under a second on an
+// idle node; with many sessions sharing the cores each takes longer, so the
+// bound grows with the load.
+func (n *Node) stallTimeout() time.Duration {
+	base := time.Duration(n.cfg.StallTimeout)
+	return base + base*time.Duration(n.sessions.count())/4
+}

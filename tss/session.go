@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	tsslib "github.com/bnb-chain/tss-lib/v2/tss"
 )
@@ -98,6 +99,9 @@ type runner struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	lastRound atomic.Int32
+	// stall, if set, ends the session when no message arrives for that
+	// long while the party still waits for some.
+	stall time.Duration
 }
 
 func newRunner(kind, self string, m *members, threshold int, outbox Outbox) (*runner, error) {
@@ -172,6 +176,13 @@ func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 	if err := r.safely(func() *tsslib.Error { return r.party.Start() }, ""); err != nil {
 		return zero, err
 	}
+	var stallC <-chan time.Time
+	var stallTimer *time.Timer
+	if r.stall > 0 {
+		stallTimer = time.NewTimer(r.stall)
+		defer stallTimer.Stop()
+		stallC = stallTimer.C
+	}
 	for {
 		select {
 		case res := <-end:
@@ -189,7 +200,15 @@ func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 			return zero, err
 		case <-ctx.Done():
 			return zero, &SessionError{Kind: r.kind, Round: r.round(), Waiting: r.waitingFor(), Err: context.Cause(ctx)}
+		case <-stallC:
+			// A member that sends nothing for this long is blamed, so the
+			// coordinator can retry without it inside the same deadline.
+			w := r.waitingFor()
+			return zero, &SessionError{Kind: r.kind, Round: r.round(), Culprits: w, Waiting: w, Err: fmt.Errorf("no message for %v: stalled", r.stall)}
 		case in := <-r.inbox:
+			if stallTimer != nil {
+				stallTimer.Reset(r.stall)
+			}
 			from := r.m.byName[in.from]
 			if err := r.safely(func() *tsslib.Error {
 				msg, err := tsslib.ParseWireMessage(in.payload, from, in.broadcast)

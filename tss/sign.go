@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
+	"time"
 
 	"github.com/bnb-chain/tss-lib/v2/common"
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/signing"
@@ -95,3 +96,8 @@ func encodeSignature(r, s *big.Int) []byte {
 // Abort ends the session with err (Kind is filled in): for misbehaviour
 // the transport detects, such as an equivocating member.
 func (s *SignSession) Abort(err *SessionError) { s.r.abort(err) }
+
+// SetStallTimeout makes Run fail, blaming the members it waits for, when
+// no message arrives for d. Call it before Run. Zero (the default) waits
+// for the context's deadline only.
+func (s *SignSession) SetStallTimeout(d time.Duration) { s.r.stall = d }
