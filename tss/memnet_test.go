@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 // deliverer is what both session kinds accept.
@@ -138,7 +139,12 @@ func runSign(t testing.TB, shares []*Share, digest []byte, net *memnet) ([]byte,
 	errs := make([]error, len(shares))
 	var wg sync.WaitGroup
 	for i, s := range sessions {
-		wg.Go(func() { sigs[i], errs[i] = s.Run(context.Background()) })
+		wg.Go(func() {
+			// A bound, so a test whose session goes wrong fails instead of hanging.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			sigs[i], errs[i] = s.Run(ctx)
+		})
 	}
 	wg.Wait()
 	for _, err := range errs {
