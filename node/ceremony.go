@@ -84,7 +84,8 @@ func (n *Node) shareByPub(pkix []byte) (*tss.Share, error) {
 // preParamsCache holds this node's pre-parameters: loaded from disk, or
 // generated once in the background (10–30 s) and saved.
 type preParamsCache struct {
-	path string
+	path   string
+	sealer *tss.Sealer
 
 	mu      sync.Mutex
 	p       *tss.PreParams
@@ -92,20 +93,22 @@ type preParamsCache struct {
 	err     error
 }
 
-func newPreParamsCache(path string) *preParamsCache { return &preParamsCache{path: path} }
+func newPreParamsCache(path string, s *tss.Sealer) *preParamsCache {
+	return &preParamsCache{path: path, sealer: s}
+}
 
 // ensure loads or, in the background, generates the pre-parameters.
 func (c *preParamsCache) ensure(ctx context.Context, log zerolog.Logger) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if p, err := tss.LoadPreParams(c.path); err == nil {
+	if p, err := tss.LoadPreParams(c.path, c.sealer); err == nil {
 		c.p = p
 		return
 	}
 	c.started = time.Now()
 	log.Info().Str("path", c.path).Msg("generating pre-parameters (safe primes); key generation waits for them")
 	go func() {
-		p, _, err := tss.LoadOrGeneratePreParams(ctx, c.path, func(d time.Duration) {
+		p, _, err := tss.LoadOrGeneratePreParams(ctx, c.path, c.sealer, func(d time.Duration) {
 			if d.Truncate(time.Second)%(10*time.Second) == 0 {
 				log.Info().Dur("elapsed", d).Msg("still generating pre-parameters")
 			}
@@ -132,7 +135,7 @@ func (c *preParamsCache) get() (*tss.PreParams, error) {
 	case !c.started.IsZero():
 		return nil, fmt.Errorf("pre-parameters still being generated (%s so far); retry when the node logs \"pre-parameters ready\"", time.Since(c.started).Truncate(time.Second))
 	default:
-		p, err := tss.LoadPreParams(c.path)
+		p, err := tss.LoadPreParams(c.path, c.sealer)
 		if err != nil {
 			return nil, fmt.Errorf("%w (run `signer preparams` on this node first)", err)
 		}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/tkeyless/tkeyless/tss"
 )
 
 // Config is one signer node's configuration, usually read from a YAML file
@@ -35,6 +37,10 @@ type Config struct {
 	// MaxSessions bounds the sessions this node takes part in at once,
 	// coordinated or joined (default 128).
 	MaxSessions int `yaml:"max_sessions"`
+	// Secrets says how the node's shares and pre-parameters are encrypted
+	// at rest: an age key file, or a passphrase (from a file, or the
+	// TKEYLESS_PASSPHRASE environment variable). One is required.
+	Secrets Secrets `yaml:"secrets"`
 	// TLS is the node's identity and the cluster CA.
 	TLS TLSFiles `yaml:"tls"`
 	// Peers are the other signers of the cluster.
@@ -71,6 +77,32 @@ type Grant struct {
 	// compromised signer can sign anything this identity may. Use only to
 	// migrate clients that cannot be changed.
 	Legacy bool `yaml:"legacy"`
+}
+
+// Secrets names the key that encrypts a node's secrets at rest.
+type Secrets struct {
+	// KeyFile is an age X25519 identity (`signer secrets-key` makes one).
+	// Keep it off the disk that holds the data directory if you can.
+	KeyFile string `yaml:"key_file"`
+	// PassphraseFile holds a passphrase (scrypt; about a second per file).
+	PassphraseFile string `yaml:"passphrase_file"`
+}
+
+// Sealer builds the encryption of a node's secrets from its settings.
+func (c *Config) Sealer() (*tss.Sealer, error) {
+	switch {
+	case c.Secrets.KeyFile != "":
+		return tss.NewKeyFileSealer(c.Secrets.KeyFile)
+	case c.Secrets.PassphraseFile != "":
+		b, err := os.ReadFile(c.Secrets.PassphraseFile)
+		if err != nil {
+			return nil, fmt.Errorf("secrets passphrase: %w", err)
+		}
+		return tss.NewPassphraseSealer(string(b))
+	case os.Getenv("TKEYLESS_PASSPHRASE") != "":
+		return tss.NewPassphraseSealer(os.Getenv("TKEYLESS_PASSPHRASE"))
+	}
+	return nil, errors.New("no secrets key: set secrets.key_file (make one with `signer secrets-key`), secrets.passphrase_file, or TKEYLESS_PASSPHRASE")
 }
 
 // TLSFiles names PEM files.
@@ -116,7 +148,7 @@ func LoadConfig(path string) (Config, error) {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
 	base := filepath.Dir(path)
-	for _, p := range []*string{&c.DataDir, &c.TLS.CA, &c.TLS.Cert, &c.TLS.Key} {
+	for _, p := range []*string{&c.DataDir, &c.TLS.CA, &c.TLS.Cert, &c.TLS.Key, &c.Secrets.KeyFile, &c.Secrets.PassphraseFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}

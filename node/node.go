@@ -76,7 +76,11 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 	if err := checkOwnIdentity(tlsConf, cfg.Name); err != nil {
 		return nil, err
 	}
-	store, err := tss.OpenStore(filepath.Join(cfg.DataDir, "keys"))
+	sealer, err := cfg.Sealer()
+	if err != nil {
+		return nil, err
+	}
+	store, err := tss.OpenStore(filepath.Join(cfg.DataDir, "keys"), sealer)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +90,7 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 		tls:       tlsConf,
 		store:     store,
 		shares:    map[tss.KeyID]*tss.Share{},
-		preParams: newPreParamsCache(filepath.Join(cfg.DataDir, "preparams.json")),
+		preParams: newPreParamsCache(filepath.Join(cfg.DataDir, "preparams.age"), sealer),
 		peers:     map[string]*peerConn{},
 		sessions:  newRouter(30 * time.Second),
 		verifier:  &authority.Verifier{Roots: tlsConf.ClientCAs, Window: time.Duration(cfg.AuthorityWindow)},
@@ -133,6 +137,11 @@ func (n *Node) loadShares() error {
 	}
 	for _, id := range ids {
 		s, err := n.store.Load(id)
+		if errors.Is(err, tss.ErrWrongKey) {
+			// Not one bad file but the wrong key: serving without the
+			// node's keys would only hide the mistake.
+			return fmt.Errorf("%w; check secrets in the configuration", err)
+		}
 		if err != nil {
 			n.log.Error().Err(err).Str("key", id.String()).Msg("share not loaded; this key will not sign on this node")
 			continue

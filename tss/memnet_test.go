@@ -59,7 +59,7 @@ func (n *memnet) outbox(from string) Outbox {
 // safe primes takes 10–30 s per party.
 func testPreParams(t testing.TB, i int) *PreParams {
 	t.Helper()
-	p, err := LoadPreParams(filepath.Join("testdata", "preparams", fmt.Sprintf("party-%d.json", i)))
+	p, err := LoadPreParams(filepath.Join("testdata", "preparams", fmt.Sprintf("party-%d.json", i)), nil)
 	if err != nil {
 		t.Fatalf("test pre-parameters: %v", err)
 	}

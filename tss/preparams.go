@@ -63,9 +63,14 @@ func (p *PreParams) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// LoadPreParams reads pre-parameters saved by SavePreParams.
-func LoadPreParams(path string) (*PreParams, error) {
-	b, err := os.ReadFile(path)
+// LoadPreParams reads pre-parameters saved by SavePreParams, decrypting
+// them with s (nil: plaintext test fixtures only).
+func LoadPreParams(path string, s *Sealer) (*PreParams, error) {
+	sealed, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load pre-parameters: %w", err)
+	}
+	b, err := s.open(path, sealed)
 	if err != nil {
 		return nil, fmt.Errorf("load pre-parameters: %w", err)
 	}
@@ -76,19 +81,24 @@ func LoadPreParams(path string) (*PreParams, error) {
 	return &p, nil
 }
 
-// SavePreParams writes pre-parameters to path, readable by the owner only.
-func SavePreParams(path string, p *PreParams) error {
+// SavePreParams writes pre-parameters to path, encrypted with s and
+// readable by the owner only.
+func SavePreParams(path string, p *PreParams, s *Sealer) error {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("encode pre-parameters: %w", err)
 	}
-	return writeFileAtomic(path, b)
+	sealed, err := s.seal(b)
+	if err != nil {
+		return fmt.Errorf("save pre-parameters: %w", err)
+	}
+	return writeFileAtomic(path, sealed)
 }
 
 // LoadOrGeneratePreParams loads the pre-parameters cached at path, or
 // generates and caches them when the file does not exist yet.
-func LoadOrGeneratePreParams(ctx context.Context, path string, progress func(time.Duration)) (*PreParams, bool, error) {
-	p, err := LoadPreParams(path)
+func LoadOrGeneratePreParams(ctx context.Context, path string, s *Sealer, progress func(time.Duration)) (*PreParams, bool, error) {
+	p, err := LoadPreParams(path, s)
 	if err == nil {
 		return p, false, nil
 	}
@@ -99,7 +109,7 @@ func LoadOrGeneratePreParams(ctx context.Context, path string, progress func(tim
 	if err != nil {
 		return nil, false, err
 	}
-	if err := SavePreParams(path, p); err != nil {
+	if err := SavePreParams(path, p, s); err != nil {
 		return nil, false, err
 	}
 	return p, true, nil

@@ -4,9 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -15,19 +13,22 @@ import (
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/keygen"
 )
 
-// Store keeps a node's shares as files, one per key, named by KeyID, with
-// mode 0600 and atomic replacement so a crash never leaves half a share.
-// Encryption at rest wraps this format (see the share lifecycle issue).
+// Store keeps a node's shares as files, one per key, named by KeyID,
+// encrypted with the node's Sealer, with mode 0600 and atomic replacement
+// so a crash never leaves half a share.
 type Store struct {
-	dir string
+	dir    string
+	sealer *Sealer
 }
 
-// OpenStore opens (creating if needed) the share directory dir.
-func OpenStore(dir string) (*Store, error) {
+// OpenStore opens (creating if needed) the share directory dir. Shares are
+// sealed with s; a nil s is for tests only and reads and writes plaintext
+// is refused on write.
+func OpenStore(dir string, s *Sealer) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open share store: %w", err)
 	}
-	return &Store{dir: dir}, nil
+	return &Store{dir: dir, sealer: s}, nil
 }
 
 const shareSuffix = ".share.json"
@@ -54,12 +55,16 @@ func (st *Store) Save(s *Share) error {
 	if err != nil {
 		return fmt.Errorf("save share %s: %w", s.KeyID(), err)
 	}
-	return writeFileAtomic(st.path(s.KeyID()), b)
+	sealed, err := st.sealer.seal(b)
+	if err != nil {
+		return fmt.Errorf("save share %s: %w", s.KeyID(), err)
+	}
+	return writeFileAtomic(st.path(s.KeyID()), sealed)
 }
 
 // Load reads the share of key id.
 func (st *Store) Load(id KeyID) (*Share, error) {
-	return loadShareFile(st.path(id), &id)
+	return loadShareFile(st.path(id), &id, st.sealer)
 }
 
 // List returns the ids of all stored keys.
@@ -84,12 +89,13 @@ func (st *Store) List() ([]KeyID, error) {
 	return ids, nil
 }
 
-func loadShareFile(path string, want *KeyID) (*Share, error) {
-	b, err := os.ReadFile(path)
+func loadShareFile(path string, want *KeyID, sealer *Sealer) (*Share, error) {
+	sealed, err := os.ReadFile(path)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("load share: %w", err)
-		}
+		return nil, fmt.Errorf("load share: %w", err)
+	}
+	b, err := sealer.open(path, sealed)
+	if err != nil {
 		return nil, fmt.Errorf("load share: %w", err)
 	}
 	var f shareFileV1

@@ -7,9 +7,23 @@ import (
 	"testing"
 )
 
+// testSealer makes a fresh secrets key for a test.
+func testSealer(t *testing.T) *Sealer {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "secrets.key")
+	if err := GenerateKeyFile(path); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewKeyFileSealer(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func TestStoreRoundTrip(t *testing.T) {
 	shares := fixtureShares(t, 1, 2)
-	st, err := OpenStore(t.TempDir())
+	st, err := OpenStore(t.TempDir(), testSealer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,6 +36,10 @@ func TestStoreRoundTrip(t *testing.T) {
 	}
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("share file mode %v, want 0600", fi.Mode().Perm())
+	}
+	raw, _ := os.ReadFile(st.path(shares[0].KeyID()))
+	if !strings.HasPrefix(string(raw), "age-encryption.org/v1") || strings.Contains(string(raw), "Xi") {
+		t.Fatal("share file is not encrypted")
 	}
 	ids, err := st.List()
 	if err != nil || len(ids) != 1 || ids[0] != shares[0].KeyID() {
@@ -43,7 +61,7 @@ func TestStoreRoundTrip(t *testing.T) {
 
 func TestStoreTruncatedShare(t *testing.T) {
 	shares := fixtureShares(t, 1, 2)
-	st, err := OpenStore(t.TempDir())
+	st, err := OpenStore(t.TempDir(), testSealer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,16 +83,83 @@ func TestStoreTruncatedShare(t *testing.T) {
 	}
 }
 
+func TestStoreWrongKey(t *testing.T) {
+	shares := fixtureShares(t, 1, 2)
+	dir := t.TempDir()
+	st, err := OpenStore(dir, testSealer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Save(shares[0]); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(st.path(shares[0].KeyID()))
+	for name, s := range map[string]func() (*Sealer, error){
+		"other key file": func() (*Sealer, error) { return testSealer(t), nil },
+		"passphrase":     func() (*Sealer, error) { return NewPassphraseSealer("not the right one at all") },
+	} {
+		sealer, err := s()
+		if err != nil {
+			t.Fatal(err)
+		}
+		other, _ := OpenStore(dir, sealer)
+		_, err = other.Load(shares[0].KeyID())
+		if err == nil || !strings.Contains(err.Error(), "wrong") || !strings.Contains(err.Error(), "nothing was changed") {
+			t.Fatalf("%s: want a wrong-key error, got %v", name, err)
+		}
+	}
+	after, _ := os.ReadFile(st.path(shares[0].KeyID()))
+	if string(before) != string(after) {
+		t.Fatal("a failed load changed the share file")
+	}
+	if _, err := st.Load(shares[0].KeyID()); err != nil {
+		t.Fatalf("the right key no longer opens the share: %v", err)
+	}
+	// A plaintext share is refused when a key is configured.
+	plain, _ := OpenStore(t.TempDir(), nil)
+	if err := plain.Save(shares[0]); err == nil {
+		t.Fatal("saved a share without a secrets key")
+	}
+}
+
+func TestPassphraseSealer(t *testing.T) {
+	if _, err := NewPassphraseSealer("short"); err == nil {
+		t.Fatal("accepted a short passphrase")
+	}
+	s, err := NewPassphraseSealer("correct horse battery staple")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "pp.age")
+	pp := testPreParams(t, 0)
+	if err := SavePreParams(p, pp, s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadPreParams(p, s); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestPreParamsFileErrors(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "pp.json")
 	b, _ := os.ReadFile(filepath.Join("testdata", "preparams", "party-0.json"))
 	os.WriteFile(p, b[:100], 0o600)
-	if _, err := LoadPreParams(p); err == nil || !strings.Contains(err.Error(), "truncated") {
+	if _, err := LoadPreParams(p, nil); err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Fatalf("want truncated error, got %v", err)
 	}
 	os.WriteFile(p, []byte(`{"NTildei": 5}`), 0o600)
-	if _, err := LoadPreParams(p); err == nil {
+	if _, err := LoadPreParams(p, nil); err == nil {
 		t.Fatal("accepted invalid pre-parameters")
+	}
+	// Encrypted and truncated.
+	s := testSealer(t)
+	if err := SavePreParams(p, testPreParams(t, 0), s); err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := os.ReadFile(p)
+	os.WriteFile(p, enc[:len(enc)/2], 0o600)
+	if _, err := LoadPreParams(p, s); err == nil || !strings.Contains(err.Error(), "truncated or corrupt") {
+		t.Fatalf("want truncated error, got %v", err)
 	}
 }

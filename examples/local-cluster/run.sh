@@ -55,9 +55,16 @@ for n in "${NODES[@]}"; do
     echo "keyless_listen: ${KEYLESS[$n]}"
     echo "http_listen: ${HTTP[$n]}"
     echo "tls: {ca: pki/ca.pem, cert: pki/$n.pem, key: pki/$n-key.pem}"
+    echo "secrets: {key_file: secrets/$n.key}"
     echo "peers:"
     for p in "${NODES[@]}"; do [[ $p == "$n" ]] || echo "  - {name: $p, addr: ${PEER[$p]}}"; done
   } >"$DEMO/$n.yaml"
+done
+
+step "secrets keys (encrypt each node's shares at rest; in production keep them off the data disk)"
+mkdir -p "$DEMO/secrets"
+for n in "${NODES[@]}"; do
+  [[ -f $DEMO/secrets/$n.key ]] || signer secrets-key --out "$DEMO/secrets/$n.key"
 done
 
 step "pre-parameters (safe primes), once per node: 10-30 s each on 2 cores"

@@ -10,6 +10,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -246,4 +249,57 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestSecretsAtRest shows shares are encrypted on disk, a wrong secrets key
+// stops a node with a clear error and changes nothing, and a truncated share
+// file costs only that node's share of that key.
+func TestSecretsAtRest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	c := startCluster(t, 1, 3)
+	sn := c.nodes[2]
+	share := filepath.Join(c.dir, sn.name, "keys", c.keyID+".share.json")
+	orig, err := os.ReadFile(share)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(orig), "age-encryption.org/v1") {
+		t.Fatal("share on disk is not age-encrypted")
+	}
+	sn.proc.stop()
+
+	t.Run("wrong-key", func(t *testing.T) {
+		keyFile := filepath.Join(c.dir, sn.name+".key")
+		good, _ := os.ReadFile(keyFile)
+		os.Remove(keyFile)
+		run(t, "signer", "secrets-key", "--out", keyFile)
+		defer os.WriteFile(keyFile, good, 0o600)
+		out, err := exec.Command(filepath.Join(binaries(t), "signer"), "serve", "--config", sn.config).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "wrong secrets key") {
+			t.Fatalf("want the node to refuse to start with a wrong key, got %v:\n%s", err, out)
+		}
+		if now, _ := os.ReadFile(share); string(now) != string(orig) {
+			t.Fatal("the share file changed")
+		}
+	})
+
+	t.Run("truncated-share", func(t *testing.T) {
+		if err := os.WriteFile(share, orig[:len(orig)/2], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.startNode(t, sn)
+		if !strings.Contains(sn.proc.Output(), "truncated or corrupt") {
+			t.Fatal("the node did not report the truncated share")
+		}
+		kc := keylessClient(t, c, 15*time.Second)
+		ski, _ := protocol.GetSKI(c.publicKey(t))
+		d := sha256.Sum256([]byte("two shares are enough"))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := kc.Sign(ctx, ski, crypto.SHA256, d[:]); err != nil {
+			t.Fatalf("the other nodes should still sign: %v", err)
+		}
+	})
 }

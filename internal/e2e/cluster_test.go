@@ -21,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tkeyless/tkeyless/tss"
 )
 
 var (
@@ -270,7 +272,7 @@ func startClusterWith(t *testing.T, threshold, n int, extraYAML string) *cluster
 	for i, sn := range c.nodes {
 		var cfg strings.Builder
 		fmt.Fprintf(&cfg, "name: %s\ndata_dir: %s\npeer_listen: %s\nkeyless_listen: %s\nhttp_listen: %s\n", sn.name, sn.name, sn.peerAddr, sn.keylessAddr, sn.httpAddr)
-		fmt.Fprintf(&cfg, "tls: {ca: pki/ca.pem, cert: pki/%s.pem, key: pki/%s-key.pem}\nsign_timeout: 20s\npeers:\n", sn.name, sn.name)
+		fmt.Fprintf(&cfg, "tls: {ca: pki/ca.pem, cert: pki/%s.pem, key: pki/%s-key.pem}\nsecrets: {key_file: %s.key}\nsign_timeout: 20s\npeers:\n", sn.name, sn.name, sn.name)
 		for _, o := range c.nodes {
 			if o != sn {
 				fmt.Fprintf(&cfg, "  - {name: %s, addr: %s}\n", o.name, o.peerAddr)
@@ -281,15 +283,19 @@ func startClusterWith(t *testing.T, threshold, n int, extraYAML string) *cluster
 		if err := os.WriteFile(sn.config, []byte(cfg.String()), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		// Test-only pre-parameters: generating safe primes takes 10–30 s each.
-		fixture, err := os.ReadFile(filepath.Join(repoRoot(t), "tss", "testdata", "preparams", fmt.Sprintf("party-%d.json", i)))
+		// Test-only pre-parameters (generating safe primes takes 10–30 s
+		// each), sealed with the node's secrets key as the node keeps them.
+		keyFile := filepath.Join(dir, sn.name+".key")
+		run(t, "signer", "secrets-key", "--out", keyFile)
+		fixture, err := tss.LoadPreParams(filepath.Join(repoRoot(t), "tss", "testdata", "preparams", fmt.Sprintf("party-%d.json", i)), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.MkdirAll(filepath.Join(dir, sn.name), 0o700); err != nil {
+		sealer, err := tss.NewKeyFileSealer(keyFile)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, sn.name, "preparams.json"), fixture, 0o600); err != nil {
+		if err := tss.SavePreParams(filepath.Join(dir, sn.name, "preparams.age"), fixture, sealer); err != nil {
 			t.Fatal(err)
 		}
 	}
