@@ -52,7 +52,7 @@ A first cluster, step by step (see README.md and examples/):
 	}
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "json", "log format: json (for machines) or console (for people)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(serveCmd(g), keygenCmd(g), preparamsCmd(g), csrCmd(g), pkiCmd(g), statusCmd(g), keyCmd(g), secretsKeyCmd(g))
+	root.AddCommand(serveCmd(g), keygenCmd(g), preparamsCmd(g), csrCmd(g), pkiCmd(g), statusCmd(g), keyCmd(g), secretsKeyCmd(g), backupCmd(g), restoreCmd(g))
 	return root
 }
 

@@ -269,6 +269,8 @@ func TestSecretsAtRest(t *testing.T) {
 		t.Fatal("share on disk is not age-encrypted")
 	}
 	sn.proc.stop()
+	backup := filepath.Join(c.dir, "c.backup")
+	run(t, "signer", "backup", "--config", sn.config, "--out", backup)
 
 	t.Run("wrong-key", func(t *testing.T) {
 		keyFile := filepath.Join(c.dir, sn.name+".key")
@@ -300,6 +302,36 @@ func TestSecretsAtRest(t *testing.T) {
 		defer cancel()
 		if _, err := kc.Sign(ctx, ski, crypto.SHA256, d[:]); err != nil {
 			t.Fatalf("the other nodes should still sign: %v", err)
+		}
+	})
+
+	t.Run("backup-restore", func(t *testing.T) {
+		sn.proc.stop()
+		// A damaged backup restores nothing.
+		b, _ := os.ReadFile(backup)
+		damaged := filepath.Join(c.dir, "damaged.backup")
+		os.WriteFile(damaged, b[:len(b)/2], 0o600)
+		if out, err := exec.Command(filepath.Join(binaries(t), "signer"), "restore", "--config", sn.config, "--in", damaged).CombinedOutput(); err == nil {
+			t.Fatalf("restored from a truncated backup:\n%s", out)
+		}
+		// The node's data is lost; the backup brings it back.
+		if err := os.RemoveAll(filepath.Join(c.dir, sn.name)); err != nil {
+			t.Fatal(err)
+		}
+		run(t, "signer", "restore", "--config", sn.config, "--in", backup)
+		if now, _ := os.ReadFile(share); string(now) != string(orig) {
+			t.Fatal("restored share differs from the original")
+		}
+		c.startNode(t, sn)
+		// Sign with a quorum that must include c: stop a.
+		c.nodes[0].proc.stop()
+		kc := keylessClient(t, c, 15*time.Second)
+		ski, _ := protocol.GetSKI(c.publicKey(t))
+		d := sha256.Sum256([]byte("restored"))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := kc.Sign(ctx, ski, crypto.SHA256, d[:]); err != nil {
+			t.Fatalf("b and the restored c should sign: %v", err)
 		}
 	})
 }
