@@ -10,31 +10,18 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-	"time"
-
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
+
+	"github.com/tkeyless/tkeyless/internal/cli"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := rootCmd().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "edge:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Run("edge", rootCmd()) }
 
 // globalFlags are the flags every subcommand has.
-type globalFlags struct {
-	logFormat string
-	logLevel  string
-}
+type globalFlags struct{ cli.LogFlags }
+
+func (g *globalFlags) logger() (zerolog.Logger, error) { return g.Logger() }
 
 func rootCmd() *cobra.Command {
 	g := &globalFlags{}
@@ -53,31 +40,7 @@ baseline for load tests, a key file. Resumed handshakes need no signature.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "json", "log format: json (for machines) or console (for people)")
-	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	g.Register(root)
 	root.AddCommand(serveCmd(g), checkCmd())
 	return root
-}
-
-// logger builds the process logger from the flags: JSON lines on stderr unless --log-format
-// console. Errors are logged under "err".
-func (g *globalFlags) logger() (zerolog.Logger, error) {
-	zerolog.TimeFieldFormat = time.RFC3339Nano
-	zerolog.DurationFieldUnit = time.Millisecond
-	zerolog.DurationFieldInteger = false
-	zerolog.ErrorFieldName = "err"
-	var l zerolog.Logger
-	switch g.logFormat {
-	case "json":
-		l = zerolog.New(os.Stderr)
-	case "console":
-		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
-	default:
-		return l, fmt.Errorf("--log-format %q: want json or console", g.logFormat)
-	}
-	lvl, err := zerolog.ParseLevel(g.logLevel)
-	if err != nil || lvl == zerolog.NoLevel {
-		return l, fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
-	}
-	return l.Level(lvl).With().Timestamp().Logger(), nil
 }

@@ -38,7 +38,11 @@ The identity (--cert/--key) must be an edge or admin identity of the cluster.`,
 			if err != nil {
 				return err
 			}
-			c, err := keyless.NewClient(keyless.ClientConfig{Endpoints: strings.Split(signers, ","), TLS: tc, Timeout: timeout, Logger: g.logger()})
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			c, err := keyless.NewClient(keyless.ClientConfig{Endpoints: strings.Split(signers, ","), TLS: tc, Timeout: timeout, Logger: log})
 			if err != nil {
 				return err
 			}

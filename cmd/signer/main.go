@@ -5,31 +5,20 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
+
+	"github.com/tkeyless/tkeyless/internal/cli"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := rootCmd().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "signer:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Run("signer", rootCmd()) }
 
-type globalFlags struct {
-	logFormat string
-	logLevel  string
-}
+// globalFlags are the flags every subcommand has.
+type globalFlags struct{ cli.LogFlags }
+
+func (g *globalFlags) logger() (zerolog.Logger, error) { return g.Logger() }
 
 func rootCmd() *cobra.Command {
 	g := &globalFlags{}
@@ -50,28 +39,9 @@ A first cluster, step by step (see README.md and examples/):
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "json", "log format: json (for machines) or console (for people)")
-	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	g.Register(root)
 	root.AddCommand(serveCmd(g), keygenCmd(g), preparamsCmd(g), csrCmd(g), pkiCmd(g), statusCmd(g), keyCmd(g), secretsKeyCmd(g), backupCmd(g), restoreCmd(g))
 	return root
-}
-
-func (g *globalFlags) logger() zerolog.Logger {
-	zerolog.TimeFieldFormat = time.RFC3339Nano
-	zerolog.ErrorFieldName = "err"
-	zerolog.DurationFieldUnit = time.Millisecond
-	zerolog.DurationFieldInteger = false
-	var l zerolog.Logger
-	if g.logFormat == "console" {
-		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
-	} else {
-		l = zerolog.New(os.Stderr)
-	}
-	lvl, err := zerolog.ParseLevel(g.logLevel)
-	if err != nil || lvl == zerolog.NoLevel {
-		lvl = zerolog.InfoLevel
-	}
-	return l.Level(lvl).With().Timestamp().Logger()
 }
 
 func mustJSON(v any) string {

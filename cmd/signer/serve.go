@@ -19,7 +19,10 @@ the other signers (gRPC over mutual TLS) and on keyless_listen for edges
 (the gokeyless protocol over mutual TLS). If this node has no pre-parameters
 yet, it generates them in the background; key generation waits for them.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := g.logger()
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
 			cfg, err := node.LoadConfig(configPath)
 			if err != nil {
 				return err
