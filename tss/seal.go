@@ -106,6 +106,10 @@ func (s *Sealer) open(path string, b []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%s is encrypted and no secrets key is configured", path)
 	case s == nil:
 		return b, nil
+	case bytes.HasPrefix(ageHeader, b):
+		// Empty, or cut inside the first line: a crash or a full disk, not
+		// a plaintext file.
+		return nil, fmt.Errorf("%s: truncated or corrupt encrypted file (%d bytes)", path, len(b))
 	case !encrypted:
 		return nil, fmt.Errorf("%s is not encrypted: refusing a plaintext secret (was it written by a test, or copied by hand?)", path)
 	}

@@ -49,7 +49,7 @@ var ErrSessionClosed = errors.New("session closed")
 // members tss-lib (or tkeyless's own checks) blamed, by node name; empty when
 // nobody was blamed (a deadline, a transport failure).
 type SessionError struct {
-	Kind     string // "keygen" or "sign"
+	Kind     string // "keygen", "sign", "reshare" or "import"
 	Round    int
 	Culprits []string
 	// Waiting names the members the party was still waiting for when the
@@ -82,6 +82,16 @@ type inbound struct {
 	payload   []byte
 }
 
+// protocolParty is what a runner needs of a tss-lib party. tsslib.Party has
+// it; so does resharePair (reshare.go), the one or two parties a node runs
+// in a resharing, which tss-lib's Party interface (with unexported methods)
+// would not admit.
+type protocolParty interface {
+	Start() *tsslib.Error
+	Update(msg tsslib.ParsedMessage) (ok bool, err *tsslib.Error)
+	WaitingFor() []*tsslib.PartyID
+}
+
 // runner drives one tss-lib party: it feeds delivered messages to the party
 // one at a time (tss-lib parties are not meant to be updated concurrently
 // while a round starts) and hands produced messages to the Outbox.
@@ -89,7 +99,7 @@ type runner struct {
 	kind   string
 	self   string
 	m      *members
-	party  tsslib.Party
+	party  protocolParty
 	out    chan tsslib.Message
 	outbox Outbox
 	checks *peerChecks

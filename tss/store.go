@@ -4,7 +4,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,8 +24,8 @@ type Store struct {
 }
 
 // OpenStore opens (creating if needed) the share directory dir. Shares are
-// sealed with s; a nil s is for tests only and reads and writes plaintext
-// is refused on write.
+// sealed with s. A nil s is for tests only: it reads the plaintext test
+// fixtures, and refuses every write, so no share is written unencrypted.
 func OpenStore(dir string, s *Sealer) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open share store: %w", err)
@@ -31,7 +33,12 @@ func OpenStore(dir string, s *Sealer) (*Store, error) {
 	return &Store{dir: dir, sealer: s}, nil
 }
 
-const shareSuffix = ".share.json"
+const (
+	shareSuffix = ".share.json"
+	// stagedSuffix marks a share a resharing produced and the cluster has
+	// not yet committed: List and Load never return it.
+	stagedSuffix = ".share.staged"
+)
 
 // shareFileV1 is the persisted form of a Share. Version it on any change.
 type shareFileV1 struct {
@@ -45,21 +52,89 @@ type shareFileV1 struct {
 
 func (st *Store) path(id KeyID) string { return filepath.Join(st.dir, id.String()+shareSuffix) }
 
+func (st *Store) stagedPath(id KeyID) string {
+	return filepath.Join(st.dir, id.String()+stagedSuffix)
+}
+
 // Save writes share, replacing any previous share of the same key.
 func (st *Store) Save(s *Share) error {
+	return st.write(st.path(s.KeyID()), s, "save share")
+}
+
+func (st *Store) write(path string, s *Share, doing string) error {
 	pkix, err := x509.MarshalPKIXPublicKey(s.pub)
 	if err != nil {
-		return fmt.Errorf("save share %s: %w", s.KeyID(), err)
+		return fmt.Errorf("%s %s: %w", doing, s.KeyID(), err)
 	}
 	b, err := json.Marshal(shareFileV1{Version: 1, Threshold: s.Threshold, Parties: s.Parties, Self: s.Self, PublicKey: pkix, Data: s.data})
 	if err != nil {
-		return fmt.Errorf("save share %s: %w", s.KeyID(), err)
+		return fmt.Errorf("%s %s: %w", doing, s.KeyID(), err)
 	}
 	sealed, err := st.sealer.seal(b)
+	clear(b)
 	if err != nil {
-		return fmt.Errorf("save share %s: %w", s.KeyID(), err)
+		return fmt.Errorf("%s %s: %w", doing, s.KeyID(), err)
 	}
-	return writeFileAtomic(st.path(s.KeyID()), sealed)
+	if err := writeFileAtomic(path, sealed); err != nil {
+		return fmt.Errorf("%s %s: %w", doing, s.KeyID(), err)
+	}
+	return nil
+}
+
+// Stage writes the share a resharing produced beside the key's current
+// share, which stays in use. A resharing succeeded only if every new member
+// finished it: until the coordinator has heard that from all of them, each
+// member keeps its old share, so a ceremony that fails late (one member's
+// last proof check) leaves the key usable with the old shares. Then every
+// member calls Commit, or Discard if the ceremony failed.
+func (st *Store) Stage(s *Share) error {
+	return st.write(st.stagedPath(s.KeyID()), s, "stage share")
+}
+
+// Commit makes the staged share of id the current one, replacing (in one
+// rename) the old share, which then exists nowhere on this node except in
+// backups taken before. It decrypts and checks the staged share first, and
+// returns it.
+func (st *Store) Commit(id KeyID) (*Share, error) {
+	staged := st.stagedPath(id)
+	s, err := loadShareFile(staged, &id, st.sealer)
+	if err != nil {
+		return nil, fmt.Errorf("commit share %s: staged share unusable, current share kept: %w", id, err)
+	}
+	if err := os.Rename(staged, st.path(id)); err != nil {
+		return nil, fmt.Errorf("commit share %s: %w", id, err)
+	}
+	syncDir(st.dir)
+	return s, nil
+}
+
+// Discard removes the staged share of id after a failed resharing. The
+// current share is untouched. Discarding nothing is not an error.
+func (st *Store) Discard(id KeyID) error {
+	if err := os.Remove(st.stagedPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("discard staged share %s: %w", id, err)
+	}
+	return nil
+}
+
+// Staged lists the keys with a staged share: resharings this node finished
+// but was not told to commit or discard, for instance because it restarted.
+// It must ask the cluster which way the ceremony went; the key works with
+// the current share meanwhile only if the ceremony failed.
+func (st *Store) Staged() ([]KeyID, error) { return st.list(stagedSuffix) }
+
+// Delete removes this node's share of id, and any staged one: for a node
+// that a resharing left out of the key's committee, once the ceremony is
+// committed. A share is the one thing a node cannot get back, so callers
+// should delete only after the new committee's shares are committed.
+func (st *Store) Delete(id KeyID) error {
+	for _, p := range []string{st.stagedPath(id), st.path(id)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("delete share %s: %w", id, err)
+		}
+	}
+	syncDir(st.dir)
+	return nil
 }
 
 // Load reads the share of key id.
@@ -67,15 +142,18 @@ func (st *Store) Load(id KeyID) (*Share, error) {
 	return loadShareFile(st.path(id), &id, st.sealer)
 }
 
-// List returns the ids of all stored keys.
-func (st *Store) List() ([]KeyID, error) {
+// List returns the ids of all stored keys. It reads file names only, so a
+// damaged share file is listed, and fails on its own when loaded.
+func (st *Store) List() ([]KeyID, error) { return st.list(shareSuffix) }
+
+func (st *Store) list(suffix string) ([]KeyID, error) {
 	ents, err := os.ReadDir(st.dir)
 	if err != nil {
 		return nil, fmt.Errorf("list shares: %w", err)
 	}
 	var ids []KeyID
 	for _, e := range ents {
-		name, ok := strings.CutSuffix(e.Name(), shareSuffix)
+		name, ok := strings.CutSuffix(e.Name(), suffix)
 		if !ok || e.IsDir() {
 			continue
 		}
@@ -98,6 +176,7 @@ func loadShareFile(path string, want *KeyID, sealer *Sealer) (*Share, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load share: %w", err)
 	}
+	defer clear(b)
 	var f shareFileV1
 	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, fmt.Errorf("load share %s: file is truncated or corrupt (%d bytes): %w", path, len(b), err)
@@ -148,9 +227,14 @@ func writeFileAtomic(path string, b []byte) error {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
+	syncDir(dir)
+	return nil
+}
+
+// syncDir makes a rename or removal in dir durable.
+func syncDir(dir string) {
 	if d, err := os.Open(dir); err == nil {
 		_ = d.Sync()
 		d.Close()
 	}
-	return nil
 }
