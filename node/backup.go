@@ -83,9 +83,11 @@ func writeTarFile(tw *tar.Writer, name string, b []byte) error {
 }
 
 // Restore unpacks a backup into the node's data directory. It checks every
-// file against the manifest and that every share decrypts with the
-// configured secrets key before writing anything, and refuses to replace a
-// different existing file unless force is set.
+// file against the manifest and that every share and the pre-parameters
+// decrypt with the configured secrets key before writing anything, and
+// refuses to replace a different existing file unless force is set: a
+// backup taken before a resharing holds shares that no longer combine with
+// the cluster's, and forcing one over a current share loses that share.
 func Restore(cfg Config, r io.Reader, force bool) ([]string, error) {
 	gz, err := gzip.NewReader(r)
 	if err != nil {
@@ -158,6 +160,15 @@ func Restore(cfg Config, r io.Reader, force bool) ([]string, error) {
 			return nil, fmt.Errorf("restore: %w; nothing restored", err)
 		}
 	}
+	if b, ok := files["preparams.age"]; ok {
+		p := filepath.Join(tmp, "preparams.age")
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			return nil, err
+		}
+		if _, err := tss.LoadPreParams(p, sealer); err != nil {
+			return nil, fmt.Errorf("restore: pre-parameters: %w; nothing restored", err)
+		}
+	}
 	for name, b := range files {
 		dst := filepath.Join(cfg.DataDir, filepath.FromSlash(name))
 		if cur, err := os.ReadFile(dst); err == nil && string(cur) != string(b) && !force {
@@ -170,7 +181,12 @@ func Restore(cfg Config, r io.Reader, force bool) ([]string, error) {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 			return restored, err
 		}
-		if err := os.WriteFile(dst, b, 0o600); err != nil {
+		// Write beside, then rename: a crash mid-restore leaves each file
+		// either as it was or as in the backup, never half of one.
+		if err := os.WriteFile(dst+".restore", b, 0o600); err != nil {
+			return restored, err
+		}
+		if err := os.Rename(dst+".restore", dst); err != nil {
 			return restored, err
 		}
 		restored = append(restored, name)

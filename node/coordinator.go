@@ -127,8 +127,12 @@ func (n *Node) pickQuorum(share *tss.Share, excluded []string) ([]string, bool) 
 	return append([]string{n.cfg.Name}, others[:share.Threshold]...), true
 }
 
-// prepareTimeout bounds asking one member to prepare its party.
-const prepareTimeout = time.Second
+// prepareTimeout bounds asking one member to prepare its party of a
+// signing session; ceremonyPrepareTimeout of a key ceremony.
+const (
+	prepareTimeout         = time.Second
+	ceremonyPrepareTimeout = 5 * time.Second
+)
 
 // ErrOverloaded is returned when this node's queue of signing requests is
 // full; the edge should try another signer.
@@ -174,18 +178,31 @@ func (n *Node) runSession(ctx context.Context, pr *peerwire.PrepareRequest, memb
 // runSessionCollect is runSession that also hands each other member's
 // result to collect.
 func (n *Node) runSessionCollect(ctx context.Context, pr *peerwire.PrepareRequest, members []string, collect func(member string, r *peerwire.RunResponse)) (*peerwire.RunResponse, []string, error) {
+	return n.runSessionWith(ctx, pr, members, func() error { return n.prepare(n.cfg.Name, pr) }, collect)
+}
+
+// runSessionWith is runSessionCollect with this node's own party prepared
+// by prepareSelf: for an import, whose coordinator holds what no request
+// carries.
+func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, members []string, prepareSelf func() error, collect func(member string, r *peerwire.RunResponse)) (*peerwire.RunResponse, []string, error) {
 	self := n.cfg.Name
-	if err := n.prepare(self, pr); err != nil {
+	if err := prepareSelf(); err != nil {
 		return nil, nil, fmt.Errorf("prepare on %s: %w", self, err)
 	}
 	if bad, err := n.forEachPeer(ctx, members, func(ctx context.Context, p *peerConn) error {
 		// A member that cannot even prepare within this time is treated as
 		// down, leaving the rest of the deadline for another quorum.
-		ctx, cancel := context.WithTimeout(ctx, prepareTimeout)
+		// Ceremonies are operator commands, not latency-bound: a member
+		// just restarted is waited for.
+		timeout, wait := prepareTimeout, n.reachable(p.name)
+		if pr.Kind != peerwire.KindSign {
+			timeout, wait = ceremonyPrepareTimeout, true
+		}
+		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		// A peer whose last ping failed is not waited for: if it is still
 		// down the call fails at once and the retry picks another quorum.
-		_, err := p.client.Prepare(ctx, pr, grpc.WaitForReady(n.reachable(p.name)))
+		_, err := p.client.Prepare(ctx, pr, grpc.WaitForReady(wait))
 		return err
 	}); err != nil {
 		n.sessions.abort(pr.Session)

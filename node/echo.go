@@ -47,7 +47,7 @@ func (n *Node) deliver(caller pki.Identity, env *peerwire.Envelope) error {
 	if err != nil {
 		return err
 	}
-	if !env.Broadcast || len(s.members) < 3 {
+	if !env.Broadcast || !s.echo {
 		return s.party.Deliver(env.From, env.Broadcast, env.Payload)
 	}
 	hash := sha256.Sum256(env.Payload)

@@ -50,6 +50,7 @@ type Node struct {
 	verifier  *authority.Verifier
 	metrics   *metrics
 	keyState  *keyStates
+	pending   *pendingReshares
 	// queue counts the signing requests this node coordinates now.
 	queue chan struct{}
 }
@@ -99,6 +100,13 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 	n.metrics = newMetrics(func() float64 { return float64(n.sessions.count()) })
 	if n.keyState, err = loadKeyStates(keyStatePath(cfg.DataDir)); err != nil {
 		return nil, err
+	}
+	if n.pending, err = loadPendingReshares(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	for id, p := range n.pending.m {
+		n.log.Warn().Str("key", id.String()).Str("session", p.Session.String()).Str("coordinator", p.Coordinator).Bool("new_share_staged", p.Staged).Time("since", p.Since).
+			Msg("a resharing awaits its outcome: the current share stays in use until the coordinator says commit or discard")
 	}
 	if err := n.loadShares(); err != nil {
 		return nil, err

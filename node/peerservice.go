@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"slices"
@@ -43,8 +44,18 @@ func (n *Node) identityInterceptor(ctx context.Context, req any, info *grpc.Unar
 	allowed := []pki.Role{pki.RoleNode}
 	switch info.FullMethod {
 	case "/" + peerwire.ServiceName + "/KeygenCeremony", "/" + peerwire.ServiceName + "/Ping",
-		"/" + peerwire.ServiceName + "/Status", "/" + peerwire.ServiceName + "/SetKeyState":
+		"/" + peerwire.ServiceName + "/Status", "/" + peerwire.ServiceName + "/SetKeyState",
+		"/" + peerwire.ServiceName + "/ReshareCeremony":
 		allowed = append(allowed, pki.RoleAdmin)
+	case "/" + peerwire.ServiceName + "/ImportCeremony":
+		// A whole private key travels only from an admin, or from an
+		// operator on this node's own machine using its identity; never
+		// from another node.
+		allowed = append(allowed, pki.RoleAdmin)
+		if id.Role == pki.RoleNode && id.Name != n.cfg.Name {
+			n.log.Warn().Str("peer", id.Name).Msg("import refused: a key may be handed only to the node it is imported on")
+			return nil, status.Errorf(codes.PermissionDenied, "node %q may not hand node %q a private key", id.Name, n.cfg.Name)
+		}
 	}
 	if !slices.Contains(allowed, id.Role) {
 		n.log.Warn().Str("peer", id.Name).Str("role", string(id.Role)).Str("method", info.FullMethod).Msg("peer call refused: role not allowed")
@@ -131,4 +142,36 @@ func (s *peerService) KeygenCeremony(ctx context.Context, req *peerwire.KeygenCe
 		return nil, status.Error(codes.Aborted, fmt.Sprintf("keygen: %v", err))
 	}
 	return resp, nil
+}
+
+func (s *peerService) ReshareCeremony(ctx context.Context, req *peerwire.ReshareCeremonyRequest) (*peerwire.ReshareCeremonyResponse, error) {
+	caller := callerOf(ctx)
+	s.n.log.Info().Str("requested_by", caller.Name).Str("key", req.Key).Int("new_t", req.NewThreshold).Strs("new_parties", req.NewParties).Msg("resharing requested")
+	resp, err := s.n.Reshare(ctx, req)
+	if err != nil {
+		return nil, status.Error(codes.Aborted, fmt.Sprintf("reshare: %v", err))
+	}
+	return resp, nil
+}
+
+func (s *peerService) ImportCeremony(ctx context.Context, req *peerwire.ImportCeremonyRequest) (*peerwire.KeygenCeremonyResponse, error) {
+	caller := callerOf(ctx)
+	s.n.log.Info().Str("requested_by", caller.Name).Int("t", req.Threshold).Strs("parties", req.Parties).Msg("key import requested")
+	resp, err := s.n.Import(ctx, req)
+	if err != nil {
+		return nil, status.Error(codes.Aborted, fmt.Sprintf("import: %v", err))
+	}
+	return resp, nil
+}
+
+func (s *peerService) FinishReshare(ctx context.Context, req *peerwire.FinishReshareRequest) (*peerwire.FinishReshareResponse, error) {
+	caller := callerOf(ctx)
+	if err := s.n.applyFinish(caller.Name, req); err != nil {
+		if errors.Is(err, errNothingPending) {
+			return nil, status.Error(codes.NotFound, err.Error())
+		}
+		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("key", req.Key).Msg("resharing outcome refused")
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &peerwire.FinishReshareResponse{}, nil
 }

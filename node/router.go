@@ -41,8 +41,13 @@ type session struct {
 	// coordinator is the node that prepared the session; only it may start it.
 	coordinator string
 	party       party
-	run         func(ctx context.Context) (*peerwire.RunResponse, error)
-	expiry      *time.Timer
+	// echo says broadcasts go through the echo check (echo.go): in
+	// signing and key generation sessions of three or more members. A
+	// resharing's broadcasts reach one committee only; it compares every
+	// new member's result instead (reshare.go).
+	echo   bool
+	run    func(ctx context.Context) (*peerwire.RunResponse, error)
+	expiry *time.Timer
 
 	mu    sync.Mutex
 	state sessionState
@@ -79,6 +84,9 @@ func (r *router) add(s *session) error {
 	defer r.mu.Unlock()
 	if _, ok := r.sessions[s.id]; ok {
 		return fmt.Errorf("session %s already exists", s.id)
+	}
+	if s.kind != peerwire.KindReshare && len(s.members) >= 3 {
+		s.echo = true
 	}
 	s.lastRound = map[string]int{}
 	s.seen = map[string]bool{}

@@ -37,6 +37,11 @@ func (n *Node) prepare(coordinator string, req *peerwire.PrepareRequest) error {
 			return errors.New("keygen session without a keygen request")
 		}
 		return n.prepareKeygen(coordinator, req.Session, req.Keygen)
+	case peerwire.KindReshare:
+		if req.Reshare == nil {
+			return errors.New("reshare session without a reshare request")
+		}
+		return n.prepareReshare(coordinator, req.Session, req.Reshare, nil)
 	default:
 		return fmt.Errorf("unknown session kind %q", req.Kind)
 	}

@@ -25,8 +25,12 @@ func (n *Node) Status() *peerwire.StatusResponse {
 			}
 		}
 		disabled := n.keyDisabled(id)
-		st.Keys = append(st.Keys, peerwire.KeyStatus{Key: id.String(), Threshold: s.Threshold, Parties: s.Parties,
-			Disabled: disabled, Available: !disabled && reach >= s.Quorum()})
+		ks := peerwire.KeyStatus{Key: id.String(), Threshold: s.Threshold, Parties: s.Parties,
+			Disabled: disabled, Available: !disabled && reach >= s.Quorum()}
+		if p, ok := n.pending.get(id); ok {
+			ks.ResharePending = p.Session.String()
+		}
+		st.Keys = append(st.Keys, ks)
 	}
 	slices.SortFunc(st.Keys, func(a, b peerwire.KeyStatus) int { return strings.Compare(a.Key, b.Key) })
 	return st

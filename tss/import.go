@@ -34,20 +34,21 @@ func ImportConfig(importer string, pub *ecdsa.PublicKey, newParties []string, ne
 }
 
 // NewImportSession prepares the importer's side of an import: one old party,
-// named importer (the name the cluster's transport authenticates it by, not
-// one of newParties), dealing key to newParties with threshold newThreshold.
-// Run returns (nil, nil) once every new member acknowledged its share.
+// named importer (the name the cluster's transport authenticates it by),
+// dealing key to newParties with threshold newThreshold. The importer may be
+// one of newParties — a cluster node that was handed the key — and then also
+// runs its new-committee party, for which it needs preParams (nil
+// otherwise), and Run returns its new share like any member's. An importer
+// outside the new committee gets (nil, nil) once every new member
+// acknowledged its share.
 //
 // The session keeps its own copy of the secret scalar and zeroes it when Run
 // returns; key itself is the caller's to drop. It cannot be zeroed from here
 // (crypto/ecdsa keeps private copies), which is one more reason the original
 // must be destroyed where it is stored.
-func NewImportSession(key *ecdsa.PrivateKey, importer string, newParties []string, newThreshold int, outbox Outbox) (*ReshareSession, error) {
+func NewImportSession(key *ecdsa.PrivateKey, importer string, newParties []string, newThreshold int, preParams *PreParams, outbox Outbox) (*ReshareSession, error) {
 	if key == nil || key.Curve != elliptic.P256() {
 		return nil, errors.New("import: want a P-256 private key")
-	}
-	if slices.Contains(newParties, importer) {
-		return nil, fmt.Errorf("import: the importer %q must not be one of the new parties %v; run it as its own party", importer, newParties)
 	}
 	cfg := ImportConfig(importer, &key.PublicKey, newParties, newThreshold)
 	if err := cfg.validate(); err != nil {
@@ -78,7 +79,7 @@ func NewImportSession(key *ecdsa.PrivateKey, importer string, newParties []strin
 	in.BigXj[0] = pub
 	in.NTildej[0], in.H1j[0], in.H2j[0] = new(big.Int), new(big.Int), new(big.Int)
 	in.ECDSAPub = pub
-	s, err := newReshareSession("import", cfg, importer, &in, nil, outbox)
+	s, err := newReshareSession("import", cfg, importer, &in, preParams, outbox)
 	if err != nil {
 		zeroInt(d)
 		return nil, err

@@ -54,7 +54,7 @@ func TestImportKey(t *testing.T) {
 	parties := []string{"a", "b", "c"}
 	mem := newMemnet()
 	sessions := map[string]*ReshareSession{}
-	imp, err := NewImportSession(key, "importer", parties, 1, mem.outbox("importer"))
+	imp, err := NewImportSession(key, "importer", parties, 1, nil, mem.outbox("importer"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,17 +107,51 @@ func TestImportKey(t *testing.T) {
 	}
 }
 
+// A cluster node handed the key imports it: it deals as the one-party old
+// committee and takes its own new share in the same ceremony, the way a
+// node in both committees of a refresh does.
+func TestImportByMember(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := key.PublicKey
+	parties := []string{"a", "b"}
+	mem := newMemnet()
+	sessions := map[string]*ReshareSession{}
+	imp, err := NewImportSession(key, "a", parties, 1, testPreParams(t, reshareTestPreParams["a"]), mem.outbox("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessions["a"] = imp
+	mem.join("a", imp)
+	b, err := NewReshareSession(ImportConfig("a", &pub, parties, 1), "b", nil, testPreParams(t, reshareTestPreParams["b"]), mem.outbox("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessions["b"] = b
+	mem.join("b", b)
+	shares, err := runReshareSessions(t, sessions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(shares) != 2 {
+		t.Fatalf("new shares for %v, want a and b", shares)
+	}
+	mustSignAndVerify(t, &pub, shares["a"], shares["b"])
+}
+
 func TestImportRejects(t *testing.T) {
 	ob := OutboxFunc(func(context.Context, Outgoing) error { return nil })
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if _, err := NewImportSession(p384, "importer", []string{"a", "b"}, 1, ob); err == nil || !strings.Contains(err.Error(), "P-256") {
+	if _, err := NewImportSession(p384, "importer", []string{"a", "b"}, 1, nil, ob); err == nil || !strings.Contains(err.Error(), "P-256") {
 		t.Fatalf("want a P-256 error, got %v", err)
 	}
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if _, err := NewImportSession(key, "a", []string{"a", "b"}, 1, ob); err == nil || !strings.Contains(err.Error(), "must not be one of the new parties") {
-		t.Fatalf("want a refusal of an importer among the new parties, got %v", err)
+	if _, err := NewImportSession(key, "a", []string{"a", "b"}, 1, nil, ob); err == nil || !strings.Contains(err.Error(), "pre-parameters") {
+		t.Fatalf("want an importer among the new parties to need its pre-parameters, got %v", err)
 	}
-	if _, err := NewImportSession(key, "importer", []string{"a", "b"}, 2, ob); err == nil {
+	if _, err := NewImportSession(key, "importer", []string{"a", "b"}, 2, nil, ob); err == nil {
 		t.Fatal("accepted threshold 2 of 2 parties")
 	}
 	// A cluster node cannot pose as the importer: that side needs the key.

@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha1"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -80,3 +81,27 @@ func (s *Share) KeyID() KeyID { return KeyIDOf(s.pub) }
 
 // Quorum is how many parties must take part in a signature: t+1.
 func (s *Share) Quorum() int { return s.Threshold + 1 }
+
+// Fingerprint is a digest of the key's public data as this share records
+// it: the threshold, the parties in order, the public key and every party's
+// public verification share (X_j = x_j·G). Every share of one key from one
+// ceremony has the same fingerprint, so comparing them after a ceremony
+// catches a dealer that gave members inconsistent views (different
+// commitments to different members) before anyone switches to the new
+// shares. It reveals nothing secret.
+func (s *Share) Fingerprint() []byte {
+	h := sha256.New()
+	fmt.Fprintf(h, "tkeyless share fingerprint v1\x00%d\x00", s.Threshold)
+	for _, p := range s.Parties {
+		fmt.Fprintf(h, "%s\x00", p)
+	}
+	h.Write(elliptic.Marshal(curve, s.pub.X, s.pub.Y))
+	for _, x := range s.data.BigXj {
+		if x == nil {
+			h.Write([]byte{0})
+			continue
+		}
+		h.Write(elliptic.Marshal(curve, x.X(), x.Y()))
+	}
+	return h.Sum(nil)
+}

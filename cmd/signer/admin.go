@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -78,7 +79,12 @@ not answer is shown as down.`,
 					case !k.Available:
 						state = "UNAVAILABLE"
 					}
-					fmt.Fprintf(w, "\t%s\tkey %s\t(%d,%d) %s\n", state, k.Key, k.Threshold, len(k.Parties), strings.Join(k.Parties, ","))
+					parties := slices.Sorted(slices.Values(k.Parties))
+					detail := fmt.Sprintf("(%d,%d) %s", k.Threshold, len(k.Parties), strings.Join(parties, ","))
+					if k.ResharePending != "" {
+						detail += ", resharing " + k.ResharePending + " awaits commit"
+					}
+					fmt.Fprintf(w, "\t%s\tkey %s\t%s\n", state, k.Key, detail)
 				}
 				for _, p := range st.Peers {
 					state, detail := "up", fmt.Sprintf("%.1f ms", p.LatencyMS)
@@ -205,7 +211,11 @@ func restoreCmd(g *globalFlags) *cobra.Command {
 		Long: `restore checks the backup's checksums and that every share in it decrypts
 with this node's configured secrets key, then writes the files into the
 data directory. It refuses to replace an existing, different file unless
---force is given. Run it with the node stopped.`,
+--force is given. Run it with the node stopped.
+
+A backup taken before a resharing (signer reshare) holds shares that no
+longer combine with the cluster's: restore one only onto a node that lost
+its data, and take a new backup after every resharing.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := node.LoadConfig(configPath)
 			if err != nil {

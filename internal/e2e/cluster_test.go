@@ -256,8 +256,33 @@ func startCluster(t *testing.T, threshold, n int) *cluster {
 // node's configuration (access grants, timeouts).
 func startClusterWith(t *testing.T, threshold, n int, extraYAML string) *cluster {
 	t.Helper()
+	c := newCluster(t, n, extraYAML)
+	c.keygen(t, threshold)
+	return c
+}
+
+// keygen makes the cluster's key with a real ceremony coordinated by the
+// first node, among parties (every node when none are named).
+func (c *cluster) keygen(t *testing.T, threshold int, parties ...string) {
+	t.Helper()
+	c.threshold = threshold
+	c.pubPath = filepath.Join(c.dir, "key.pub.pem")
+	args := []string{"keygen", "--config", c.nodes[0].config, "--threshold", fmt.Sprint(threshold), "--out", c.pubPath}
+	if len(parties) > 0 {
+		args = append(args, "--parties", strings.Join(parties, ","))
+	}
+	c.keyID = strings.TrimSpace(run(t, "signer", args...))
+	if len(c.keyID) != 40 {
+		t.Fatalf("keygen printed %q, want a 40-hex-digit key id", c.keyID)
+	}
+}
+
+// newCluster starts n signer processes with a dev PKI and the committed
+// test pre-parameters, and no key yet.
+func newCluster(t *testing.T, n int, extraYAML string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
-	c := &cluster{owner: t, dir: dir, threshold: threshold}
+	c := &cluster{owner: t, dir: dir}
 	pkiDir := filepath.Join(dir, "pki")
 	run(t, "signer", "pki", "init", "--dir", pkiDir)
 	run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", "edge", "--role", "edge")
@@ -301,11 +326,6 @@ func startClusterWith(t *testing.T, threshold, n int, extraYAML string) *cluster
 	}
 	for _, sn := range c.nodes {
 		c.startNode(t, sn)
-	}
-	c.pubPath = filepath.Join(dir, "key.pub.pem")
-	c.keyID = strings.TrimSpace(run(t, "signer", "keygen", "--config", c.nodes[0].config, "--threshold", fmt.Sprint(threshold), "--out", c.pubPath))
-	if len(c.keyID) != 40 {
-		t.Fatalf("keygen printed %q, want a 40-hex-digit key id", c.keyID)
 	}
 	return c
 }

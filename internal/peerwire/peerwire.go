@@ -58,6 +58,10 @@ type Kind string
 const (
 	KindSign   Kind = "sign"
 	KindKeygen Kind = "keygen"
+	// KindReshare deals new shares of an existing key (refresh, a change
+	// of (t,n), a replaced node) or, with Import set, of a key the
+	// coordinator was handed whole.
+	KindReshare Kind = "reshare"
 )
 
 // SignRequest is what a quorum member is asked to sign, and why. Each member
@@ -82,13 +86,28 @@ type KeygenRequest struct {
 	Parties   []string `json:"parties"`
 }
 
+// ReshareRequest describes a resharing ceremony. Members in the old
+// committee check it against their own share of the key.
+type ReshareRequest struct {
+	Key          string   `json:"key"`        // KeyID, hex
+	PublicKey    []byte   `json:"public_key"` // PKIX DER
+	OldParties   []string `json:"old_parties"`
+	OldThreshold int      `json:"old_threshold"`
+	NewParties   []string `json:"new_parties"`
+	NewThreshold int      `json:"new_threshold"`
+	// Import says the old committee is the coordinator alone, dealing a
+	// whole key it was handed (OldThreshold is then 0).
+	Import bool `json:"import,omitempty"`
+}
+
 // PrepareRequest asks a member to set up (not start) its party of a session.
 type PrepareRequest struct {
-	Version int            `json:"v"`
-	Session SessionID      `json:"session"`
-	Kind    Kind           `json:"kind"`
-	Sign    *SignRequest   `json:"sign,omitempty"`
-	Keygen  *KeygenRequest `json:"keygen,omitempty"`
+	Version int             `json:"v"`
+	Session SessionID       `json:"session"`
+	Kind    Kind            `json:"kind"`
+	Sign    *SignRequest    `json:"sign,omitempty"`
+	Keygen  *KeygenRequest  `json:"keygen,omitempty"`
+	Reshare *ReshareRequest `json:"reshare,omitempty"`
 }
 
 // PrepareResponse acknowledges a prepared session.
@@ -107,6 +126,10 @@ type RunRequest struct {
 type RunResponse struct {
 	Signature []byte `json:"signature,omitempty"`
 	PublicKey []byte `json:"public_key,omitempty"`
+	// Fingerprint is, after a resharing, the digest of the public data of
+	// the member's new (staged) share; every new member must report the
+	// same one before the coordinator lets anyone commit.
+	Fingerprint []byte `json:"fingerprint,omitempty"`
 }
 
 // Envelope carries one tss-lib message from one member to another.
@@ -175,6 +198,59 @@ type KeygenCeremonyResponse struct {
 	Key       string `json:"key"`
 	PublicKey []byte `json:"public_key"` // PKIX DER
 }
+
+// ReshareCeremonyRequest asks a node to coordinate a resharing of a key it
+// holds a share of (an operator command). Empty fields keep the key's
+// current values: an empty request refreshes every share.
+type ReshareCeremonyRequest struct {
+	Key string `json:"key"`
+	// NewParties and NewThreshold are the committee after the ceremony.
+	NewParties   []string `json:"new_parties,omitempty"`
+	NewThreshold int      `json:"new_threshold,omitempty"`
+	// Dealers are the current holders that deal (at least t+1 of them);
+	// empty picks t+1 healthy ones, the coordinator first.
+	Dealers []string `json:"dealers,omitempty"`
+}
+
+// ReshareCeremonyResponse reports a resharing.
+type ReshareCeremonyResponse struct {
+	Key          string   `json:"key"`
+	Session      string   `json:"session"`
+	OldParties   []string `json:"old_parties"` // the dealers
+	OldThreshold int      `json:"old_threshold"`
+	NewParties   []string `json:"new_parties"`
+	NewThreshold int      `json:"new_threshold"`
+	// Committed lists the nodes that switched to their new share (or, if
+	// they left the committee, deleted their old one); Pending those that
+	// could not be told (they keep the new share staged; see `signer
+	// status`).
+	Committed []string `json:"committed"`
+	Pending   []string `json:"pending,omitempty"`
+}
+
+// ImportCeremonyRequest hands a node a whole P-256 private key (PKCS#8 DER)
+// to split into shares for Parties with Threshold. Only the node's own
+// identity (an operator on that machine) or an admin may send it.
+type ImportCeremonyRequest struct {
+	PrivateKey []byte   `json:"private_key"`
+	Threshold  int      `json:"threshold"`
+	Parties    []string `json:"parties,omitempty"`
+}
+
+// FinishReshareRequest tells a member how a resharing it took part in
+// ended: Commit switches to the staged new share (or deletes the old one
+// if the member left the committee); otherwise the staged share is
+// discarded and the old one kept. Only the ceremony's coordinator may send
+// it.
+type FinishReshareRequest struct {
+	Version int       `json:"v"`
+	Session SessionID `json:"session"`
+	Key     string    `json:"key"`
+	Commit  bool      `json:"commit"`
+}
+
+// FinishReshareResponse acknowledges a FinishReshareRequest.
+type FinishReshareResponse struct{}
 
 // PingRequest checks a peer is alive and in the same protocol version.
 type PingRequest struct {
@@ -249,6 +325,9 @@ type KeyStatus struct {
 	// Available says whether this node can reach enough healthy parties
 	// to sign with the key now.
 	Available bool `json:"available"`
+	// ResharePending names the resharing session whose outcome this node
+	// still waits for (its new share, if any, is staged).
+	ResharePending string `json:"reshare_pending,omitempty"`
 }
 
 // PeerStatus is one peer as a node sees it.

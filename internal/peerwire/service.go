@@ -19,6 +19,9 @@ type Server interface {
 	KeygenCeremony(context.Context, *KeygenCeremonyRequest) (*KeygenCeremonyResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	SetKeyState(context.Context, *SetKeyStateRequest) (*SetKeyStateResponse, error)
+	ReshareCeremony(context.Context, *ReshareCeremonyRequest) (*ReshareCeremonyResponse, error)
+	ImportCeremony(context.Context, *ImportCeremonyRequest) (*KeygenCeremonyResponse, error)
+	FinishReshare(context.Context, *FinishReshareRequest) (*FinishReshareResponse, error)
 }
 
 func unary[Req any, Resp any](name string, call func(Server, context.Context, *Req) (*Resp, error)) grpc.MethodDesc {
@@ -53,6 +56,9 @@ var ServiceDesc = grpc.ServiceDesc{
 		unary("KeygenCeremony", Server.KeygenCeremony),
 		unary("Status", Server.Status),
 		unary("SetKeyState", Server.SetKeyState),
+		unary("ReshareCeremony", Server.ReshareCeremony),
+		unary("ImportCeremony", Server.ImportCeremony),
+		unary("FinishReshare", Server.FinishReshare),
 	},
 	Metadata: "tkeyless/peer/v1",
 }
@@ -109,4 +115,19 @@ func (c *Client) Status(ctx context.Context, r *StatusRequest) (*StatusResponse,
 // SetKeyState calls SetKeyState.
 func (c *Client) SetKeyState(ctx context.Context, r *SetKeyStateRequest) (*SetKeyStateResponse, error) {
 	return invoke[SetKeyStateResponse](ctx, c, "SetKeyState", r)
+}
+
+// ReshareCeremony calls ReshareCeremony.
+func (c *Client) ReshareCeremony(ctx context.Context, r *ReshareCeremonyRequest) (*ReshareCeremonyResponse, error) {
+	return invoke[ReshareCeremonyResponse](ctx, c, "ReshareCeremony", r)
+}
+
+// ImportCeremony calls ImportCeremony.
+func (c *Client) ImportCeremony(ctx context.Context, r *ImportCeremonyRequest) (*KeygenCeremonyResponse, error) {
+	return invoke[KeygenCeremonyResponse](ctx, c, "ImportCeremony", r)
+}
+
+// FinishReshare calls FinishReshare.
+func (c *Client) FinishReshare(ctx context.Context, r *FinishReshareRequest) (*FinishReshareResponse, error) {
+	return invoke[FinishReshareResponse](ctx, c, "FinishReshare", r)
 }
