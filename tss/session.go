@@ -112,6 +112,10 @@ type runner struct {
 	// stall, if set, ends the session when no message arrives for that
 	// long while the party still waits for some.
 	stall time.Duration
+	// progress is signalled (without blocking) when the party sends a
+	// message of a later round: a presignature is ready only once its own
+	// round-4 message went out (presign.go).
+	progress chan struct{}
 }
 
 func newRunner(kind, self string, m *members, threshold int, outbox Outbox) (*runner, error) {
@@ -132,8 +136,9 @@ func newRunner(kind, self string, m *members, threshold int, outbox Outbox) (*ru
 		// messages per party; ten rounds of that never block the party.
 		out:   make(chan tsslib.Message, 10*n),
 		inbox: make(chan inbound, 10*n*n),
-		failc: make(chan *SessionError, 1),
-		done:  make(chan struct{}),
+		failc:    make(chan *SessionError, 1),
+		done:     make(chan struct{}),
+		progress: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -286,6 +291,10 @@ func (r *runner) sendLoop(ctx context.Context, errc chan<- error, drain <-chan s
 		og, err := r.outgoing(msg)
 		if og.Round > int(r.lastRound.Load()) {
 			r.lastRound.Store(int32(og.Round))
+			select {
+			case r.progress <- struct{}{}:
+			default:
+			}
 		}
 		if err == nil {
 			err = r.outbox.Send(ctx, og)

@@ -30,35 +30,53 @@ type SignSession struct {
 // digest is a SHA-256, SHA-384 or SHA-512 digest, truncated as ECDSA
 // prescribes (DigestScalar).
 func NewSignSession(share *Share, quorum []string, digest []byte, outbox Outbox) (*SignSession, error) {
-	if share == nil {
-		return nil, errors.New("sign: nil share")
+	if err := checkDigestLen(digest); err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
 	}
+	s := &SignSession{end: make(chan *common.SignatureData, 1), digest: slices.Clone(digest)}
+	r, err := newSignRunner("sign", share, quorum, DigestScalar(digest), outbox, s.end)
+	if err != nil {
+		return nil, err
+	}
+	s.r, s.pub = r, share.pub
+	return s, nil
+}
+
+func checkDigestLen(digest []byte) error {
 	switch len(digest) {
 	case 32, 48, 64:
-	default:
-		return nil, fmt.Errorf("sign: digest is %d bytes; want 32, 48 or 64 (SHA-256/384/512)", len(digest))
+		return nil
+	}
+	return fmt.Errorf("digest is %d bytes; want 32, 48 or 64 (SHA-256/384/512)", len(digest))
+}
+
+// newSignRunner builds the runner and tss-lib signing party for share's
+// holder in quorum, signing msg (which tss-lib keeps by pointer and first
+// reads in round 5: presign.go relies on both).
+func newSignRunner(kind string, share *Share, quorum []string, msg *big.Int, outbox Outbox, end chan *common.SignatureData) (*runner, error) {
+	if share == nil {
+		return nil, fmt.Errorf("%s: nil share", kind)
 	}
 	if len(quorum) != share.Quorum() {
-		return nil, fmt.Errorf("sign: quorum %v has %d members, key %s needs %d", quorum, len(quorum), share.KeyID(), share.Quorum())
+		return nil, fmt.Errorf("%s: quorum %v has %d members, key %s needs %d", kind, quorum, len(quorum), share.KeyID(), share.Quorum())
 	}
 	for _, q := range quorum {
 		if !slices.Contains(share.Parties, q) {
-			return nil, fmt.Errorf("sign: quorum member %q holds no share of key %s (holders %v)", q, share.KeyID(), share.Parties)
+			return nil, fmt.Errorf("%s: quorum member %q holds no share of key %s (holders %v)", kind, q, share.KeyID(), share.Parties)
 		}
 	}
 	m, err := newMembers(quorum)
 	if err != nil {
-		return nil, fmt.Errorf("sign: %w", err)
+		return nil, fmt.Errorf("%s: %w", kind, err)
 	}
-	r, err := newRunner("sign", share.Self, m, share.Threshold, outbox)
+	r, err := newRunner(kind, share.Self, m, share.Threshold, outbox)
 	if err != nil {
 		return nil, err
 	}
-	s := &SignSession{r: r, end: make(chan *common.SignatureData, 1), pub: share.pub, digest: slices.Clone(digest)}
 	params := tsslib.NewParameters(curve, tsslib.NewPeerContext(m.sorted), m.byName[share.Self], len(quorum), share.Threshold)
 	// The last argument makes tss-lib return M as a full 32-byte value.
-	r.party = signing.NewLocalParty(DigestScalar(digest), params, share.data, r.out, s.end, (curve.Params().BitSize+7)/8)
-	return s, nil
+	r.party = signing.NewLocalParty(msg, params, share.data, r.out, end, (curve.Params().BitSize+7)/8)
+	return r, nil
 }
 
 // Deliver hands the session a message from another quorum member. from
