@@ -134,8 +134,8 @@ func newRunner(kind, self string, m *members, threshold int, outbox Outbox) (*ru
 		checks: newPeerChecks(threshold),
 		// Every round produces at most one broadcast and n-1 direct
 		// messages per party; ten rounds of that never block the party.
-		out:   make(chan tsslib.Message, 10*n),
-		inbox: make(chan inbound, 10*n*n),
+		out:      make(chan tsslib.Message, 10*n),
+		inbox:    make(chan inbound, 10*n*n),
 		failc:    make(chan *SessionError, 1),
 		done:     make(chan struct{}),
 		progress: make(chan struct{}, 1),
