@@ -63,6 +63,22 @@ type Config struct {
 	// AuthorityWindow is how far the time in an edge's request authority
 	// may be from this node's clock (default 30s).
 	AuthorityWindow Duration `yaml:"authority_window"`
+	// Presign keeps presignatures ready so that a full handshake waits
+	// only for GG18's online rounds (milliseconds instead of hundreds of
+	// them). Off unless Depth is set; see docs/presigning.md for what an
+	// operator gives up.
+	Presign PresignConfig `yaml:"presign"`
+}
+
+// PresignConfig is this node's presignature pool.
+type PresignConfig struct {
+	// Depth is how many ready presignatures this node keeps per key for
+	// the requests it coordinates (0, the default, turns presigning off).
+	// Each one holds a little state in memory on every quorum member.
+	Depth int `yaml:"depth"`
+	// MaxAge is how long a presignature may wait for a request before it
+	// is destroyed unused (default 10m).
+	MaxAge Duration `yaml:"max_age"`
 }
 
 // Grant lets one identity use some keys.
@@ -179,11 +195,17 @@ func (c *Config) setDefaults() {
 	if c.KeygenTimeout == 0 {
 		c.KeygenTimeout = Duration(2 * time.Minute)
 	}
+	if c.Presign.MaxAge == 0 {
+		c.Presign.MaxAge = Duration(10 * time.Minute)
+	}
 }
 
 // Validate reports the first missing or inconsistent setting.
 func (c *Config) Validate() error {
 	var errs []error
+	if c.Presign.Depth < 0 || c.Presign.Depth > 64 {
+		errs = append(errs, fmt.Errorf("presign.depth %d: want 0 (off) to 64", c.Presign.Depth))
+	}
 	if c.Name == "" {
 		errs = append(errs, errors.New("name is required"))
 	}

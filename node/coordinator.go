@@ -38,6 +38,7 @@ type SignRequest struct {
 func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error) {
 	start := time.Now()
 	var quorums [][]string
+	var path string // "presign" or "full", once signing started
 	// One audit record per request, whatever its outcome: who asked to sign
 	// with which key, who signed, how long it took.
 	defer func() {
@@ -54,7 +55,7 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 		n.metrics.signRequests.WithLabelValues(outcome).Inc()
 		n.metrics.signDuration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
 		ev.Str("event", "sign").Str("key", req.Key.String()).Str("edge", req.Edge).Str("request", req.RequestID).
-			Interface("quorums", quorums).Str("outcome", outcome).Dur("dur_ms", time.Since(start)).Msg("audit")
+			Interface("quorums", quorums).Str("path", path).Str("outcome", outcome).Dur("dur_ms", time.Since(start)).Msg("audit")
 	}()
 	share, ok := n.share(req.Key)
 	if !ok {
@@ -80,6 +81,35 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 	}
 	var excluded []string
 	var errs []error
+	if n.cfg.Presign.Depth > 0 {
+		usable := func(m string) bool { return m == n.cfg.Name || (n.reachable(m) && !n.coolingDown(m)) }
+		if e := n.pool.take(req.Key, usable); e != nil {
+			quorums = append(quorums, e.quorum)
+			pathStart := time.Now()
+			sig, bad, err := n.signPresigned(ctx, e, req)
+			if err == nil {
+				path = "presign"
+				n.metrics.presign.WithLabelValues("hit").Inc()
+				n.metrics.signPath.WithLabelValues(path).Observe(time.Since(pathStart).Seconds())
+				for _, m := range e.quorum {
+					n.credit(m)
+				}
+				return sig, nil
+			}
+			// The presignature is gone on every member; sign the full way
+			// within what is left of the deadline.
+			n.metrics.presign.WithLabelValues("fallback").Inc()
+			for _, m := range bad {
+				n.blame(m, err)
+			}
+			n.log.Warn().Err(err).Str("key", req.Key.String()).Strs("quorum", e.quorum).Strs("suspects", bad).Msg("presigned signing failed; signing the full way")
+			errs = append(errs, fmt.Errorf("presigned, quorum %v: %w", e.quorum, err))
+			excluded = append(excluded, bad...)
+		} else {
+			n.metrics.presign.WithLabelValues("miss").Inc()
+		}
+	}
+	path = "full"
 	for attempt := 0; attempt < 2; attempt++ {
 		quorum, ok := n.pickQuorum(share, excluded)
 		if !ok {
@@ -92,6 +122,7 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 			for _, m := range quorum {
 				n.credit(m)
 			}
+			n.metrics.signPath.WithLabelValues(path).Observe(time.Since(attemptStart).Seconds())
 			return sig, nil
 		}
 		for _, m := range bad {

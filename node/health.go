@@ -197,3 +197,14 @@ func boolFloat(b bool) float64 {
 	}
 	return 0
 }
+
+// coolingDown reports whether a peer is sitting out a cool-down.
+func (n *Node) coolingDown(name string) bool {
+	p, ok := n.peers[name]
+	if !ok {
+		return false
+	}
+	p.health.mu.Lock()
+	defer p.health.mu.Unlock()
+	return time.Now().Before(p.health.coolUntil)
+}

@@ -16,6 +16,9 @@ type metrics struct {
 	queueDepth   prometheus.Gauge
 	sessions     prometheus.GaugeFunc
 	peerUp       *prometheus.GaugeVec
+	presign      *prometheus.CounterVec
+	presignDepth *prometheus.GaugeVec
+	signPath     *prometheus.HistogramVec
 }
 
 func newMetrics(sessions func() float64) *metrics {
@@ -51,11 +54,24 @@ func newMetrics(sessions func() float64) *metrics {
 			Help: "Whether the last ping to a peer succeeded.",
 		}, []string{"peer"}),
 	}
+	m.presign = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tkeyless_signer_presign_total",
+		Help: "Presignature events: made, failed (to make), hit (a request used one), miss (pool empty), fallback (a finish failed; signed the full way).",
+	}, []string{"event"})
+	m.presignDepth = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tkeyless_signer_presign_pool_depth",
+		Help: "Ready presignatures this node holds for the requests it coordinates, by key.",
+	}, []string{"key"})
+	m.signPath = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "tkeyless_signer_sign_path_duration_seconds",
+		Help:    "Time to make one signature that succeeded, by path: presign (online rounds only) or full.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2, 5},
+	}, []string{"path"})
 	m.sessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tkeyless_signer_sessions",
 		Help: "Sessions (coordinated or joined) live on this node.",
 	}, sessions)
-	m.reg.MustRegister(m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp,
+	m.reg.MustRegister(m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp, m.presign, m.presignDepth, m.signPath,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -51,6 +51,7 @@ type Node struct {
 	metrics   *metrics
 	keyState  *keyStates
 	pending   *pendingReshares
+	pool      *presignPool
 	// queue counts the signing requests this node coordinates now.
 	queue chan struct{}
 }
@@ -96,6 +97,7 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 		sessions:  newRouter(30 * time.Second),
 		verifier:  &authority.Verifier{Roots: tlsConf.ClientCAs, Window: time.Duration(cfg.AuthorityWindow)},
 		queue:     make(chan struct{}, cfg.MaxQueue),
+		pool:      newPresignPool(),
 	}
 	n.metrics = newMetrics(func() float64 { return float64(n.sessions.count()) })
 	if n.keyState, err = loadKeyStates(keyStatePath(cfg.DataDir)); err != nil {
@@ -236,6 +238,7 @@ func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go n.watchPeers(watchCtx)
+	go n.refillPresignatures(watchCtx)
 	var hs *http.Server
 	if n.cfg.HTTPListen != "" {
 		hl, err := net.Listen("tcp", n.cfg.HTTPListen)

@@ -175,3 +175,16 @@ func (s *peerService) FinishReshare(ctx context.Context, req *peerwire.FinishRes
 	}
 	return &peerwire.FinishReshareResponse{}, nil
 }
+
+func (s *peerService) FinishPresign(ctx context.Context, req *peerwire.FinishPresignRequest) (*peerwire.RunResponse, error) {
+	caller := callerOf(ctx)
+	sig, err := s.n.finishPresign(ctx, caller.Name, req)
+	switch {
+	case errors.Is(err, errUnknownPresign):
+		return nil, status.Error(codes.NotFound, err.Error())
+	case err != nil:
+		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", req.Session.String()).Msg("presignature not finished")
+		return nil, status.Error(codes.Aborted, err.Error())
+	}
+	return &peerwire.RunResponse{Signature: sig}, nil
+}

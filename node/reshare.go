@@ -511,6 +511,10 @@ func (n *Node) applyFinish(caller string, req *peerwire.FinishReshareRequest) er
 		return fmt.Errorf("key %s: the resharing was coordinated by %s, not %s", keyID, p.Coordinator, caller)
 	}
 	log := n.log.With().Str("key", keyID.String()).Str("session", req.Session.String()).Logger()
+	if req.Commit {
+		// Presignatures were made with the old shares.
+		n.pool.drain(keyID)
+	}
 	switch {
 	case req.Commit && p.Staged:
 		s, err := n.store.Commit(keyID)

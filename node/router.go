@@ -45,7 +45,10 @@ type session struct {
 	// signing and key generation sessions of three or more members. A
 	// resharing's broadcasts reach one committee only; it compares every
 	// new member's result instead (reshare.go).
-	echo   bool
+	echo bool
+	// keep says the session outlives its Run call: a presignature stays
+	// registered, ready, until it is finished or expires.
+	keep   bool
 	run    func(ctx context.Context) (*peerwire.RunResponse, error)
 	expiry *time.Timer
 
@@ -157,13 +160,37 @@ func (r *router) start(ctx context.Context, id peerwire.SessionID) (*peerwire.Ru
 	s.state = stateRunning
 	s.expiry.Stop()
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.state = stateFinished
-		s.mu.Unlock()
-		r.remove(id)
-	}()
-	return s.run(ctx)
+	resp, err := s.run(ctx)
+	if s.keep && err == nil {
+		return resp, nil
+	}
+	s.mu.Lock()
+	s.state = stateFinished
+	s.mu.Unlock()
+	r.remove(id)
+	return resp, err
+}
+
+// finish forgets a kept session once it has ended.
+func (r *router) finish(s *session) {
+	s.mu.Lock()
+	s.state = stateFinished
+	s.mu.Unlock()
+	r.remove(s.id)
+}
+
+// active counts the sessions that are computing, leaving out ready
+// presignatures, which wait idle.
+func (r *router) active() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, s := range r.sessions {
+		if s.kind != peerwire.KindPresign {
+			n++
+		}
+	}
+	return n
 }
 
 // accept checks an envelope against its session: the session exists and

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tkeyless/tkeyless/internal/authority"
 	"github.com/tkeyless/tkeyless/internal/peerwire"
 	"github.com/tkeyless/tkeyless/tss"
 )
@@ -37,6 +38,11 @@ func (n *Node) prepare(coordinator string, req *peerwire.PrepareRequest) error {
 			return errors.New("keygen session without a keygen request")
 		}
 		return n.prepareKeygen(coordinator, req.Session, req.Keygen)
+	case peerwire.KindPresign:
+		if req.Presign == nil {
+			return errors.New("presign session without a presign request")
+		}
+		return n.preparePresign(coordinator, req.Session, req.Presign)
 	case peerwire.KindReshare:
 		if req.Reshare == nil {
 			return errors.New("reshare session without a reshare request")
@@ -47,35 +53,47 @@ func (n *Node) prepare(coordinator string, req *peerwire.PrepareRequest) error {
 	}
 }
 
-func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerwire.SignRequest) error {
+// checkSignRequest is what every member checks on its own before it
+// signs: it holds a share of the key, the key is enabled, the quorum
+// includes it and the coordinator, the digest fits the hash, and the edge
+// authorized this very request for this key.
+func (n *Node) checkSignRequest(coordinator string, id peerwire.SessionID, req *peerwire.SignRequest) (*tss.Share, *authority.Claims, error) {
 	keyID, err := tss.ParseKeyID(req.Key)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	share, ok := n.share(keyID)
 	if !ok {
-		return fmt.Errorf("key %s: this node holds no share", keyID)
+		return nil, nil, fmt.Errorf("key %s: this node holds no share", keyID)
 	}
 	if n.keyDisabled(keyID) {
-		return fmt.Errorf("key %s: %w", keyID, ErrKeyDisabled)
+		return nil, nil, fmt.Errorf("key %s: %w", keyID, ErrKeyDisabled)
 	}
 	if !slices.Contains(req.Quorum, n.cfg.Name) || !slices.Contains(req.Quorum, coordinator) {
-		return fmt.Errorf("quorum %v must include this node (%s) and the coordinator (%s)", req.Quorum, n.cfg.Name, coordinator)
+		return nil, nil, fmt.Errorf("quorum %v must include this node (%s) and the coordinator (%s)", req.Quorum, n.cfg.Name, coordinator)
 	}
 	hash, ok := hashNames[req.Hash]
 	if !ok {
-		return fmt.Errorf("hash %q not supported", req.Hash)
+		return nil, nil, fmt.Errorf("hash %q not supported", req.Hash)
 	}
 	if err := tss.CheckDigest(hash, req.Digest); err != nil {
-		return err
+		return nil, nil, err
 	}
 	if req.Edge == "" {
-		return errors.New("request names no edge identity")
+		return nil, nil, errors.New("request names no edge identity")
 	}
 	claims, err := n.authorize(keyID, hash, req)
 	if err != nil {
 		n.log.Warn().Err(err).Str("key", keyID.String()).Str("edge", req.Edge).Str("coordinator", coordinator).Str("session", id.String()).Msg("refused to sign: request not authorized")
-		return fmt.Errorf("%w: %w", errUnauthorized, err)
+		return nil, nil, fmt.Errorf("%w: %w", errUnauthorized, err)
+	}
+	return share, claims, nil
+}
+
+func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerwire.SignRequest) error {
+	share, claims, err := n.checkSignRequest(coordinator, id, req)
+	if err != nil {
+		return err
 	}
 	ss, err := tss.NewSignSession(share, req.Quorum, req.Digest, n.outbox(id, peerwire.KindSign, req.Key, len(req.Quorum)))
 	if err != nil {
@@ -193,5 +211,5 @@ var tamperOutgoing func(to string, env *peerwire.Envelope) (send bool)
 // bound grows with the load.
 func (n *Node) stallTimeout() time.Duration {
 	base := time.Duration(n.cfg.StallTimeout)
-	return base + base*time.Duration(n.sessions.count())/4
+	return base + base*time.Duration(n.sessions.active())/4
 }

@@ -27,6 +27,7 @@ func (n *Node) Status() *peerwire.StatusResponse {
 		disabled := n.keyDisabled(id)
 		ks := peerwire.KeyStatus{Key: id.String(), Threshold: s.Threshold, Parties: s.Parties,
 			Disabled: disabled, Available: !disabled && reach >= s.Quorum()}
+		ks.Presignatures, ks.PresignTarget = n.pool.depth(id), n.cfg.Presign.Depth
 		if p, ok := n.pending.get(id); ok {
 			ks.ResharePending = p.Session.String()
 		}

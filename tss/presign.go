@@ -126,6 +126,10 @@ func (s *PresignSession) WaitReady(ctx context.Context) error {
 	}
 }
 
+// Done is closed when the session has ended, whatever the outcome; its
+// state is gone by then.
+func (s *PresignSession) Done() <-chan struct{} { return s.loopDone }
+
 // Ready reports whether the presignature can be finished now.
 func (s *PresignSession) Ready() bool {
 	select {

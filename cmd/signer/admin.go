@@ -81,6 +81,9 @@ not answer is shown as down.`,
 					}
 					parties := slices.Sorted(slices.Values(k.Parties))
 					detail := fmt.Sprintf("(%d,%d) %s", k.Threshold, len(k.Parties), strings.Join(parties, ","))
+					if k.PresignTarget > 0 {
+						detail += fmt.Sprintf(", presigned %d/%d", k.Presignatures, k.PresignTarget)
+					}
 					if k.ResharePending != "" {
 						detail += ", resharing " + k.ResharePending + " awaits commit"
 					}

@@ -62,7 +62,27 @@ const (
 	// of (t,n), a replaced node) or, with Import set, of a key the
 	// coordinator was handed whole.
 	KindReshare Kind = "reshare"
+	// KindPresign runs GG18's message-independent rounds 1–4 ahead of a
+	// request; FinishPresign later completes it with a digest.
+	KindPresign Kind = "presign"
 )
+
+// PresignRequest asks a member to run the offline rounds of a
+// presignature with Key and Quorum, and hold its half for at most TTL.
+type PresignRequest struct {
+	Key    string        `json:"key"`
+	Quorum []string      `json:"quorum"`
+	TTL    time.Duration `json:"ttl"`
+}
+
+// FinishPresignRequest completes presignature Session with a signing
+// request, which each member checks as it checks a SignRequest (its Quorum
+// must be the presignature's). The call returns the member's signature.
+type FinishPresignRequest struct {
+	Version int          `json:"v"`
+	Session SessionID    `json:"session"`
+	Sign    *SignRequest `json:"sign"`
+}
 
 // SignRequest is what a quorum member is asked to sign, and why. Each member
 // checks it on its own before it joins the session.
@@ -108,6 +128,7 @@ type PrepareRequest struct {
 	Sign    *SignRequest    `json:"sign,omitempty"`
 	Keygen  *KeygenRequest  `json:"keygen,omitempty"`
 	Reshare *ReshareRequest `json:"reshare,omitempty"`
+	Presign *PresignRequest `json:"presign,omitempty"`
 }
 
 // PrepareResponse acknowledges a prepared session.
@@ -328,6 +349,11 @@ type KeyStatus struct {
 	// ResharePending names the resharing session whose outcome this node
 	// still waits for (its new share, if any, is staged).
 	ResharePending string `json:"reshare_pending,omitempty"`
+	// Presignatures is how many ready presignatures this node's pool holds
+	// for the key (it coordinates them), and PresignTarget the depth it
+	// keeps (0: presigning off).
+	Presignatures int `json:"presignatures"`
+	PresignTarget int `json:"presign_target"`
 }
 
 // PeerStatus is one peer as a node sees it.

@@ -22,6 +22,7 @@ type Server interface {
 	ReshareCeremony(context.Context, *ReshareCeremonyRequest) (*ReshareCeremonyResponse, error)
 	ImportCeremony(context.Context, *ImportCeremonyRequest) (*KeygenCeremonyResponse, error)
 	FinishReshare(context.Context, *FinishReshareRequest) (*FinishReshareResponse, error)
+	FinishPresign(context.Context, *FinishPresignRequest) (*RunResponse, error)
 }
 
 func unary[Req any, Resp any](name string, call func(Server, context.Context, *Req) (*Resp, error)) grpc.MethodDesc {
@@ -59,6 +60,7 @@ var ServiceDesc = grpc.ServiceDesc{
 		unary("ReshareCeremony", Server.ReshareCeremony),
 		unary("ImportCeremony", Server.ImportCeremony),
 		unary("FinishReshare", Server.FinishReshare),
+		unary("FinishPresign", Server.FinishPresign),
 	},
 	Metadata: "tkeyless/peer/v1",
 }
@@ -130,4 +132,9 @@ func (c *Client) ImportCeremony(ctx context.Context, r *ImportCeremonyRequest) (
 // FinishReshare calls FinishReshare.
 func (c *Client) FinishReshare(ctx context.Context, r *FinishReshareRequest) (*FinishReshareResponse, error) {
 	return invoke[FinishReshareResponse](ctx, c, "FinishReshare", r)
+}
+
+// FinishPresign calls FinishPresign.
+func (c *Client) FinishPresign(ctx context.Context, r *FinishPresignRequest) (*RunResponse, error) {
+	return invoke[RunResponse](ctx, c, "FinishPresign", r)
 }

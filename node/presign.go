@@ -1,0 +1,325 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tkeyless/tkeyless/internal/peerwire"
+	"github.com/tkeyless/tkeyless/tss"
+)
+
+// Presigning in the cluster (the engine is tss/presign.go; the security
+// argument docs/presigning.md).
+//
+// Each node keeps, per key, a pool of presignatures for the requests it
+// coordinates: it picks a quorum, every member runs GG18's rounds 1–4 and
+// holds its half in memory under the session id. A request takes the
+// oldest ready entry whose members are all up and sends each member a
+// FinishPresign with the full signing request, which the member checks
+// exactly as it checks a SignRequest (the edge's authority included)
+// before it lets the digest into its party. Any failure destroys the
+// presignature everywhere (each half dies with its Finish call) and the
+// request is signed the full way within the same deadline.
+
+// maxPresignTTL caps how long a member holds a presignature half for any
+// coordinator, whatever it asks.
+const maxPresignTTL = time.Hour
+
+// preparePresign sets up this node's half of a presignature.
+func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *peerwire.PresignRequest) error {
+	keyID, err := tss.ParseKeyID(req.Key)
+	if err != nil {
+		return err
+	}
+	share, ok := n.share(keyID)
+	if !ok {
+		return fmt.Errorf("key %s: this node holds no share", keyID)
+	}
+	if n.keyDisabled(keyID) {
+		return fmt.Errorf("key %s: %w", keyID, ErrKeyDisabled)
+	}
+	if !slices.Contains(req.Quorum, n.cfg.Name) || !slices.Contains(req.Quorum, coordinator) {
+		return fmt.Errorf("quorum %v must include this node (%s) and the coordinator (%s)", req.Quorum, n.cfg.Name, coordinator)
+	}
+	ttl := min(max(req.TTL, time.Second), maxPresignTTL)
+	ps, err := tss.NewPresignSession(share, req.Quorum, n.outbox(id, peerwire.KindPresign, req.Key, len(req.Quorum)))
+	if err != nil {
+		return err
+	}
+	ps.SetStallTimeout(n.stallTimeout())
+	s := &session{id: id, kind: peerwire.KindPresign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ps, keep: true}
+	s.run = func(ctx context.Context) (*peerwire.RunResponse, error) {
+		life, cancel := context.WithTimeout(context.Background(), ttl)
+		ps.Start(life)
+		go func() {
+			<-ps.Done()
+			cancel()
+			n.sessions.finish(s)
+		}()
+		if err := ps.WaitReady(ctx); err != nil {
+			ps.Abort(&tss.SessionError{Err: fmt.Errorf("presign: %w", err)})
+			return nil, err
+		}
+		return &peerwire.RunResponse{}, nil
+	}
+	return n.sessions.add(s)
+}
+
+// errUnknownPresign is a member's answer for a presignature it does not
+// hold (it restarted, or the half expired): the coordinator falls back.
+var errUnknownPresign = errors.New("unknown presignature")
+
+// finishPresign completes this node's half of a presignature that caller
+// coordinates, after the same checks as for any signing request.
+func (n *Node) finishPresign(ctx context.Context, caller string, req *peerwire.FinishPresignRequest) ([]byte, error) {
+	s, err := n.sessions.get(req.Session)
+	if err != nil || s.kind != peerwire.KindPresign {
+		return nil, fmt.Errorf("presignature %s: %w", req.Session, errUnknownPresign)
+	}
+	ps := s.party.(*tss.PresignSession)
+	if s.coordinator != caller {
+		return nil, fmt.Errorf("presignature %s belongs to %s, not %s", req.Session, s.coordinator, caller)
+	}
+	refuse := func(err error) ([]byte, error) {
+		// A presignature is used once: a refused request uses it up too.
+		ps.Abort(&tss.SessionError{Err: err})
+		return nil, err
+	}
+	if req.Sign == nil {
+		return refuse(errors.New("finish without a signing request"))
+	}
+	if req.Sign.Key != s.key || !sameMembers(req.Sign.Quorum, s.members) {
+		return refuse(fmt.Errorf("request for key %s quorum %v does not match presignature %s (key %s, quorum %v)", req.Sign.Key, req.Sign.Quorum, req.Session, s.key, s.members))
+	}
+	_, claims, err := n.checkSignRequest(caller, req.Session, req.Sign)
+	if err != nil {
+		return refuse(err)
+	}
+	if claims != nil && !n.verifier.MarkUsed(*claims) {
+		return refuse(fmt.Errorf("request %s from %q already signed: replay", claims.RequestIDString(), claims.Identity.Name))
+	}
+	sig, err := ps.Finish(ctx, req.Sign.Digest)
+	if err != nil && claims != nil {
+		n.verifier.Release(*claims)
+	}
+	return sig, err
+}
+
+func sameMembers(a, b []string) bool {
+	return slices.Equal(slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b)))
+}
+
+// presignEntry is one ready presignature this node coordinates.
+type presignEntry struct {
+	id      peerwire.SessionID
+	key     tss.KeyID
+	quorum  []string
+	ps      *tss.PresignSession
+	created time.Time
+}
+
+// presignPool holds this node's ready presignatures, per key, oldest first.
+type presignPool struct {
+	mu      sync.Mutex
+	entries map[tss.KeyID][]*presignEntry
+	// wake nudges the refiller: an entry was taken or a request finished.
+	wake chan struct{}
+}
+
+func newPresignPool() *presignPool {
+	return &presignPool{entries: map[tss.KeyID][]*presignEntry{}, wake: make(chan struct{}, 1)}
+}
+
+func (p *presignPool) nudge() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pruneLocked drops entries that can no longer be finished (expired,
+// aborted); p.mu is held.
+func (p *presignPool) pruneLocked(key tss.KeyID) {
+	p.entries[key] = slices.DeleteFunc(p.entries[key], func(e *presignEntry) bool { return !e.ps.Ready() })
+}
+
+func (p *presignPool) depth(key tss.KeyID) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.pruneLocked(key)
+	return len(p.entries[key])
+}
+
+func (p *presignPool) add(e *presignEntry) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.entries[e.key] = append(p.entries[e.key], e)
+}
+
+// take removes and returns the oldest ready entry for key whose members
+// all pass usable; entries with a member down are destroyed (that member's
+// half is likely gone with it).
+func (p *presignPool) take(key tss.KeyID, usable func(member string) bool) *presignEntry {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	defer p.nudge()
+	p.pruneLocked(key)
+	for len(p.entries[key]) > 0 {
+		e := p.entries[key][0]
+		p.entries[key] = p.entries[key][1:]
+		if !slices.ContainsFunc(e.quorum, func(m string) bool { return !usable(m) }) {
+			return e
+		}
+		e.ps.Abort(&tss.SessionError{Err: errors.New("presignature dropped: a quorum member is down")})
+	}
+	return nil
+}
+
+// drain destroys every entry of key (the key was disabled or reshared).
+func (p *presignPool) drain(key tss.KeyID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range p.entries[key] {
+		e.ps.Abort(&tss.SessionError{Err: errors.New("presignature dropped")})
+	}
+	delete(p.entries, key)
+}
+
+// refillPresignatures keeps every key's pool at its target depth, one
+// presignature at a time, and only while no signing request is in
+// progress here: live requests always come first.
+func (n *Node) refillPresignatures(ctx context.Context) {
+	target := n.cfg.Presign.Depth
+	if target == 0 {
+		return
+	}
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-n.pool.wake:
+		}
+		for _, key := range n.Keys() {
+			if n.keyDisabled(key) {
+				n.pool.drain(key)
+				continue
+			}
+			for n.pool.depth(key) < target && len(n.queue) == 0 && ctx.Err() == nil {
+				if err := n.presignOne(ctx, key); err != nil {
+					failures++
+					n.metrics.presign.WithLabelValues("failed").Inc()
+					// Each failure pauses refilling a little longer (up to
+					// 30 s), so a cluster missing a quorum is not flooded.
+					n.log.Debug().Err(err).Str("key", key.String()).Msg("presignature not made")
+					select {
+					case <-ctx.Done():
+					case <-time.After(min(time.Duration(failures)*time.Second, 30*time.Second)):
+					}
+					break
+				}
+				failures = 0
+				n.metrics.presign.WithLabelValues("made").Inc()
+			}
+			n.metrics.presignDepth.WithLabelValues(key.String()).Set(float64(n.pool.depth(key)))
+		}
+	}
+}
+
+// presignOne makes one presignature for key with a healthy quorum.
+func (n *Node) presignOne(ctx context.Context, key tss.KeyID) error {
+	share, ok := n.share(key)
+	if !ok {
+		return ErrUnknownKey
+	}
+	quorum, ok := n.pickQuorum(share, n.downPeers())
+	if !ok {
+		return errors.New("no healthy quorum")
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(n.cfg.SignTimeout))
+	defer cancel()
+	pr := &peerwire.PrepareRequest{
+		Version: peerwire.Version,
+		Session: peerwire.NewSessionID(),
+		Kind:    peerwire.KindPresign,
+		Presign: &peerwire.PresignRequest{Key: key.String(), Quorum: quorum, TTL: time.Duration(n.cfg.Presign.MaxAge)},
+	}
+	if _, bad, err := n.runSession(ctx, pr, quorum); err != nil {
+		for _, m := range bad {
+			n.blame(m, err)
+		}
+		return err
+	}
+	s, err := n.sessions.get(pr.Session)
+	if err != nil {
+		return fmt.Errorf("presignature expired at once: %w", err)
+	}
+	n.pool.add(&presignEntry{id: pr.Session, key: key, quorum: quorum, ps: s.party.(*tss.PresignSession), created: time.Now()})
+	return nil
+}
+
+// downPeers names the peers a quorum should not include now.
+func (n *Node) downPeers() []string {
+	var down []string
+	for name := range n.peers {
+		if !n.reachable(name) || n.coolingDown(name) {
+			down = append(down, name)
+		}
+	}
+	return down
+}
+
+// signPresigned finishes a pooled presignature with req on every member.
+// bad names members to avoid; a member that no longer holds its half is
+// not blamed (it restarted and is fine now).
+func (n *Node) signPresigned(ctx context.Context, e *presignEntry, req SignRequest) (sig []byte, bad []string, err error) {
+	sreq := &peerwire.SignRequest{
+		Key: req.Key.String(), Quorum: e.quorum, Hash: req.Hash.String(), Digest: req.Digest,
+		Edge: req.Edge, Authority: req.Authority, RequestID: req.RequestID,
+	}
+	fr := &peerwire.FinishPresignRequest{Version: peerwire.Version, Session: e.id, Sign: sreq}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var own []byte
+	var ownErr error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		own, ownErr = n.finishPresign(ctx, n.cfg.Name, fr)
+		if ownErr != nil {
+			cancel(ownErr)
+		}
+	})
+	_, _ = n.forEachPeer(ctx, e.quorum, func(ctx context.Context, p *peerConn) error {
+		if _, err := p.client.FinishPresign(ctx, fr); err != nil {
+			cancel(&memberError{member: p.name, err: err})
+			return err
+		}
+		return nil
+	})
+	wg.Wait()
+	if ownErr == nil {
+		return own, nil, nil
+	}
+	var me *memberError
+	if errors.As(context.Cause(ctx), &me) {
+		if status.Code(me.err) == codes.NotFound {
+			return nil, nil, me
+		}
+		return nil, []string{me.member}, me
+	}
+	var se *tss.SessionError
+	if errors.As(ownErr, &se) {
+		bad = append(append(bad, se.Culprits...), se.Waiting...)
+	}
+	return nil, dedupe(bad), ownErr
+}
