@@ -81,7 +81,10 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 	}
 	var excluded []string
 	var errs []error
-	if n.cfg.Presign.Depth > 0 {
+	// Presignatures serve only requests that carry the edge's own
+	// authority: then no signer, the coordinator included, chooses the
+	// digest a presignature signs (docs/presigning.md).
+	if n.cfg.Presign.Depth > 0 && len(req.Authority) > 0 {
 		usable := func(m string) bool { return m == n.cfg.Name || (n.reachable(m) && !n.coolingDown(m)) }
 		if e := n.pool.take(req.Key, usable); e != nil {
 			quorums = append(quorums, e.quorum)

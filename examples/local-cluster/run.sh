@@ -56,6 +56,7 @@ for n in "${NODES[@]}"; do
     echo "http_listen: ${HTTP[$n]}"
     echo "tls: {ca: pki/ca.pem, cert: pki/$n.pem, key: pki/$n-key.pem}"
     echo "secrets: {key_file: secrets/$n.key}"
+    echo "presign: {depth: ${PRESIGN_DEPTH:-4}}   # docs/presigning.md; 0 turns it off"
     echo "peers:"
     for p in "${NODES[@]}"; do [[ $p == "$n" ]] || echo "  - {name: $p, addr: ${PEER[$p]}}"; done
   } >"$DEMO/$n.yaml"
