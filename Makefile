@@ -8,13 +8,13 @@ BIN     := $(CURDIR)/bin
 DEMO    ?= $(CURDIR)/demo
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build demo test test-short test-long bench vet fmt tools clean
+.PHONY: all build demo test test-short test-long bench bench-full vet fmt tools clean
 
 all: build
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/signer ./cmd/edge
+	$(GO) build -o $(BIN)/ ./cmd/signer ./cmd/edge ./loadtest
 
 ## demo: build, make a dev PKI and a 3-node (1,3) cluster, run an edge; Ctrl-C stops all.
 demo: build
@@ -39,9 +39,15 @@ test-short:
 test-long: tools
 	$(GO) test -count=1 -timeout 80m -tags long ./...
 
-## bench: engine benchmarks beside tss-lib's own signing (the reference).
-bench:
-	$(GO) test -run XXX -bench 'Sign' -benchtime 10x -count 1 ./tss/
+## bench: the load-test matrix (reduced: about 10 minutes on 2 cores) → BENCHMARKS.md and
+## docs/bench/ (plots, CSV, JSON); then the engine benchmarks beside tss-lib's own signing.
+bench: build
+	$(GO) run ./loadtest matrix --bin $(BIN) --out docs/bench --markdown BENCHMARKS.md
+	$(GO) test -run XXX -bench 'Sign$$|SignReference|Presign' -benchtime 5x -count 1 ./tss/ | tee docs/bench/engine.txt
+
+## bench-full: the whole matrix, concurrency 1–32.
+bench-full: build
+	$(GO) run ./loadtest matrix --full --bin $(BIN) --out docs/bench --markdown BENCHMARKS.md
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }

@@ -215,7 +215,9 @@ func (n *Node) refillPresignatures(ctx context.Context) {
 				n.pool.drain(key)
 				continue
 			}
-			for n.pool.depth(key) < target && len(n.queue) == 0 && ctx.Err() == nil {
+			// Live signing comes first: this node's own requests, and the
+			// sessions it joins for other coordinators.
+			for n.pool.depth(key) < target && len(n.queue) == 0 && n.sessions.active() == 0 && ctx.Err() == nil {
 				if err := n.presignOne(ctx, key); err != nil {
 					failures++
 					n.metrics.presign.WithLabelValues("failed").Inc()

@@ -1,0 +1,205 @@
+// Command loadtest measures HTTPS handshakes against an edge under
+// concurrent load, and runs the scenario matrix behind BENCHMARKS.md.
+//
+//	go run ./loadtest --url https://127.0.0.1:8443/ --ca demo/webca/ca.pem -c 8 -d 10s --resume 90
+//	go run ./loadtest matrix --reduced --out docs/bench
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/tkeyless/tkeyless/loadtest/internal/load"
+	"github.com/tkeyless/tkeyless/loadtest/internal/matrix"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := rootCmd().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest:", err)
+		os.Exit(1)
+	}
+}
+
+func rootCmd() *cobra.Command {
+	var o load.Options
+	var caPath, serverName, version, jsonOut string
+	var insecure, noProgress bool
+	cmd := &cobra.Command{
+		Use:   "loadtest --url https://127.0.0.1:8443/",
+		Short: "Measure HTTPS handshakes against an edge under concurrent load",
+		Long: `loadtest opens HTTPS connections to one target at a fixed concurrency, for a
+duration or a number of requests, and measures each request: TCP connect,
+TLS handshake, time to first byte, total; whether the handshake was full
+(one signature from the signer cluster) or a resumed session (none); and
+the TLS version. It reports mean, p50, p95, p99, max and throughput, and
+errors by cause.
+
+--resume sets the share of connections that offer the worker's cached TLS
+session (0: every connection is a full handshake). --keepalive reuses
+connections instead, which measures the web server more than TLS.
+
+Only loopback targets are accepted unless --allow-remote is given.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tc := &tls.Config{ServerName: serverName, InsecureSkipVerify: insecure}
+			switch version {
+			case "1.2":
+				tc.MinVersion, tc.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+			case "1.3":
+				tc.MinVersion = tls.VersionTLS13
+			case "", "any":
+			default:
+				return fmt.Errorf("--tls %q: want 1.2, 1.3 or any", version)
+			}
+			if caPath != "" {
+				b, err := os.ReadFile(caPath)
+				if err != nil {
+					return fmt.Errorf("--ca: %w", err)
+				}
+				tc.RootCAs = x509.NewCertPool()
+				if !tc.RootCAs.AppendCertsFromPEM(b) {
+					return fmt.Errorf("--ca %s: no PEM certificate in it", caPath)
+				}
+			}
+			o.TLS = tc
+			if _, err := load.CheckTarget(o.URL, o.AllowRemote); err != nil {
+				return err
+			}
+			var tick func()
+			if !noProgress && term.IsTerminal(int(os.Stderr.Fd())) {
+				var bar *progressbar.ProgressBar
+				if o.Requests > 0 {
+					bar = progressbar.NewOptions(o.Requests, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+				} else {
+					bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetDescription("requests"),
+						progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionClearOnFinish())
+				}
+				defer bar.Finish()
+				tick = func() { _ = bar.Add(1) }
+			}
+			samples, elapsed, err := load.Run(cmd.Context(), o, tick)
+			if err != nil {
+				return err
+			}
+			r := load.Summary(samples, elapsed)
+			r.Print(os.Stdout)
+			if jsonOut != "" {
+				b, _ := json.MarshalIndent(r, "", "  ")
+				if err := os.WriteFile(jsonOut, b, 0o644); err != nil {
+					return err
+				}
+			}
+			if r.Successes == 0 {
+				return errors.New("no request succeeded")
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.URL, "url", "", "target, https://host:port/path")
+	f.IntVarP(&o.Concurrency, "concurrency", "c", 1, "requests in flight at once")
+	f.DurationVarP(&o.Duration, "duration", "d", 10*time.Second, "stop after this long (0: only --requests)")
+	f.IntVarP(&o.Requests, "requests", "n", 0, "stop after this many requests (0: only --duration)")
+	f.IntVar(&o.ResumePercent, "resume", 0, "percent of connections that resume a cached TLS session (0–100)")
+	f.BoolVar(&o.KeepAlive, "keepalive", false, "reuse connections between requests")
+	f.DurationVar(&o.Timeout, "timeout", 10*time.Second, "bound on one request")
+	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow a target outside loopback")
+	f.StringVar(&caPath, "ca", "", "PEM CA to verify the edge's certificate (default: system roots)")
+	f.StringVar(&serverName, "server-name", "", "TLS server name (default: the URL's host)")
+	f.BoolVar(&insecure, "insecure", false, "do not verify the edge's certificate")
+	f.StringVar(&version, "tls", "any", "TLS version: 1.2, 1.3 or any")
+	f.StringVar(&jsonOut, "json", "", "also write the report as JSON to this file")
+	f.BoolVar(&noProgress, "no-progress", false, "no progress bar (it is off anyway when stderr is not a terminal)")
+	_ = cmd.MarkFlagRequired("url")
+	cmd.AddCommand(matrixCmd())
+	return cmd
+}
+
+func matrixCmd() *cobra.Command {
+	var full, quick bool
+	var bin, out, markdown string
+	var duration time.Duration
+	cmd := &cobra.Command{
+		Use:   "matrix",
+		Short: "Sweep (t,n) × concurrency × resumption against local clusters and both baselines",
+		Long: `matrix starts, on this machine, signer clusters for (1,2), (1,3) and (2,3),
+with and without presigning, and two baselines: the edge with its key in
+memory, and the edge with a stock gokeyless key server holding a plain key.
+Against each it runs the load generator at every concurrency and resumption
+level, and writes results.json, results.csv, BENCHMARKS.md and the plots
+(PNG and SVG) into --out. Run it from the repository root after make build
+(it uses bin/signer and bin/edge and the test pre-parameters in
+tss/testdata, so no safe primes are generated).
+
+The reduced matrix (the default; make bench) takes about 6 minutes on 2
+cores; --full sweeps concurrency up to 32.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o := matrix.Reduced()
+			if full {
+				o = matrix.Full()
+			}
+			if quick {
+				o.Thresholds, o.Concurrencies, o.Duration = [][2]int{{1, 2}}, []int{1, 2}, time.Second
+			}
+			if duration > 0 {
+				o.Duration = duration
+			}
+			repo, err := os.Getwd()
+			if err != nil {
+				return err
+			}
+			if _, err := os.Stat(filepath.Join(repo, "tss", "testdata", "preparams")); err != nil {
+				return errors.New("run matrix from the repository root (it needs tss/testdata/preparams)")
+			}
+			if bin, err = filepath.Abs(bin); err != nil {
+				return err
+			}
+			o.Bin, o.Repo, o.Out, o.Log = bin, repo, out, os.Stderr
+			if _, err := os.Stat(filepath.Join(bin, "signer")); err != nil {
+				return fmt.Errorf("%s/signer not found: run make build first", bin)
+			}
+			res, err := matrix.Run(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "%d points written to %s\n", len(res.Points), out)
+			if markdown != "" {
+				rel, err := filepath.Rel(filepath.Dir(markdown), out)
+				if err != nil {
+					return err
+				}
+				if err := os.WriteFile(markdown, []byte(res.Markdown(filepath.ToSlash(rel)+"/")), 0o644); err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "summary written to %s\n", markdown)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&full, "full", false, "the full matrix (concurrency 1–32, 5 s per point)")
+	cmd.Flags().BoolVar(new(bool), "reduced", true, "the reduced matrix (the default)")
+	cmd.Flags().BoolVar(&quick, "quick", false, "a smoke test of the matrix: (1,2) only, concurrency 1 and 2, 1 s per point")
+	cmd.Flags().StringVar(&bin, "bin", "bin", "directory with the signer and edge binaries")
+	cmd.Flags().StringVar(&out, "out", "docs/bench", "directory for the results and plots")
+	cmd.Flags().DurationVar(&duration, "duration", 0, "override the time per point")
+	cmd.Flags().StringVar(&markdown, "markdown", "BENCHMARKS.md", "also write the Markdown summary here, with plot links into --out (empty: only in --out)")
+	return cmd
+}
