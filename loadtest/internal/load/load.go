@@ -48,6 +48,11 @@ type Options struct {
 	Timeout time.Duration
 	// AllowRemote permits a target outside 127.0.0.0/8 and ::1.
 	AllowRemote bool
+	// NoWarmup measures each worker's first connection too. By default,
+	// when ResumePercent > 0, each worker first makes one unmeasured full
+	// handshake, so that the run measures the steady mix rather than the
+	// workers' first, necessarily full, handshakes.
+	NoWarmup bool
 }
 
 // Sample is one request.
@@ -130,12 +135,12 @@ func Run(ctx context.Context, o Options, tick func()) ([]Sample, time.Duration, 
 	// (within their own timeout), so a point whose requests take longer
 	// than its duration still measures them, and throughput counts them
 	// over the time they really took.
-	issuing := ctx
-	if o.Duration > 0 {
-		var cancel context.CancelFunc
-		issuing, cancel = context.WithTimeout(ctx, o.Duration)
-		defer cancel()
-	}
+	// The clock starts once every worker has warmed up.
+	issuing, stopIssuing := context.WithCancel(ctx)
+	defer stopIssuing()
+	var warm sync.WaitGroup
+	warm.Add(o.Concurrency)
+	startc := make(chan struct{})
 	addr := u.Host
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "443")
@@ -158,12 +163,17 @@ func Run(ctx context.Context, o Options, tick func()) ([]Sample, time.Duration, 
 	}
 	var mu sync.Mutex
 	var samples []Sample
-	start := time.Now()
 	var wg sync.WaitGroup
 	for range o.Concurrency {
 		wg.Go(func() {
 			w := &worker{o: o, addr: addr, host: u.Host, path: path, cache: tls.NewLRUClientSessionCache(4)}
 			defer w.close()
+			if o.ResumePercent > 0 && !o.NoWarmup {
+				w.do(ctx)
+				w.close()
+			}
+			warm.Done()
+			<-startc
 			for issuing.Err() == nil {
 				if budget != nil {
 					if _, ok := <-budget; !ok {
@@ -191,6 +201,13 @@ func Run(ctx context.Context, o Options, tick func()) ([]Sample, time.Duration, 
 			}
 		})
 	}
+	warm.Wait()
+	start := time.Now()
+	if o.Duration > 0 {
+		t := time.AfterFunc(o.Duration, stopIssuing)
+		defer t.Stop()
+	}
+	close(startc)
 	wg.Wait()
 	return samples, time.Since(start), nil
 }

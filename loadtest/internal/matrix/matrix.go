@@ -225,6 +225,9 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Point, *Warm, error)
 			r := load.Summary(samples, elapsed)
 			fmt.Fprintf(o.Log, "   c=%-2d resume=%2d%%: %5d ok %3d err  p50 %8.2fms  %7.1f req/s  (%d full, %d resumed)\n",
 				conc, resume, r.Successes, r.Errors, ms(r.Total.P50), r.Throughput, r.Full, r.Resumed)
+			if r.Errors > 0 {
+				fmt.Fprintf(o.Log, "        errors: %v\n", r.ByCause)
+			}
 			pts = append(pts, Point{Config: c, Concurrency: conc, Resume: resume, Report: r})
 		}
 	}
