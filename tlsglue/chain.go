@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/cloudflare/gokeyless/protocol"
+	"github.com/smallstep/pkcs7"
 )
 
 // Chain is the certificate chain an edge serves: the leaf whose key lives on the signers, and the
@@ -82,6 +84,9 @@ func parseCertificateFile(path string, data []byte) ([]*x509.Certificate, error)
 	if err == nil && len(certs) > 0 {
 		return certs, nil
 	}
+	if p7, p7err := pkcs7.Parse(data); p7err == nil {
+		return pkcs7Certificates(path, p7)
+	}
 	// Not DER certificates: say what it is when it is something we recognise.
 	if _, csrErr := x509.ParseCertificateRequest(data); csrErr == nil {
 		return nil, fmt.Errorf("file %s holds a CSR, not a certificate: %s", path, csrAdvice)
@@ -112,6 +117,16 @@ func parsePEMCertificates(path string, data []byte) ([]*x509.Certificate, error)
 				return nil, fmt.Errorf("file %s: PEM block %d: parse certificate: %w", path, n, err)
 			}
 			certs = append(certs, c)
+		case block.Type == "PKCS7" || block.Type == "PKCS #7 SIGNED DATA" || block.Type == "CMS":
+			p7, err := pkcs7.Parse(block.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("file %s: PEM block %d: parse PKCS#7: %w", path, n, err)
+			}
+			found, err := pkcs7Certificates(path, p7)
+			if err != nil {
+				return nil, err
+			}
+			certs = append(certs, found...)
 		case strings.Contains(block.Type, "CERTIFICATE REQUEST"):
 			return nil, fmt.Errorf("file %s holds a CSR, not a certificate: %s", path, csrAdvice)
 		case strings.Contains(block.Type, "PRIVATE KEY"):
@@ -124,6 +139,15 @@ func parsePEMCertificates(path string, data []byte) ([]*x509.Certificate, error)
 		return nil, fmt.Errorf("file %s: no certificate found (no readable PEM CERTIFICATE block)", path)
 	}
 	return certs, nil
+}
+
+// pkcs7Certificates returns the certificates of a PKCS#7 (.p7b) bundle,
+// the form some CAs deliver chains in.
+func pkcs7Certificates(path string, p7 *pkcs7.PKCS7) ([]*x509.Certificate, error) {
+	if len(p7.Certificates) == 0 {
+		return nil, fmt.Errorf("file %s: PKCS#7 bundle holds no certificate", path)
+	}
+	return p7.Certificates, nil
 }
 
 func isDERPrivateKey(der []byte) bool {
@@ -221,6 +245,64 @@ func findIssuer(c *x509.Certificate, certs []loadedCert, inChain map[*x509.Certi
 		root = p.cert
 	}
 	return root
+}
+
+// CheckValidity reports a leaf that is expired or not yet valid at now, or
+// an intermediate that is, with the dates.
+func (c *Chain) CheckValidity(now time.Time) error {
+	for i, cert := range append([]*x509.Certificate{c.Leaf}, c.Intermediates...) {
+		what := "leaf certificate"
+		if i > 0 {
+			what = "intermediate certificate"
+		}
+		switch {
+		case now.After(cert.NotAfter):
+			return fmt.Errorf("%s %q expired on %s (%s ago); renew it", what, cert.Subject.String(),
+				cert.NotAfter.UTC().Format(time.RFC3339), now.Sub(cert.NotAfter).Round(time.Minute))
+		case now.Before(cert.NotBefore):
+			return fmt.Errorf("%s %q is not valid until %s (in %s); check the clock, or wait", what, cert.Subject.String(),
+				cert.NotBefore.UTC().Format(time.RFC3339), cert.NotBefore.Sub(now).Round(time.Minute))
+		}
+	}
+	return nil
+}
+
+// ErrMissingIntermediate is returned by Verify when the chain stops at a
+// certificate whose issuer is neither in the chain nor a trusted root.
+var ErrMissingIntermediate = errors.New("missing intermediate certificate")
+
+// Verify checks that the chain leads from the leaf to one of roots (the
+// system roots if nil) at now, as a client would. A chain that stops short
+// of a trusted root gets an error wrapping ErrMissingIntermediate that
+// names the issuer to add.
+func (c *Chain) Verify(roots *x509.CertPool, now time.Time) error {
+	if err := c.CheckValidity(now); err != nil {
+		return err
+	}
+	if roots == nil {
+		var err error
+		if roots, err = x509.SystemCertPool(); err != nil {
+			return fmt.Errorf("verify chain: system roots: %w", err)
+		}
+	}
+	inter := x509.NewCertPool()
+	for _, ic := range c.Intermediates {
+		inter.AddCert(ic)
+	}
+	_, err := c.Leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	var ua x509.UnknownAuthorityError
+	if errors.As(err, &ua) {
+		top := c.Leaf
+		if len(c.Intermediates) > 0 {
+			top = c.Intermediates[len(c.Intermediates)-1]
+		}
+		return fmt.Errorf("%w: %q is issued by %q, which is neither in the files given nor a trusted root; add that intermediate (or, for a private CA, give its root)",
+			ErrMissingIntermediate, top.Subject.String(), top.Issuer.String())
+	}
+	if err != nil {
+		return fmt.Errorf("verify chain: %w", err)
+	}
+	return nil
 }
 
 // TLSCertificate returns the chain as a tls.Certificate whose private key is key, typically a

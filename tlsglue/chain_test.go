@@ -6,11 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cloudflare/gokeyless/protocol"
+	"github.com/smallstep/pkcs7"
 )
 
 func TestLoadChainOrder(t *testing.T) {
@@ -42,6 +45,9 @@ func TestLoadChainOrder(t *testing.T) {
 		{"leaf only", []file{{"leaf.pem", pemCerts(p.leaf)}}, p.leaf, nil},
 		{"self-signed leaf", []file{{"self.pem", pemCerts(selfSigned)}}, selfSigned, nil},
 		{"stray root ignored", []file{{"b.pem", pemCerts(otherRoot, p.leaf, p.inter)}}, p.leaf, []*testCert{p.inter}},
+		{"PKCS#7 DER", []file{{"chain.p7b", p7b(t, p.root, p.leaf, p.inter)}}, p.leaf, []*testCert{p.inter}},
+		{"PKCS#7 PEM", []file{{"chain.p7b", pem.EncodeToMemory(&pem.Block{Type: "PKCS7", Bytes: p7b(t, p.inter, p.leaf)})}}, p.leaf, []*testCert{p.inter}},
+		{"PKCS#7 beside PEM", []file{{"leaf.pem", pemCerts(p.leaf)}, {"inter.p7b", p7b(t, p.inter)}}, p.leaf, []*testCert{p.inter}},
 		{"text around PEM blocks", []file{{"b.pem", append([]byte("subject=CN=leaf.test\n"), pemCerts(p.leaf, p.inter)...)}}, p.leaf, []*testCert{p.inter}},
 	}
 	for _, tt := range tests {
@@ -167,5 +173,42 @@ func TestTLSCertificate(t *testing.T) {
 	}
 	if c.Leaf != p.leaf.cert || c.PrivateKey != p.leaf.key {
 		t.Fatal("leaf or key not set")
+	}
+}
+
+// p7b makes a certificates-only PKCS#7 bundle (DER), as CAs deliver .p7b files.
+func p7b(t *testing.T, certs ...*testCert) []byte {
+	t.Helper()
+	var raw []byte
+	for _, c := range certs {
+		raw = append(raw, c.cert.Raw...)
+	}
+	b, err := pkcs7.DegenerateCertificate(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// An expired or not-yet-valid leaf and a chain missing its intermediate
+// are refused with what is wrong and what to do.
+func TestChainVerify(t *testing.T) {
+	p := newPKIChain(t, "leaf.test")
+	full := &Chain{Leaf: p.leaf.cert, Intermediates: []*x509.Certificate{p.inter.cert}}
+	if err := full.Verify(p.pool(), time.Now()); err != nil {
+		t.Fatalf("complete chain: %v", err)
+	}
+	err := full.Verify(p.pool(), time.Now().Add(48*time.Hour))
+	if err == nil || !strings.Contains(err.Error(), `leaf certificate "CN=leaf.test" expired on`) {
+		t.Fatalf("expired leaf: %v", err)
+	}
+	err = full.CheckValidity(time.Now().Add(-2 * time.Hour))
+	if err == nil || !strings.Contains(err.Error(), "is not valid until") {
+		t.Fatalf("not-yet-valid leaf: %v", err)
+	}
+	leafOnly := &Chain{Leaf: p.leaf.cert}
+	err = leafOnly.Verify(p.pool(), time.Now())
+	if !errors.Is(err, ErrMissingIntermediate) || !strings.Contains(err.Error(), `issued by "CN=Test Intermediate"`) {
+		t.Fatalf("missing intermediate: %v", err)
 	}
 }

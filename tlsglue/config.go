@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -57,11 +58,15 @@ type ServerOptions struct {
 	// handed to Keys. Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 
-	// TicketSecret, if set, is a secret of at least MinTicketSecretLen bytes shared by every edge
-	// of a fleet; session ticket keys are derived from it (see TicketKeys), so a ticket issued by
-	// one edge resumes on any other. When nil, crypto/tls generates and rotates its own keys,
-	// and tickets resume only on this process.
-	TicketSecret []byte
+	// Tickets, if set, shares session ticket keys across a fleet: derived from a secret every
+	// edge holds and the current epoch (see TicketPolicy), so a ticket issued by one edge
+	// resumes on any other. When nil, crypto/tls generates and rotates its own keys, and
+	// tickets resume only on this process.
+	Tickets *TicketPolicy
+
+	// Context bounds background work the configuration does (ticket key rotation); default
+	// context.Background.
+	Context context.Context
 
 	// OnSign, if set, is called after every signature a handshake asked for, with its outcome.
 	// It runs on the handshake's goroutine and must not block.
@@ -86,33 +91,35 @@ type SignEvent struct {
 // handshake that needs a signature asks: resumed ones never reach the key source. Use the returned config with
 // tls.NewListener or tls.Server; it is safe for concurrent handshakes.
 func ServerConfig(opts ServerOptions) (*tls.Config, error) {
+	cfg, _, err := ReloadableServerConfig(opts)
+	return cfg, err
+}
+
+// ReloadableServerConfig is ServerConfig that also returns a function replacing the served
+// chain: handshakes already under way finish with the chain they started with, new ones get the
+// new chain, and no connection is dropped (what SIGHUP does in cmd/edge). The new chain's key
+// must be one the key source can sign for.
+func ReloadableServerConfig(opts ServerOptions) (*tls.Config, func(*Chain) error, error) {
 	if opts.Chain == nil || opts.Chain.Leaf == nil {
-		return nil, errors.New("tls server config: no certificate chain")
+		return nil, nil, errors.New("tls server config: no certificate chain")
 	}
 	if opts.Keys == nil {
-		return nil, errors.New("tls server config: no key source")
+		return nil, nil, errors.New("tls server config: no key source")
 	}
-	pub, ok := opts.Chain.Leaf.PublicKey.(*ecdsa.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("tls server config: certificate %q has a %T key; the edge serves ECDSA certificates only",
-			opts.Chain.Leaf.Subject.String(), opts.Chain.Leaf.PublicKey)
-	}
-	ski, err := SKI(pub)
+	served, err := newServedChain(opts.Chain)
 	if err != nil {
-		return nil, fmt.Errorf("tls server config: %w", err)
+		return nil, nil, err
 	}
 	timeout := opts.HandshakeTimeout
 	if timeout <= 0 {
 		timeout = DefaultHandshakeTimeout
 	}
 	h := &handshakeKeys{
-		cert:    opts.Chain.TLSCertificate(nil),
-		pub:     pub,
-		ski:     ski,
 		keys:    opts.Keys,
 		timeout: timeout,
 		onSign:  opts.OnSign,
 	}
+	h.served.Store(served)
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		// TLS 1.3 suites are not configurable in crypto/tls; its defaults apply.
@@ -124,20 +131,52 @@ func ServerConfig(opts ServerOptions) (*tls.Config, error) {
 		NextProtos:     []string{"h2", "http/1.1"},
 		GetCertificate: h.getCertificate,
 	}
-	if opts.TicketSecret != nil {
-		if len(opts.TicketSecret) < MinTicketSecretLen {
-			return nil, fmt.Errorf("tls server config: ticket secret is %d bytes; it needs at least %d", len(opts.TicketSecret), MinTicketSecretLen)
+	if opts.Tickets != nil {
+		ctx := opts.Context
+		if ctx == nil {
+			ctx = context.Background()
 		}
-		cfg.SetSessionTicketKeys(TicketKeys(opts.TicketSecret, time.Now()))
+		if err := UseTicketPolicy(ctx, cfg, *opts.Tickets); err != nil {
+			return nil, nil, fmt.Errorf("tls server config: %w", err)
+		}
 	}
-	return cfg, nil
+	reload := func(c *Chain) error {
+		if c == nil || c.Leaf == nil {
+			return errors.New("reload: no certificate chain")
+		}
+		sc, err := newServedChain(c)
+		if err != nil {
+			return err
+		}
+		h.served.Store(sc)
+		return nil
+	}
+	return cfg, reload, nil
+}
+
+// servedChain is what a handshake serves: the chain and the key it names.
+type servedChain struct {
+	cert tls.Certificate // the chain, PrivateKey unset; copied per handshake
+	pub  *ecdsa.PublicKey
+	ski  string
+}
+
+func newServedChain(c *Chain) (*servedChain, error) {
+	pub, ok := c.Leaf.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("tls server config: certificate %q has a %T key; the edge serves ECDSA certificates only",
+			c.Leaf.Subject.String(), c.Leaf.PublicKey)
+	}
+	ski, err := SKI(pub)
+	if err != nil {
+		return nil, fmt.Errorf("tls server config: %w", err)
+	}
+	return &servedChain{cert: c.TLSCertificate(nil), pub: pub, ski: ski}, nil
 }
 
 // handshakeKeys binds each full handshake to a signer from the key source.
 type handshakeKeys struct {
-	cert    tls.Certificate // the chain, PrivateKey unset; copied per handshake
-	pub     crypto.PublicKey
-	ski     string
+	served  atomic.Pointer[servedChain]
 	keys    KeySource
 	timeout time.Duration
 	onSign  func(SignEvent)
@@ -152,11 +191,13 @@ func (h *handshakeKeys) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certifi
 	ctx, cancel := context.WithTimeoutCause(hello.Context(), h.timeout, errHandshakeTimeout)
 	context.AfterFunc(hello.Context(), cancel)
 
-	cert := h.cert
+	served := h.served.Load()
+	cert := served.cert
 	cert.PrivateKey = &handshakeSigner{
-		h:     h,
-		ctx:   ctx,
-		event: SignEvent{ServerName: hello.ServerName, Remote: remoteAddr(hello.Conn), Key: h.ski},
+		h:      h,
+		served: served,
+		ctx:    ctx,
+		event:  SignEvent{ServerName: hello.ServerName, Remote: remoteAddr(hello.Conn), Key: served.ski},
 	}
 	return &cert, nil
 }
@@ -173,17 +214,18 @@ func remoteAddr(c net.Conn) string {
 // decides to resume, and a resumed handshake must not reach the signers. Errors name the key
 // and, when the deadline ran out, say so.
 type handshakeSigner struct {
-	h     *handshakeKeys
-	ctx   context.Context
-	event SignEvent
+	h      *handshakeKeys
+	served *servedChain
+	ctx    context.Context
+	event  SignEvent
 }
 
-func (s *handshakeSigner) Public() crypto.PublicKey { return s.h.pub }
+func (s *handshakeSigner) Public() crypto.PublicKey { return s.served.pub }
 
 func (s *handshakeSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	start := time.Now()
 	var sig []byte
-	signer, err := s.h.keys.Signer(s.ctx, s.h.pub)
+	signer, err := s.h.keys.Signer(s.ctx, s.served.pub)
 	if err == nil {
 		sig, err = signer.Sign(rand, digest, opts)
 	}

@@ -242,7 +242,7 @@ func TestServerConfigRejects(t *testing.T) {
 		{"no chain", ServerOptions{Keys: keys}, "no certificate chain"},
 		{"no keys", ServerOptions{Chain: chain}, "no key source"},
 		{"RSA certificate", ServerOptions{Chain: &Chain{Leaf: rsaCert}, Keys: keys}, "ECDSA certificates only"},
-		{"short ticket secret", ServerOptions{Chain: chain, Keys: keys, TicketSecret: make([]byte, 31)}, "ticket secret is 31 bytes; it needs at least 32"},
+		{"short ticket secret", ServerOptions{Chain: chain, Keys: keys, Tickets: &TicketPolicy{Secret: make([]byte, 31)}}, "ticket secret is 31 bytes; it needs at least 32"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -267,18 +267,25 @@ func TestLocalKeyRefusesOtherCertificate(t *testing.T) {
 
 func TestTicketKeys(t *testing.T) {
 	secret := bytes.Repeat([]byte("s"), 32)
-	a := TicketKeys(secret, time.Now())
-	b := TicketKeys(append([]byte{}, secret...), time.Now().Add(time.Hour))
-	if len(a) != 1 || a[0] != b[0] {
-		t.Fatal("the same secret must give the same key")
+	p := TicketPolicy{Secret: secret, Rotation: time.Hour, Lifetime: 2 * time.Hour}
+	now := time.Date(2026, 11, 22, 10, 30, 0, 0, time.UTC)
+	a := TicketKeys(p, now)
+	b := TicketKeys(TicketPolicy{Secret: append([]byte{}, secret...), Rotation: time.Hour, Lifetime: 2 * time.Hour}, now.Add(20*time.Minute))
+	if len(a) != 3 || a[0] != b[0] || a[2] != b[2] {
+		t.Fatalf("the same secret in the same epoch must give the same keys (got %d keys)", len(a))
 	}
-	if a[0] == [32]byte{} || string(a[0][:]) == string(secret) {
-		t.Fatal("key is not derived")
+	if a[0] == [32]byte{} || string(a[0][:]) == string(secret) || a[0] == a[1] {
+		t.Fatal("keys are not derived per epoch")
 	}
-	if c := TicketKeys(bytes.Repeat([]byte("t"), 32), time.Now()); c[0] == a[0] {
+	// An hour later the previous epoch's key decrypts, a new one encrypts.
+	next := TicketKeys(p, now.Add(time.Hour))
+	if next[0] == a[0] || next[1] != a[0] || next[2] != a[1] {
+		t.Fatal("rotation must keep the previous keys, current first")
+	}
+	if c := TicketKeys(TicketPolicy{Secret: bytes.Repeat([]byte("t"), 32)}, now); c[0] == a[0] {
 		t.Fatal("different secrets give the same key")
 	}
-	if TicketKeys(secret[:31], time.Now()) != nil {
+	if TicketKeys(TicketPolicy{Secret: secret[:31]}, now) != nil {
 		t.Fatal("short secret accepted")
 	}
 }
@@ -292,7 +299,7 @@ func TestSharedTicketSecret(t *testing.T) {
 			chain := &Chain{Leaf: p.leaf.cert, Intermediates: []*x509.Certificate{p.inter.cert}}
 			edge := func(secret string) (string, *countingKeys) {
 				keys := &countingKeys{key: p.leaf.key}
-				cfg, err := ServerConfig(ServerOptions{Chain: chain, Keys: keys, TicketSecret: bytes.Repeat([]byte(secret), 32)})
+				cfg, err := ServerConfig(ServerOptions{Chain: chain, Keys: keys, Tickets: &TicketPolicy{Secret: bytes.Repeat([]byte(secret), 32)}})
 				if err != nil {
 					t.Fatal(err)
 				}

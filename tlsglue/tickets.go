@@ -1,8 +1,12 @@
 package tlsglue
 
 import (
+	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -12,31 +16,131 @@ import (
 // derives.
 const MinTicketSecretLen = 32
 
-// ticketKeyLabel is the HKDF info string. Changing it invalidates every ticket in a fleet, so it
+// ticketKeyLabel is the HKDF info prefix. Changing it invalidates every ticket in a fleet, so it
 // carries a version.
-const ticketKeyLabel = "tkeyless ticket key v1"
+const ticketKeyLabel = "tkeyless ticket key v2"
 
-// TicketKeys returns the session ticket keys for tls.Config.SetSessionTicketKeys, derived from a
-// secret shared by a fleet of edges with HKDF-SHA256: the first key encrypts new tickets, all of
-// them decrypt. Every edge with the same secret derives the same keys, so a client's ticket
-// resumes on any edge and costs no signature.
-//
-// For now it returns one key and ignores now; rotation by epoch (a key per period, the previous
-// ones kept for decryption) will use now without changing callers. It returns nil if secret is
+// Ticket defaults: a new ticket key every hour, tickets valid for a day.
+const (
+	DefaultTicketRotation = time.Hour
+	DefaultTicketLifetime = 24 * time.Hour
+)
+
+// TicketPolicy is how a fleet of edges shares and rotates session ticket keys without a
+// coordinator: every edge derives the key of an epoch (Rotation long) from the shared secret
+// and the epoch number, so all edges with the same secret and clock agree on the keys, and a
+// client resumes on any of them. Tickets older than Lifetime are refused, and keys of epochs
+// that can hold no live ticket are dropped.
+type TicketPolicy struct {
+	Secret   []byte
+	Rotation time.Duration // default DefaultTicketRotation
+	Lifetime time.Duration // default DefaultTicketLifetime
+}
+
+func (p TicketPolicy) withDefaults() TicketPolicy {
+	if p.Rotation <= 0 {
+		p.Rotation = DefaultTicketRotation
+	}
+	if p.Lifetime <= 0 {
+		p.Lifetime = DefaultTicketLifetime
+	}
+	return p
+}
+
+// Check reports a policy that cannot work.
+func (p TicketPolicy) Check() error {
+	if len(p.Secret) < MinTicketSecretLen {
+		return fmt.Errorf("ticket secret is %d bytes; it needs at least %d", len(p.Secret), MinTicketSecretLen)
+	}
+	if p.Rotation < 0 || p.Lifetime < 0 {
+		return errors.New("ticket rotation and lifetime must be positive")
+	}
+	return nil
+}
+
+// TicketKeys returns the session ticket keys for tls.Config.SetSessionTicketKeys at time now,
+// derived with HKDF-SHA256 from the fleet's secret and the epoch number: the current epoch's key
+// first (it encrypts new tickets), then the previous epochs' keys back as far as a ticket
+// within Lifetime may have been issued (they only decrypt). It returns nil if the secret is
 // shorter than MinTicketSecretLen.
-func TicketKeys(secret []byte, now time.Time) [][32]byte {
-	_ = now
-	if len(secret) < MinTicketSecretLen {
+func TicketKeys(p TicketPolicy, now time.Time) [][32]byte {
+	p = p.withDefaults()
+	if len(p.Secret) < MinTicketSecretLen {
 		return nil
 	}
-	k, err := hkdf.Key(sha256.New, secret, nil, ticketKeyLabel, 32)
-	if err != nil {
-		// Only in FIPS 140-only mode with a short secret, which the length check excludes.
-		return nil
+	epoch := now.UnixNano() / int64(p.Rotation)
+	// A ticket issued just before the current epoch began is still valid for Lifetime.
+	back := int64((p.Lifetime + p.Rotation - 1) / p.Rotation)
+	keys := make([][32]byte, 0, back+1)
+	for e := epoch; e >= epoch-back; e-- {
+		info := binary.BigEndian.AppendUint64([]byte(ticketKeyLabel+"\x00"), uint64(e))
+		k, err := hkdf.Key(sha256.New, p.Secret, nil, string(info), 32)
+		if err != nil {
+			// Only in FIPS 140-only mode with a short secret, which the length check excludes.
+			return nil
+		}
+		var key [32]byte
+		copy(key[:], k)
+		keys = append(keys, key)
 	}
-	var key [32]byte
-	copy(key[:], k)
-	return [][32]byte{key}
+	return keys
+}
+
+// issuedAtTag marks the issue time tkeyless adds to a session's state, so a ticket's age is
+// checked on every edge, whatever the client claims.
+const issuedAtTag = "tkeyless-issued:"
+
+// UseTicketPolicy makes cfg issue and accept tickets under p: keys derived per epoch (see
+// TicketKeys), set now and on every epoch boundary until ctx ends, and tickets older than
+// p.Lifetime refused (the client then does a full handshake). Key material is never logged.
+func UseTicketPolicy(ctx context.Context, cfg *tls.Config, p TicketPolicy) error {
+	if err := p.Check(); err != nil {
+		return err
+	}
+	p = p.withDefaults()
+	cfg.SetSessionTicketKeys(TicketKeys(p, time.Now()))
+	cfg.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+		// A session re-issued on resumption keeps its first issue time,
+		// if crypto/tls carried it over: a session lives Lifetime from
+		// its full handshake, however often it resumes.
+		if issuedAt(ss).IsZero() {
+			ss.Extra = append(ss.Extra, binary.BigEndian.AppendUint64([]byte(issuedAtTag), uint64(time.Now().Unix())))
+		}
+		return cfg.EncryptTicket(cs, ss)
+	}
+	cfg.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+		ss, err := cfg.DecryptTicket(identity, cs)
+		if err != nil || ss == nil {
+			return nil, err
+		}
+		if t := issuedAt(ss); !t.IsZero() && time.Since(t) <= p.Lifetime {
+			return ss, nil
+		}
+		// Too old, or not ours: no resumption, a full handshake follows.
+		return nil, nil
+	}
+	go func() {
+		for {
+			next := time.Now().Truncate(p.Rotation).Add(p.Rotation)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Until(next)):
+				cfg.SetSessionTicketKeys(TicketKeys(p, time.Now()))
+			}
+		}
+	}()
+	return nil
+}
+
+// issuedAt is the issue time tkeyless recorded in a session, or zero.
+func issuedAt(ss *tls.SessionState) time.Time {
+	for _, x := range ss.Extra {
+		if len(x) == len(issuedAtTag)+8 && string(x[:len(issuedAtTag)]) == issuedAtTag {
+			return time.Unix(int64(binary.BigEndian.Uint64(x[len(issuedAtTag):])), 0)
+		}
+	}
+	return time.Time{}
 }
 
 // LoadTicketSecret reads a ticket secret file: its bytes, as they are, are the secret (a file

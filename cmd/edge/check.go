@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -18,7 +19,7 @@ import (
 
 func checkCmd() *cobra.Command {
 	var certs []string
-	var signer string
+	var signer, roots string
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Show the certificate chain edge serve would serve, or why it would refuse it",
@@ -45,6 +46,19 @@ only when it names the key with ?ski=.`,
 			if err := describeChain(cmd.OutOrStdout(), chain, time.Now()); err != nil {
 				return err
 			}
+			pool, err := loadRoots(roots)
+			if err != nil {
+				return err
+			}
+			if err := chain.Verify(pool, time.Now()); err != nil {
+				if roots == "" && errors.Is(err, tlsglue.ErrMissingIntermediate) {
+					fmt.Fprintf(cmd.OutOrStdout(), "trust:    not verified against the system roots: %v\n          (for a private CA, pass its root with --roots)\n", err)
+				} else {
+					return err
+				}
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "trust:    chains to a trusted root\n")
+			}
 			if signer != "" {
 				return checkSigner(cmd.OutOrStdout(), chain, signer)
 			}
@@ -52,6 +66,7 @@ only when it names the key with ?ski=.`,
 		},
 	}
 	cmd.Flags().StringArrayVar(&certs, "cert", nil, "certificate file, PEM or DER; repeat it for a chain split over files")
+	cmd.Flags().StringVar(&roots, "roots", "", "PEM file of root CAs to verify the chain against (default: the system roots; a chain that does not reach them is only reported)")
 	cmd.Flags().StringVar(&signer, "signer", "", "optional key reference to check the certificate against (file:///key.pem, or keyless://…?ski=HEX)")
 	return cmd
 }
@@ -142,4 +157,21 @@ func checkSigner(w io.Writer, chain *tlsglue.Chain, signer string) error {
 	}
 	fmt.Fprintf(w, "signer:   %s holds the certificate's key\n", ref)
 	return nil
+}
+
+// loadRoots reads a PEM file of root certificates; "" means the system
+// roots (nil).
+func loadRoots(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--roots: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("--roots %s: no PEM certificate in it", path)
+	}
+	return pool, nil
 }

@@ -17,7 +17,7 @@ import (
 
 // pathKeys are the configuration keys whose values are file paths. In a configuration file they
 // are relative to the file's directory, so a deployment directory can move as a whole.
-var pathKeys = []string{"cert", "keyless-cert", "keyless-key", "keyless-ca", "static", "ticket-secret"}
+var pathKeys = []string{"cert", "keyless-cert", "keyless-key", "keyless-ca", "static", "ticket-secret", "roots"}
 
 // applyConfigFile reads a YAML configuration file whose keys are the command's flag names
 // (listen, cert, signer, …) and sets every flag that was not given on the command line: flags

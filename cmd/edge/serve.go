@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -29,6 +31,9 @@ type serveOptions struct {
 	static          string
 	upstream        string
 	ticketSecret    string
+	roots           string
+	ticketRotation  time.Duration
+	ticketLifetime  time.Duration
 	shutdownTimeout time.Duration
 }
 
@@ -90,6 +95,9 @@ requests finish for up to --shutdown-timeout, then closes what is left.`,
 	f.StringVar(&o.static, "static", "", "serve the files in this directory")
 	f.StringVar(&o.upstream, "upstream", "", "reverse-proxy every request to this http:// or https:// URL")
 	f.StringVar(&o.ticketSecret, "ticket-secret", "", "file with a secret of 32+ bytes shared by all edges, so any edge resumes any edge's sessions (default: per-process keys rotated by crypto/tls)")
+	f.StringVar(&o.roots, "roots", "", "PEM root CAs the chain must reach (refuse to start otherwise); without it a chain that does not reach a system root is only logged")
+	f.DurationVar(&o.ticketRotation, "ticket-rotation", tlsglue.DefaultTicketRotation, "with --ticket-secret: a new ticket key every this long, on every edge at once (clocks must agree to well within it)")
+	f.DurationVar(&o.ticketLifetime, "ticket-lifetime", tlsglue.DefaultTicketLifetime, "with --ticket-secret: tickets older than this are refused and the client does a full handshake")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long open requests may take to finish")
 	return cmd
 }
@@ -117,13 +125,30 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := chain.CheckValidity(time.Now()); err != nil {
+		return err
+	}
 	warnExpiry(logger, chain.Leaf, ski)
+	roots, err := loadRoots(o.roots)
+	if err != nil {
+		return err
+	}
+	if err := chain.Verify(roots, time.Now()); err != nil {
+		if o.roots != "" || !errors.Is(err, tlsglue.ErrMissingIntermediate) {
+			return err
+		}
+		// Private CAs are common behind an edge; without --roots this is
+		// only a warning.
+		logger.Warn().Err(err).Msg("the chain does not reach a system root; clients that do not trust its top certificate will fail (pass --roots to make this an error)")
+	}
 
 	var secret []byte
+	var tickets *tlsglue.TicketPolicy
 	if o.ticketSecret != "" {
 		if secret, err = tlsglue.LoadTicketSecret(o.ticketSecret); err != nil {
 			return err
 		}
+		tickets = &tlsglue.TicketPolicy{Secret: secret, Rotation: o.ticketRotation, Lifetime: o.ticketLifetime}
 		if fi, err := os.Stat(o.ticketSecret); err == nil && fi.Mode().Perm()&0o077 != 0 {
 			logger.Warn().Str("file", o.ticketSecret).Str("mode", fi.Mode().Perm().String()).
 				Msg("ticket secret is readable by other users; anyone who reads it can decrypt session tickets (chmod 600)")
@@ -137,11 +162,12 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 	defer closeKeys.Close()
 
 	health := &signHealth{log: logger}
-	tlsCfg, err := tlsglue.ServerConfig(tlsglue.ServerOptions{
+	tlsCfg, reload, err := tlsglue.ReloadableServerConfig(tlsglue.ServerOptions{
 		Chain:            chain,
 		Keys:             keys,
 		HandshakeTimeout: o.signTimeout,
-		TicketSecret:     secret,
+		Tickets:          tickets,
+		Context:          ctx,
 		OnSign:           health.record,
 	})
 	if err != nil {
@@ -174,10 +200,19 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 	logger.Info().Str("addr", ln.Addr().String()).Str("key", ski).Strs("names", leafNames(chain.Leaf)).
 		Str("signer", ref.String()).Bool("shared_ticket_keys", secret != nil).Msg("edge ready")
 
-	select {
-	case err := <-served:
-		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
-	case <-ctx.Done():
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case err := <-served:
+			return fmt.Errorf("serve %s: %w", ln.Addr(), err)
+		case <-ctx.Done():
+			break wait
+		case <-hup:
+			reloadChain(o, ref, keys, roots, reload, logger)
+		}
 	}
 	logger.Info().Dur("timeout", o.shutdownTimeout).Msg("shutting down: no new connections, waiting for open requests")
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
@@ -189,6 +224,39 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 	<-served
 	logger.Info().Msg("edge stopped")
 	return nil
+}
+
+// reloadChain reads --cert again (on SIGHUP) and serves it to new handshakes if it passes every
+// check done at start; otherwise it logs why and keeps the current chain. Open connections are
+// not touched.
+func reloadChain(o *serveOptions, ref keyRef, keys tlsglue.KeySource, roots *x509.CertPool, reload func(*tlsglue.Chain) error, logger zerolog.Logger) {
+	chain, err := tlsglue.LoadChain(o.certs...)
+	if err == nil {
+		err = chain.CheckValidity(time.Now())
+	}
+	if err == nil && roots != nil {
+		err = chain.Verify(roots, time.Now())
+	}
+	if err == nil {
+		switch {
+		case ref.scheme == "file":
+			if lk, ok := keys.(tlsglue.LocalKey); ok {
+				err = tlsglue.CheckKey(chain, lk.Key.Public())
+			}
+		case ref.ski != "":
+			err = tlsglue.CheckSKI(chain, ref.ski)
+		}
+	}
+	if err == nil {
+		err = reload(chain)
+	}
+	if err != nil {
+		logger.Error().Err(err).Msg("certificate reload refused; still serving the previous chain")
+		return
+	}
+	ski, _ := tlsglue.SKI(chain.Leaf.PublicKey)
+	logger.Info().Str("key", ski).Strs("names", leafNames(chain.Leaf)).Str("serial", chain.Leaf.SerialNumber.String()).
+		Time("not_after", chain.Leaf.NotAfter).Msg("certificates reloaded")
 }
 
 func leafNames(leaf *x509.Certificate) []string {
