@@ -20,6 +20,8 @@ import (
 type handshakeLog struct {
 	log zerolog.Logger
 	sni sync.Map // remote address → SNI
+	// failed, if set, counts each failed handshake.
+	failed func()
 }
 
 const handshakeErrorPrefix = "http: TLS handshake error from "
@@ -34,6 +36,9 @@ func (h *handshakeLog) Write(p []byte) (int, error) {
 	}
 	// The address has no ": " in it (IPv6 addresses are bracketed); the error comes after.
 	remote, reason, _ := strings.Cut(rest, ": ")
+	if h.failed != nil {
+		h.failed()
+	}
 	ev := h.log.Warn()
 	if clientWentAway(reason) {
 		// TCP health checks and port scanners connect and close; that is not news.

@@ -123,12 +123,14 @@ func openKeySource(ref keyRef, chain *tlsglue.Chain, kt keylessTLS, timeout time
 		if err != nil {
 			return nil, nil, err
 		}
-		if err := tlsglue.CheckKey(chain, key.Public()); err != nil {
-			return nil, nil, fmt.Errorf("--signer %s: %w", ref, err)
+		if chain != nil { // nil in ACME mode: the certificate is made for this key
+			if err := tlsglue.CheckKey(chain, key.Public()); err != nil {
+				return nil, nil, fmt.Errorf("--signer %s: %w", ref, err)
+			}
 		}
 		return tlsglue.LocalKey{Key: key}, io.NopCloser(nil), nil
 	case "keyless":
-		if ref.ski != "" {
+		if ref.ski != "" && chain != nil {
 			if err := tlsglue.CheckSKI(chain, ref.ski); err != nil {
 				return nil, nil, fmt.Errorf("--signer %s: %w", ref, err)
 			}

@@ -32,6 +32,8 @@ type serveOptions struct {
 	upstream        string
 	ticketSecret    string
 	roots           string
+	metricsListen   string
+	acme            acmeFlags
 	ticketRotation  time.Duration
 	ticketLifetime  time.Duration
 	shutdownTimeout time.Duration
@@ -95,6 +97,8 @@ requests finish for up to --shutdown-timeout, then closes what is left.`,
 	f.StringVar(&o.static, "static", "", "serve the files in this directory")
 	f.StringVar(&o.upstream, "upstream", "", "reverse-proxy every request to this http:// or https:// URL")
 	f.StringVar(&o.ticketSecret, "ticket-secret", "", "file with a secret of 32+ bytes shared by all edges, so any edge resumes any edge's sessions (default: per-process keys rotated by crypto/tls)")
+	o.acme.register(f)
+	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics and /healthz over plain HTTP here (a private address, e.g. 127.0.0.1:9443)")
 	f.StringVar(&o.roots, "roots", "", "PEM root CAs the chain must reach (refuse to start otherwise); without it a chain that does not reach a system root is only logged")
 	f.DurationVar(&o.ticketRotation, "ticket-rotation", tlsglue.DefaultTicketRotation, "with --ticket-secret: a new ticket key every this long, on every edge at once (clocks must agree to well within it)")
 	f.DurationVar(&o.ticketLifetime, "ticket-lifetime", tlsglue.DefaultTicketLifetime, "with --ticket-secret: tickets older than this are refused and the client does a full handshake")
@@ -104,8 +108,12 @@ requests finish for up to --shutdown-timeout, then closes what is left.`,
 
 // serve runs the edge until ctx is cancelled, then shuts down gracefully.
 func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
-	if len(o.certs) == 0 {
-		return errors.New("--cert: give the certificate chain file(s) to serve")
+	acmeMode := len(o.acme.domains) > 0
+	if len(o.certs) == 0 && !acmeMode {
+		return errors.New("--cert: give the certificate chain file(s) to serve (or --acme-domain to get one by ACME)")
+	}
+	if len(o.certs) > 0 && acmeMode {
+		return errors.New("--cert and --acme-domain: give one of them")
 	}
 	if o.signer == "" {
 		return errors.New("--signer: give the key reference (keyless://host:port,… or file:///path/key.pem)")
@@ -117,9 +125,22 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	chain, err := tlsglue.LoadChain(o.certs...)
+	var chain *tlsglue.Chain
+	if !acmeMode {
+		if chain, err = tlsglue.LoadChain(o.certs...); err != nil {
+			return err
+		}
+	}
+	keys, closeKeys, err := openKeySource(ref, chain, o.keyless, o.signTimeout, logger)
 	if err != nil {
 		return err
+	}
+	defer closeKeys.Close()
+	var acme *tlsglue.ACME
+	if acmeMode {
+		if acme, chain, err = startACME(ctx, o, ref, keys, logger); err != nil {
+			return err
+		}
 	}
 	ski, err := tlsglue.SKI(chain.Leaf.PublicKey)
 	if err != nil {
@@ -155,25 +176,24 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		}
 	}
 
-	keys, closeKeys, err := openKeySource(ref, chain, o.keyless, o.signTimeout, logger)
-	if err != nil {
-		return err
-	}
-	defer closeKeys.Close()
-
 	health := &signHealth{log: logger}
+	metrics := newEdgeMetrics()
+	metrics.certNotAfter.Set(float64(chain.Leaf.NotAfter.Unix()))
 	tlsCfg, reload, err := tlsglue.ReloadableServerConfig(tlsglue.ServerOptions{
 		Chain:            chain,
 		Keys:             keys,
 		HandshakeTimeout: o.signTimeout,
 		Tickets:          tickets,
 		Context:          ctx,
-		OnSign:           health.record,
+		OnSign: func(ev tlsglue.SignEvent) {
+			health.record(ev)
+			metrics.sign(ev)
+		},
 	})
 	if err != nil {
 		return err
 	}
-	hlog := &handshakeLog{log: logger}
+	hlog := &handshakeLog{log: logger, failed: metrics.failures.Inc}
 	tlsCfg.GetConfigForClient = hlog.clientHello
 
 	handler, err := siteHandler(o.static, o.upstream, health, logger)
@@ -186,9 +206,12 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		return fmt.Errorf("--listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:   handler,
-		ErrorLog:  log.New(hlog, "", 0),
-		ConnState: hlog.connState,
+		Handler:  handler,
+		ErrorLog: log.New(hlog, "", 0),
+		ConnState: func(c net.Conn, st http.ConnState) {
+			hlog.connState(c, st)
+			metrics.connState(c, st)
+		},
 		// net/http also bounds the TLS handshake by ReadHeaderTimeout; leave room for the
 		// signature.
 		ReadHeaderTimeout: max(10*time.Second, o.signTimeout+5*time.Second),
@@ -196,10 +219,40 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(tls.NewListener(ln, tlsCfg)) }()
+	if o.metricsListen != "" {
+		ml, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metrics.handler())
+		mux.Handle("GET /healthz", health)
+		if acme != nil {
+			mux.HandleFunc("POST /acme/renew", func(w http.ResponseWriter, _ *http.Request) {
+				acme.RenewNow()
+				w.WriteHeader(http.StatusAccepted)
+				fmt.Fprintln(w, "renewal started; watch the log for \"ACME certificate obtained\"")
+			})
+		}
+		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = ms.Serve(ml) }()
+		defer ms.Close()
+	}
 
 	logger.Info().Str("addr", ln.Addr().String()).Str("key", ski).Strs("names", leafNames(chain.Leaf)).
 		Str("signer", ref.String()).Bool("shared_ticket_keys", secret != nil).Msg("edge ready")
 
+	if acme != nil {
+		go acme.Run(ctx, func(c *tlsglue.Chain) error {
+			if err := reload(c); err != nil {
+				return err
+			}
+			metrics.reloads.WithLabelValues("ok").Inc()
+			metrics.certNotAfter.Set(float64(c.Leaf.NotAfter.Unix()))
+			return nil
+		})
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -211,7 +264,16 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-hup:
-			reloadChain(o, ref, keys, roots, reload, logger)
+			if acme != nil {
+				logger.Info().Msg("SIGHUP: renewing the ACME certificate now")
+				acme.RenewNow()
+				continue
+			}
+			if reloadChain(o, ref, keys, roots, reload, logger) {
+				metrics.reloads.WithLabelValues("ok").Inc()
+			} else {
+				metrics.reloads.WithLabelValues("refused").Inc()
+			}
 		}
 	}
 	logger.Info().Dur("timeout", o.shutdownTimeout).Msg("shutting down: no new connections, waiting for open requests")
@@ -229,7 +291,7 @@ wait:
 // reloadChain reads --cert again (on SIGHUP) and serves it to new handshakes if it passes every
 // check done at start; otherwise it logs why and keeps the current chain. Open connections are
 // not touched.
-func reloadChain(o *serveOptions, ref keyRef, keys tlsglue.KeySource, roots *x509.CertPool, reload func(*tlsglue.Chain) error, logger zerolog.Logger) {
+func reloadChain(o *serveOptions, ref keyRef, keys tlsglue.KeySource, roots *x509.CertPool, reload func(*tlsglue.Chain) error, logger zerolog.Logger) bool {
 	chain, err := tlsglue.LoadChain(o.certs...)
 	if err == nil {
 		err = chain.CheckValidity(time.Now())
@@ -252,11 +314,12 @@ func reloadChain(o *serveOptions, ref keyRef, keys tlsglue.KeySource, roots *x50
 	}
 	if err != nil {
 		logger.Error().Err(err).Msg("certificate reload refused; still serving the previous chain")
-		return
+		return false
 	}
 	ski, _ := tlsglue.SKI(chain.Leaf.PublicKey)
 	logger.Info().Str("key", ski).Strs("names", leafNames(chain.Leaf)).Str("serial", chain.Leaf.SerialNumber.String()).
 		Time("not_after", chain.Leaf.NotAfter).Msg("certificates reloaded")
+	return true
 }
 
 func leafNames(leaf *x509.Certificate) []string {

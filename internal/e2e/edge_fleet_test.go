@@ -72,6 +72,7 @@ func TestFleetTickets(t *testing.T) {
 			if st, err := handshake(other.addr, roots, v, tls.NewLRUClientSessionCache(4)); err != nil || st.DidResume {
 				t.Fatalf("an edge without the secret: %v (resumed %v)", err, st.DidResume)
 			}
+			signs = c.auditCount()
 			// Past the lifetime (2 s) and two rotations, the ticket is refused.
 			time.Sleep(time.Until(issued.Add(3 * time.Second)))
 			st, err = handshake(b.addr, roots, v, cache)
@@ -97,7 +98,8 @@ func TestSignerOutage(t *testing.T) {
 	c := startCluster(t, 1, 2)
 	certPath, webCA := c.siteCert(t)
 	roots := rootsFrom(t, webCA)
-	e := startEdge(t, c, certPath, staticSite(t), "--sign-timeout", "2s")
+	metricsAddr := freeAddrs(t, 1)[0]
+	e := startEdge(t, c, certPath, staticSite(t), "--sign-timeout", "2s", "--metrics-listen", metricsAddr)
 	caches := map[uint16]tls.ClientSessionCache{}
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		caches[v] = tls.NewLRUClientSessionCache(4)
@@ -126,6 +128,22 @@ func TestSignerOutage(t *testing.T) {
 	}
 	if out := e.proc.Output(); !strings.Contains(out, "sign") || !strings.Contains(out, "error") {
 		t.Fatalf("the edge logged no reason for the failed handshakes:\n%s", tail(out, 3000))
+	}
+	_, metrics := httpGet(t, "http://"+metricsAddr+"/metrics")
+	for _, want := range []string{
+		`tkeyless_edge_handshakes_total{kind="full",version="TLS 1.3"} 1`,
+		`tkeyless_edge_handshakes_total{kind="full",version="TLS 1.2"} 1`,
+		`tkeyless_edge_handshakes_total{kind="resumed",version="TLS 1.3"} 1`,
+		`tkeyless_edge_handshakes_total{kind="resumed",version="TLS 1.2"} 1`,
+		`tkeyless_edge_signer_errors_total 2`,
+		`tkeyless_edge_sign_duration_seconds_count{outcome="ok"} 2`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("edge /metrics lacks %s", want)
+		}
+	}
+	if code, _ := httpGet(t, "http://"+metricsAddr+"/healthz"); code != 200 {
+		t.Errorf("edge /healthz = %d after two failures (it turns 503 after five)", code)
 	}
 }
 

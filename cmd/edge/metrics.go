@@ -1,0 +1,89 @@
+package main
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tkeyless/tkeyless/tlsglue"
+)
+
+// edgeMetrics are the edge's Prometheus series, served on --metrics-listen (a private address:
+// never on the public TLS port).
+type edgeMetrics struct {
+	reg          *prometheus.Registry
+	handshakes   *prometheus.CounterVec
+	failures     prometheus.Counter
+	signDuration *prometheus.HistogramVec
+	signerErrors prometheus.Counter
+	reloads      *prometheus.CounterVec
+	certNotAfter prometheus.Gauge
+}
+
+func newEdgeMetrics() *edgeMetrics {
+	m := &edgeMetrics{
+		reg: prometheus.NewRegistry(),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tkeyless_edge_handshakes_total",
+			Help: "Completed TLS handshakes, by kind (full: one signature; resumed: none) and TLS version.",
+		}, []string{"kind", "version"}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tkeyless_edge_handshake_failures_total",
+			Help: "TLS handshakes that failed (signer errors, client errors, timeouts).",
+		}),
+		signDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tkeyless_edge_sign_duration_seconds",
+			Help:    "Time a full handshake waited for its signature, by outcome.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"outcome"}),
+		signerErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tkeyless_edge_signer_errors_total",
+			Help: "Handshake signatures the signers did not deliver.",
+		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tkeyless_edge_certificate_reloads_total",
+			Help: "Certificate reloads (SIGHUP), by outcome.",
+		}, []string{"outcome"}),
+		certNotAfter: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tkeyless_edge_certificate_not_after_seconds",
+			Help: "Expiry of the served leaf certificate, Unix seconds.",
+		}),
+	}
+	m.reg.MustRegister(m.handshakes, m.failures, m.signDuration, m.signerErrors, m.reloads, m.certNotAfter,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// sign records one handshake signature (tlsglue.ServerOptions.OnSign).
+func (m *edgeMetrics) sign(ev tlsglue.SignEvent) {
+	outcome := "ok"
+	if ev.Err != nil {
+		outcome = "error"
+		m.signerErrors.Inc()
+	}
+	m.signDuration.WithLabelValues(outcome).Observe(ev.Duration.Seconds())
+}
+
+// connState counts handshakes once a connection turns active (its handshake is done).
+func (m *edgeMetrics) connState(c net.Conn, state http.ConnState) {
+	if state != http.StateActive {
+		return
+	}
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return
+	}
+	st := tc.ConnectionState()
+	kind := "full"
+	if st.DidResume {
+		kind = "resumed"
+	}
+	m.handshakes.WithLabelValues(kind, tls.VersionName(st.Version)).Inc()
+}
+
+func (m *edgeMetrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
