@@ -134,7 +134,7 @@ Only loopback targets are accepted unless --allow-remote is given.`,
 
 func matrixCmd() *cobra.Command {
 	var full, quick bool
-	var bin, out, markdown string
+	var bin, out, markdown, render string
 	var duration time.Duration
 	cmd := &cobra.Command{
 		Use:   "matrix",
@@ -176,7 +176,12 @@ cores; --full sweeps concurrency up to 32.`,
 			if _, err := os.Stat(filepath.Join(bin, "signer")); err != nil {
 				return fmt.Errorf("%s/signer not found: run make build first", bin)
 			}
-			res, err := matrix.Run(cmd.Context(), o)
+			var res *matrix.Results
+			if render != "" {
+				res, err = matrix.Render(render, out)
+			} else {
+				res, err = matrix.Run(cmd.Context(), o)
+			}
 			if err != nil {
 				return err
 			}
@@ -200,6 +205,7 @@ cores; --full sweeps concurrency up to 32.`,
 	cmd.Flags().StringVar(&bin, "bin", "bin", "directory with the signer and edge binaries")
 	cmd.Flags().StringVar(&out, "out", "docs/bench", "directory for the results and plots")
 	cmd.Flags().DurationVar(&duration, "duration", 0, "override the time per point")
+	cmd.Flags().StringVar(&render, "render", "", "measure nothing: redraw the outputs from this results.json")
 	cmd.Flags().StringVar(&markdown, "markdown", "BENCHMARKS.md", "also write the Markdown summary here, with plot links into --out (empty: only in --out)")
 	return cmd
 }

@@ -41,7 +41,9 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 	var path string // "presign" or "full", once signing started
 	// One audit record per request, whatever its outcome: who asked to sign
 	// with which key, who signed, how long it took.
+	n.touchLive()
 	defer func() {
+		n.touchLive()
 		ev := n.log.Info()
 		outcome := "signed"
 		switch {

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -52,6 +53,7 @@ type Node struct {
 	keyState  *keyStates
 	pending   *pendingReshares
 	pool      *presignPool
+	lastLive  atomic.Int64 // unix nanoseconds of the last live signing activity
 	// queue counts the signing requests this node coordinates now.
 	queue chan struct{}
 }

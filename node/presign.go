@@ -105,6 +105,8 @@ func (n *Node) finishPresign(ctx context.Context, caller string, req *peerwire.F
 	if claims != nil && !n.verifier.MarkUsed(*claims) {
 		return refuse(fmt.Errorf("request %s from %q already signed: replay", claims.RequestIDString(), claims.Identity.Name))
 	}
+	n.touchLive()
+	defer n.touchLive()
 	sig, err := ps.Finish(ctx, req.Sign.Digest)
 	if err != nil && claims != nil {
 		n.verifier.Release(*claims)
@@ -217,7 +219,7 @@ func (n *Node) refillPresignatures(ctx context.Context) {
 			}
 			// Live signing comes first: this node's own requests, and the
 			// sessions it joins for other coordinators.
-			for n.pool.depth(key) < target && len(n.queue) == 0 && n.sessions.active() == 0 && ctx.Err() == nil {
+			for n.pool.depth(key) < target && n.idle() && ctx.Err() == nil {
 				if err := n.presignOne(ctx, key); err != nil {
 					failures++
 					n.metrics.presign.WithLabelValues("failed").Inc()
@@ -237,6 +239,20 @@ func (n *Node) refillPresignatures(ctx context.Context) {
 		}
 	}
 }
+
+// refillIdle is how long after the last live signing a node waits before
+// it refills: a request that arrives while a presignature is being made
+// shares the cores with it, so refilling waits for a lull, not just a gap.
+const refillIdle = 250 * time.Millisecond
+
+// idle reports whether no live signing is under way here, coordinated or
+// joined, nor was for refillIdle.
+func (n *Node) idle() bool {
+	return len(n.queue) == 0 && n.sessions.active() == 0 && time.Since(time.Unix(0, n.lastLive.Load())) > refillIdle
+}
+
+// touchLive records live signing activity.
+func (n *Node) touchLive() { n.lastLive.Store(time.Now().UnixNano()) }
 
 // presignOne makes one presignature for key with a healthy quorum.
 func (n *Node) presignOne(ctx context.Context, key tss.KeyID) error {

@@ -109,6 +109,8 @@ func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerw
 			if claims != nil && !n.verifier.MarkUsed(*claims) {
 				return nil, fmt.Errorf("request %s from %q already signed: replay", claims.RequestIDString(), claims.Identity.Name)
 			}
+			n.touchLive()
+			defer n.touchLive()
 			sig, err := ss.Run(ctx)
 			if err != nil {
 				if claims != nil {

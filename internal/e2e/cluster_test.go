@@ -398,10 +398,13 @@ type edge struct {
 func startEdge(t *testing.T, c *cluster, certPath, staticDir string, extra ...string) *edge {
 	t.Helper()
 	addr := freeAddrs(t, 1)[0]
-	args := []string{"serve", "--listen", addr, "--cert", certPath,
-		"--signer", "keyless://" + strings.Join(c.keylessAddrs(), ","),
+	args := []string{"serve", "--listen", addr}
+	if certPath != "" { // empty in ACME mode
+		args = append(args, "--cert", certPath)
+	}
+	args = append(args, "--signer", "keyless://"+strings.Join(c.keylessAddrs(), ","),
 		"--keyless-cert", c.edgeCert, "--keyless-key", c.edgeKey, "--keyless-ca", c.caPath,
-		"--static", staticDir}
+		"--static", staticDir)
 	e := &edge{addr: addr, proc: start(t, "edge", "edge", append(args, extra...)...)}
 	waitListening(t, e.proc, addr)
 	return e

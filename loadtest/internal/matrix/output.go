@@ -204,7 +204,7 @@ func (r *Results) Markdown(plotDir string) string {
 				continue
 			}
 			rp := p.Report
-			fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f | %.2f | %.2f | %.2f |\n",
+			fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %.3g | %.3g | %.3g | %.3g |\n",
 				p.Config.Name, p.Concurrency, rp.Successes, rp.Errors, rp.Full, rp.Resumed, ms(rp.Total.Mean), ms(rp.Total.P50), ms(rp.Total.P95),
 				ms(rp.Total.P99), ms(rp.Total.Max), rp.Throughput, p.P50VsLocal, p.P50VsGokeyless, p.RateVsLocal, p.RateVsGokeyless)
 		}
@@ -212,4 +212,18 @@ func (r *Results) Markdown(plotDir string) string {
 	}
 	b.WriteString("Raw data: `results.json`, `results.csv`. Reproduce: `make bench` (reduced matrix) or `go run ./loadtest matrix --full`.\n")
 	return b.String()
+}
+
+// Render reads a results.json and writes its CSV, plots and Markdown into
+// dir again, without measuring anything.
+func Render(jsonPath, dir string) (*Results, error) {
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return nil, err
+	}
+	var r Results
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", jsonPath, err)
+	}
+	return &r, r.write(dir)
 }
