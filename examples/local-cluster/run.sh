@@ -118,7 +118,7 @@ Stop one signer (kill the process of a, b or c): handshakes still complete.
   $BIN/signer status --config $DEMO/a.yaml                    # every node and key at a glance
   $BIN/signer key disable --config $DEMO/a.yaml --key $KEY    # the kill switch (enable to undo)
   curl http://${HTTP[a]}/metrics                              # Prometheus
-  $BIN/loadtest --url https://127.0.0.1:${EDGE_ADDR##*:}/ --ca $DEMO/webca/ca.pem -c 4 -d 10s   # handshakes under load
+  $BIN/loadtest --url https://localhost:${EDGE_ADDR##*:}/ --ca $DEMO/webca/ca.pem -c 4 -d 10s   # handshakes under load
 
 Press Ctrl-C to stop.
 MSG
