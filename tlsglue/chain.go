@@ -25,6 +25,9 @@ import (
 type Chain struct {
 	Leaf          *x509.Certificate
 	Intermediates []*x509.Certificate
+	// OCSPStaple, if set, is a DER OCSP response for the leaf that handshakes staple (see
+	// FetchOCSP).
+	OCSPStaple []byte
 }
 
 // loadedCert is a parsed certificate and the file it came from, for error messages.
@@ -314,7 +317,7 @@ func (c *Chain) TLSCertificate(key crypto.Signer) tls.Certificate {
 	for _, ic := range c.Intermediates {
 		raw = append(raw, ic.Raw)
 	}
-	return tls.Certificate{Certificate: raw, PrivateKey: key, Leaf: c.Leaf}
+	return tls.Certificate{Certificate: raw, PrivateKey: key, Leaf: c.Leaf, OCSPStaple: c.OCSPStaple}
 }
 
 // SKI returns the gokeyless subject key identifier of pub as lower-case hex: the name under which

@@ -243,6 +243,11 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 	logger.Info().Str("addr", ln.Addr().String()).Str("key", ski).Strs("names", leafNames(chain.Leaf)).
 		Str("signer", ref.String()).Bool("shared_ticket_keys", secret != nil).Msg("edge ready")
 
+	// Every chain served from now on goes through the stapler, which
+	// fetches its OCSP staple.
+	st := newStapler(chain, reload, logger.With().Str("component", "ocsp").Logger())
+	reload = st.set
+	go st.run(ctx)
 	if acme != nil {
 		go acme.Run(ctx, func(c *tlsglue.Chain) error {
 			if err := reload(c); err != nil {
