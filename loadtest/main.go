@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -133,8 +134,9 @@ Only loopback targets are accepted unless --allow-remote is given.`,
 }
 
 func matrixCmd() *cobra.Command {
-	var full, quick bool
-	var bin, out, markdown, render string
+	var full, quick, keep bool
+	var bin, out, markdown, render, thresholds string
+	var concurrency []int
 	var duration time.Duration
 	cmd := &cobra.Command{
 		Use:   "matrix",
@@ -156,6 +158,19 @@ cores; --full sweeps concurrency up to 32.`,
 			if full {
 				o = matrix.Full()
 			}
+			if thresholds != "" {
+				o.Thresholds = nil
+				for _, tn := range strings.Split(thresholds, ";") {
+					var t, n int
+					if _, err := fmt.Sscanf(tn, "%d,%d", &t, &n); err != nil {
+						return fmt.Errorf("--thresholds %q: want t,n pairs separated by ;", thresholds)
+					}
+					o.Thresholds = append(o.Thresholds, [2]int{t, n})
+				}
+			}
+			if len(concurrency) > 0 {
+				o.Concurrencies = concurrency
+			}
 			if quick {
 				o.Thresholds, o.Concurrencies, o.Duration = [][2]int{{1, 2}}, []int{1, 2}, time.Second
 			}
@@ -172,7 +187,7 @@ cores; --full sweeps concurrency up to 32.`,
 			if bin, err = filepath.Abs(bin); err != nil {
 				return err
 			}
-			o.Bin, o.Repo, o.Out, o.Log = bin, repo, out, os.Stderr
+			o.Bin, o.Repo, o.Out, o.Log, o.Keep = bin, repo, out, os.Stderr, keep
 			if _, err := os.Stat(filepath.Join(bin, "signer")); err != nil {
 				return fmt.Errorf("%s/signer not found: run make build first", bin)
 			}
@@ -205,6 +220,9 @@ cores; --full sweeps concurrency up to 32.`,
 	cmd.Flags().StringVar(&bin, "bin", "bin", "directory with the signer and edge binaries")
 	cmd.Flags().StringVar(&out, "out", "docs/bench", "directory for the results and plots")
 	cmd.Flags().DurationVar(&duration, "duration", 0, "override the time per point")
+	cmd.Flags().StringVar(&thresholds, "thresholds", "", `only these (t,n), e.g. "1,2;2,3"`)
+	cmd.Flags().IntSliceVar(&concurrency, "concurrency", nil, "only these concurrency levels, e.g. 1,8")
+	cmd.Flags().BoolVar(&keep, "keep", false, "keep each configuration's directory (configs, process logs) for inspection")
 	cmd.Flags().StringVar(&render, "render", "", "measure nothing: redraw the outputs from this results.json")
 	cmd.Flags().StringVar(&markdown, "markdown", "BENCHMARKS.md", "also write the Markdown summary here, with plot links into --out (empty: only in --out)")
 	return cmd

@@ -53,7 +53,7 @@ func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *pe
 	if err != nil {
 		return err
 	}
-	ps.SetStallTimeout(n.stallTimeout())
+	ps.SetStallFunc(n.stallTimeout)
 	s := &session{id: id, kind: peerwire.KindPresign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ps, keep: true}
 	s.run = func(ctx context.Context) (*peerwire.RunResponse, error) {
 		life, cancel := context.WithTimeout(context.Background(), ttl)

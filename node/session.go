@@ -99,7 +99,7 @@ func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerw
 	if err != nil {
 		return err
 	}
-	ss.SetStallTimeout(n.stallTimeout())
+	ss.SetStallFunc(n.stallTimeout)
 	return n.sessions.add(&session{
 		id: id, kind: peerwire.KindSign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ss,
 		run: func(ctx context.Context) (*peerwire.RunResponse, error) {
@@ -215,5 +215,5 @@ var tamperOutgoing func(to string, env *peerwire.Envelope) (send bool)
 // members), so the bound grows in proportion to the sessions live here.
 func (n *Node) stallTimeout() time.Duration {
 	base := time.Duration(n.cfg.StallTimeout)
-	return base * time.Duration(max(1, n.sessions.active()+1))
+	return base * time.Duration(max(1, n.sessions.active()))
 }

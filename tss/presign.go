@@ -103,6 +103,10 @@ func (s *PresignSession) Deliver(from string, broadcast bool, payload []byte) er
 // waits, ready, for a digest). Call it before Start.
 func (s *PresignSession) SetStallTimeout(d time.Duration) { s.r.stall = d }
 
+// SetStallFunc is SetStallTimeout with a bound asked again each time the
+// wait for a message starts over, so it can follow the node's load.
+func (s *PresignSession) SetStallFunc(f func() time.Duration) { s.r.stallFn = f }
+
 // Start runs the offline rounds in the background. ctx bounds the
 // presignature's whole life: when it ends, ready or not, the session ends
 // and Finish returns ErrPresignExpired.
@@ -226,14 +230,14 @@ func (s *PresignSession) loop(ctx context.Context) {
 	online, ready := false, false
 	var stallC <-chan time.Time
 	var stallTimer *time.Timer
-	if r.stall > 0 {
-		stallTimer = time.NewTimer(r.stall)
+	if bound := r.stallBound(); bound > 0 {
+		stallTimer = time.NewTimer(bound)
 		defer stallTimer.Stop()
 		stallC = stallTimer.C
 	}
 	resetStall := func() {
 		if stallTimer != nil {
-			stallTimer.Reset(r.stall)
+			stallTimer.Reset(r.stallBound())
 			stallC = stallTimer.C
 		}
 	}
@@ -280,7 +284,7 @@ func (s *PresignSession) loop(ctx context.Context) {
 			return
 		case <-stallC:
 			w := r.waitingFor()
-			fail(&SessionError{Round: r.round(), Culprits: w, Waiting: w, Err: fmt.Errorf("no message for %v: stalled", r.stall)})
+			fail(&SessionError{Round: r.round(), Culprits: w, Waiting: w, Err: fmt.Errorf("no message for %v: stalled", r.stallBound())})
 			return
 		case <-r.progress:
 		case d := <-s.digestc:

@@ -110,8 +110,11 @@ type runner struct {
 	closeOnce sync.Once
 	lastRound atomic.Int32
 	// stall, if set, ends the session when no message arrives for that
-	// long while the party still waits for some.
-	stall time.Duration
+	// long while the party still waits for some. stallFn, if set, is asked
+	// instead each time the wait starts over, for a bound that follows the
+	// load.
+	stall   time.Duration
+	stallFn func() time.Duration
 	// progress is signalled (without blocking) when the party sends a
 	// message of a later round: a presignature is ready only once its own
 	// round-4 message went out (presign.go).
@@ -164,6 +167,14 @@ func (r *runner) deliver(from string, broadcast bool, payload []byte) error {
 	}
 }
 
+// stallBound is the current stall bound; zero means none.
+func (r *runner) stallBound() time.Duration {
+	if r.stallFn != nil {
+		return r.stallFn()
+	}
+	return r.stall
+}
+
 func (r *runner) close() { r.closeOnce.Do(func() { close(r.done) }) }
 
 // abort ends the session with err, for failures found outside tss-lib (an
@@ -193,8 +204,8 @@ func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 	}
 	var stallC <-chan time.Time
 	var stallTimer *time.Timer
-	if r.stall > 0 {
-		stallTimer = time.NewTimer(r.stall)
+	if bound := r.stallBound(); bound > 0 {
+		stallTimer = time.NewTimer(bound)
 		defer stallTimer.Stop()
 		stallC = stallTimer.C
 	}
@@ -219,10 +230,10 @@ func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 			// A member that sends nothing for this long is blamed, so the
 			// coordinator can retry without it inside the same deadline.
 			w := r.waitingFor()
-			return zero, &SessionError{Kind: r.kind, Round: r.round(), Culprits: w, Waiting: w, Err: fmt.Errorf("no message for %v: stalled", r.stall)}
+			return zero, &SessionError{Kind: r.kind, Round: r.round(), Culprits: w, Waiting: w, Err: fmt.Errorf("no message for %v: stalled", r.stallBound())}
 		case in := <-r.inbox:
 			if stallTimer != nil {
-				stallTimer.Reset(r.stall)
+				stallTimer.Reset(r.stallBound())
 			}
 			from := r.m.byName[in.from]
 			if err := r.safely(func() *tsslib.Error {

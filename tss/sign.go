@@ -119,3 +119,7 @@ func (s *SignSession) Abort(err *SessionError) { s.r.abort(err) }
 // no message arrives for d. Call it before Run. Zero (the default) waits
 // for the context's deadline only.
 func (s *SignSession) SetStallTimeout(d time.Duration) { s.r.stall = d }
+
+// SetStallFunc is SetStallTimeout with a bound asked again each time the
+// wait for a message starts over, so it can follow the node's load.
+func (s *SignSession) SetStallFunc(f func() time.Duration) { s.r.stallFn = f }

@@ -28,6 +28,7 @@ type Options struct {
 	PresignDepth  int
 	Thresholds    [][2]int
 	Log           io.Writer
+	Keep          bool // keep each configuration's files and process logs
 }
 
 // Reduced is the matrix `make bench` runs: about 6 minutes on 2 cores.
@@ -154,7 +155,11 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Point, *Warm, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer os.RemoveAll(dir)
+	if o.Keep {
+		fmt.Fprintf(o.Log, "   files and logs kept in %s\n", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	e := &env{bin: o.Bin, repo: o.Repo, dir: dir}
 	defer e.close()
 	fmt.Fprintf(o.Log, "== %s: starting\n", c.Name)
