@@ -74,6 +74,90 @@ func LoadChain(paths ...string) (*Chain, error) {
 	return chain, nil
 }
 
+// LoadChains is LoadChain for files that may hold several sites' chains: it builds one chain
+// per leaf (each with its own intermediates, which chains may share), in the order the leaves
+// first appear in the files, so an edge can serve each to the names it covers. The first is
+// the default.
+func LoadChains(paths ...string) ([]*Chain, error) {
+	if len(paths) == 0 {
+		return nil, errors.New("load certificate chains: no certificate file given")
+	}
+	var certs []loadedCert
+	seen := make(map[string]bool)
+	for _, path := range paths {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("load certificate chains: %w", err)
+		}
+		found, err := parseCertificateFile(path, data)
+		if err != nil {
+			return nil, fmt.Errorf("load certificate chains: %w", err)
+		}
+		for _, c := range found {
+			if !seen[string(c.Raw)] {
+				seen[string(c.Raw)] = true
+				certs = append(certs, loadedCert{cert: c, file: path})
+			}
+		}
+	}
+	leaves := findLeaves(certs)
+	if len(leaves) == 0 {
+		return nil, fmt.Errorf("load certificate chains from %s: no leaf certificate", strings.Join(paths, ", "))
+	}
+	chains := make([]*Chain, 0, len(leaves))
+	for _, l := range leaves {
+		chains = append(chains, chainFrom(l.cert, certs))
+	}
+	return chains, nil
+}
+
+// findLeaves returns the certificates that issued none of the others, leaving out self-signed
+// roots when there is anything else.
+func findLeaves(certs []loadedCert) []loadedCert {
+	var leaves []loadedCert
+	for i, c := range certs {
+		issuesAnother := false
+		for j, other := range certs {
+			if i != j && issued(c.cert, other.cert) {
+				issuesAnother = true
+				break
+			}
+		}
+		if !issuesAnother {
+			leaves = append(leaves, c)
+		}
+	}
+	if len(leaves) > 1 {
+		var notRoots []loadedCert
+		for _, l := range leaves {
+			if !(l.cert.IsCA && selfSigned(l.cert)) {
+				notRoots = append(notRoots, l)
+			}
+		}
+		if len(notRoots) > 0 {
+			leaves = notRoots
+		}
+	}
+	return leaves
+}
+
+// chainFrom walks up from leaf through its issuers among certs, stopping before a self-signed
+// root.
+func chainFrom(leaf *x509.Certificate, certs []loadedCert) *Chain {
+	chain := &Chain{Leaf: leaf}
+	inChain := map[*x509.Certificate]bool{leaf: true}
+	for cur := leaf; !selfSigned(cur); {
+		parent := findIssuer(cur, certs, inChain)
+		if parent == nil || selfSigned(parent) {
+			break
+		}
+		chain.Intermediates = append(chain.Intermediates, parent)
+		inChain[parent] = true
+		cur = parent
+	}
+	return chain
+}
+
 // parseCertificateFile returns the certificates in one file, PEM or DER. It names the file and,
 // when it can tell, what the file holds instead of a certificate.
 func parseCertificateFile(path string, data []byte) ([]*x509.Certificate, error) {

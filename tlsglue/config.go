@@ -5,11 +5,14 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -49,6 +52,10 @@ type ServerOptions struct {
 	// Chain is the certificate chain served on every full handshake. Its leaf must hold an
 	// ECDSA key: the TLS 1.2 suites offered are ECDHE-ECDSA only.
 	Chain *Chain
+
+	// More are further chains, each possibly for its own key: a handshake whose SNI one of
+	// their leaves covers gets that chain (the first that does), any other gets Chain.
+	More []*Chain
 
 	// Keys yields the signer for each handshake that needs a signature. Resumed handshakes do
 	// not ask it.
@@ -106,9 +113,16 @@ func ReloadableServerConfig(opts ServerOptions) (*tls.Config, func(*Chain) error
 	if opts.Keys == nil {
 		return nil, nil, errors.New("tls server config: no key source")
 	}
-	served, err := newServedChain(opts.Chain)
-	if err != nil {
-		return nil, nil, err
+	var set []*servedChain
+	for _, c := range append([]*Chain{opts.Chain}, opts.More...) {
+		if c == nil || c.Leaf == nil {
+			return nil, nil, errors.New("tls server config: an empty certificate chain")
+		}
+		sc, err := newServedChain(c)
+		if err != nil {
+			return nil, nil, err
+		}
+		set = append(set, sc)
 	}
 	timeout := opts.HandshakeTimeout
 	if timeout <= 0 {
@@ -119,7 +133,7 @@ func ReloadableServerConfig(opts ServerOptions) (*tls.Config, func(*Chain) error
 		timeout: timeout,
 		onSign:  opts.OnSign,
 	}
-	h.served.Store(served)
+	h.served.Store(&set)
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		// TLS 1.3 suites are not configurable in crypto/tls; its defaults apply.
@@ -148,10 +162,41 @@ func ReloadableServerConfig(opts ServerOptions) (*tls.Config, func(*Chain) error
 		if err != nil {
 			return err
 		}
-		h.served.Store(sc)
+		// Replace the chain the new one takes over from: the only one, or
+		// the one for the same key that covers the new leaf's first name.
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		old := *h.served.Load()
+		i := 0
+		if len(old) > 1 {
+			i = slices.IndexFunc(old, func(o *servedChain) bool { return o.ski == sc.ski && covers(o.leaf(), firstName(c.Leaf)) })
+			if i < 0 {
+				return fmt.Errorf("reload: no served chain for key %s covers %q; a new site needs a restart", sc.ski, firstName(c.Leaf))
+			}
+		}
+		set := slices.Clone(old)
+		set[i] = sc
+		h.served.Store(&set)
 		return nil
 	}
 	return cfg, reload, nil
+}
+
+func (s *servedChain) leaf() *x509.Certificate { return s.cert.Leaf }
+
+// firstName is the name a leaf is first for: its first DNS name, IP, or common name.
+func firstName(leaf *x509.Certificate) string {
+	switch {
+	case len(leaf.DNSNames) > 0:
+		return leaf.DNSNames[0]
+	case len(leaf.IPAddresses) > 0:
+		return leaf.IPAddresses[0].String()
+	}
+	return leaf.Subject.CommonName
+}
+
+func covers(leaf *x509.Certificate, name string) bool {
+	return name != "" && leaf.VerifyHostname(name) == nil
 }
 
 // servedChain is what a handshake serves: the chain and the key it names.
@@ -176,7 +221,8 @@ func newServedChain(c *Chain) (*servedChain, error) {
 
 // handshakeKeys binds each full handshake to a signer from the key source.
 type handshakeKeys struct {
-	served  atomic.Pointer[servedChain]
+	served  atomic.Pointer[[]*servedChain] // the default first
+	mu      sync.Mutex                     // serializes reloads
 	keys    KeySource
 	timeout time.Duration
 	onSign  func(SignEvent)
@@ -191,7 +237,16 @@ func (h *handshakeKeys) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certifi
 	ctx, cancel := context.WithTimeoutCause(hello.Context(), h.timeout, errHandshakeTimeout)
 	context.AfterFunc(hello.Context(), cancel)
 
-	served := h.served.Load()
+	set := *h.served.Load()
+	served := set[0]
+	if hello.ServerName != "" {
+		for _, sc := range set {
+			if covers(sc.leaf(), hello.ServerName) {
+				served = sc
+				break
+			}
+		}
+	}
 	cert := served.cert
 	cert.PrivateKey = &handshakeSigner{
 		h:      h,

@@ -96,3 +96,21 @@ func writeFile(t testing.TB, dir, name string, data []byte) string {
 	}
 	return path
 }
+
+// makeCertForKey issues another server certificate for cn with an existing key, as a renewal
+// does.
+func makeCertForKey(t testing.TB, cn string, parent *testCert, key *ecdsa.PrivateKey) *x509.Certificate {
+	t.Helper()
+	serial++
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn}, DNSNames: []string{cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent.cert, &key.PublicKey, parent.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return c
+}

@@ -126,10 +126,12 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		return err
 	}
 	var chain *tlsglue.Chain
+	var chains []*tlsglue.Chain // chain first; the others are chosen by SNI
 	if !acmeMode {
-		if chain, err = tlsglue.LoadChain(o.certs...); err != nil {
+		if chains, err = tlsglue.LoadChains(o.certs...); err != nil {
 			return err
 		}
+		chain = chains[0]
 	}
 	keys, closeKeys, err := openKeySource(ref, chain, o.keyless, o.signTimeout, logger)
 	if err != nil {
@@ -141,26 +143,37 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		if acme, chain, err = startACME(ctx, o, ref, keys, logger); err != nil {
 			return err
 		}
+		chains = []*tlsglue.Chain{chain}
+	}
+	if ref.scheme == "file" {
+		for _, c := range chains[1:] {
+			if err := tlsglue.CheckKey(c, keys.(tlsglue.LocalKey).Key.Public()); err != nil {
+				return fmt.Errorf("--signer %s holds one key: %w", ref, err)
+			}
+		}
 	}
 	ski, err := tlsglue.SKI(chain.Leaf.PublicKey)
 	if err != nil {
 		return err
 	}
-	if err := chain.CheckValidity(time.Now()); err != nil {
-		return err
-	}
-	warnExpiry(logger, chain.Leaf, ski)
 	roots, err := loadRoots(o.roots)
 	if err != nil {
 		return err
 	}
-	if err := chain.Verify(roots, time.Now()); err != nil {
-		if o.roots != "" || !errors.Is(err, tlsglue.ErrMissingIntermediate) {
+	for _, c := range chains {
+		if err := c.CheckValidity(time.Now()); err != nil {
 			return err
 		}
-		// Private CAs are common behind an edge; without --roots this is
-		// only a warning.
-		logger.Warn().Err(err).Msg("the chain does not reach a system root; clients that do not trust its top certificate will fail (pass --roots to make this an error)")
+		cski, _ := tlsglue.SKI(c.Leaf.PublicKey)
+		warnExpiry(logger, c.Leaf, cski)
+		if err := c.Verify(roots, time.Now()); err != nil {
+			if o.roots != "" || !errors.Is(err, tlsglue.ErrMissingIntermediate) {
+				return err
+			}
+			// Private CAs are common behind an edge; without --roots this is
+			// only a warning.
+			logger.Warn().Err(err).Msg("the chain does not reach a system root; clients that do not trust its top certificate will fail (pass --roots to make this an error)")
+		}
 	}
 
 	var secret []byte
@@ -181,6 +194,7 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 	metrics.certNotAfter.Set(float64(chain.Leaf.NotAfter.Unix()))
 	tlsCfg, reload, err := tlsglue.ReloadableServerConfig(tlsglue.ServerOptions{
 		Chain:            chain,
+		More:             chains[1:],
 		Keys:             keys,
 		HandshakeTimeout: o.signTimeout,
 		Tickets:          tickets,
@@ -240,14 +254,29 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		defer ms.Close()
 	}
 
-	logger.Info().Str("addr", ln.Addr().String()).Str("key", ski).Strs("names", leafNames(chain.Leaf)).
+	var names []string
+	for _, c := range chains {
+		names = append(names, leafNames(c.Leaf)...)
+	}
+	logger.Info().Str("addr", ln.Addr().String()).Str("key", ski).Strs("names", names).Int("chains", len(chains)).
 		Str("signer", ref.String()).Bool("shared_ticket_keys", secret != nil).Msg("edge ready")
 
 	// Every chain served from now on goes through the stapler, which
 	// fetches its OCSP staple.
-	st := newStapler(chain, reload, logger.With().Str("component", "ocsp").Logger())
-	reload = st.set
-	go st.run(ctx)
+	var staplers []*stapler
+	for _, c := range chains {
+		st := newStapler(c, reload, logger.With().Str("component", "ocsp").Logger())
+		staplers = append(staplers, st)
+		go st.run(ctx)
+	}
+	reload = func(c *tlsglue.Chain) error {
+		for _, st := range staplers {
+			if len(staplers) == 1 || st.serves(c) {
+				return st.set(c)
+			}
+		}
+		return fmt.Errorf("no served chain for the key and names of %q; a new site needs a restart", c.Leaf.Subject)
+	}
 	if acme != nil {
 		go acme.Run(ctx, func(c *tlsglue.Chain) error {
 			if err := reload(c); err != nil {
@@ -297,33 +326,38 @@ wait:
 // check done at start; otherwise it logs why and keeps the current chain. Open connections are
 // not touched.
 func reloadChain(o *serveOptions, ref keyRef, keys tlsglue.KeySource, roots *x509.CertPool, reload func(*tlsglue.Chain) error, logger zerolog.Logger) bool {
-	chain, err := tlsglue.LoadChain(o.certs...)
-	if err == nil {
+	// Every chain is checked before any is swapped in: a reload applies
+	// whole or not at all.
+	chains, err := tlsglue.LoadChains(o.certs...)
+	for i := 0; err == nil && i < len(chains); i++ {
+		chain := chains[i]
 		err = chain.CheckValidity(time.Now())
-	}
-	if err == nil && roots != nil {
-		err = chain.Verify(roots, time.Now())
-	}
-	if err == nil {
-		switch {
-		case ref.scheme == "file":
-			if lk, ok := keys.(tlsglue.LocalKey); ok {
-				err = tlsglue.CheckKey(chain, lk.Key.Public())
+		if err == nil && roots != nil {
+			err = chain.Verify(roots, time.Now())
+		}
+		if err == nil {
+			switch {
+			case ref.scheme == "file":
+				if lk, ok := keys.(tlsglue.LocalKey); ok {
+					err = tlsglue.CheckKey(chain, lk.Key.Public())
+				}
+			case ref.ski != "" && i == 0:
+				err = tlsglue.CheckSKI(chain, ref.ski)
 			}
-		case ref.ski != "":
-			err = tlsglue.CheckSKI(chain, ref.ski)
 		}
 	}
-	if err == nil {
-		err = reload(chain)
+	for i := 0; err == nil && i < len(chains); i++ {
+		err = reload(chains[i])
 	}
 	if err != nil {
 		logger.Error().Err(err).Msg("certificate reload refused; still serving the previous chain")
 		return false
 	}
-	ski, _ := tlsglue.SKI(chain.Leaf.PublicKey)
-	logger.Info().Str("key", ski).Strs("names", leafNames(chain.Leaf)).Str("serial", chain.Leaf.SerialNumber.String()).
-		Time("not_after", chain.Leaf.NotAfter).Msg("certificates reloaded")
+	for _, chain := range chains {
+		ski, _ := tlsglue.SKI(chain.Leaf.PublicKey)
+		logger.Info().Str("key", ski).Strs("names", leafNames(chain.Leaf)).Str("serial", chain.Leaf.SerialNumber.String()).
+			Time("not_after", chain.Leaf.NotAfter).Msg("certificates reloaded")
+	}
 	return true
 }
 

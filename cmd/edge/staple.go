@@ -42,6 +42,18 @@ func (s *stapler) set(c *tlsglue.Chain) error {
 	return nil
 }
 
+// serves reports whether c takes over this stapler's chain: the same key,
+// and the current leaf covers c's first name.
+func (s *stapler) serves(c *tlsglue.Chain) bool {
+	s.mu.Lock()
+	cur := s.current
+	s.mu.Unlock()
+	a, _ := tlsglue.SKI(cur.Leaf.PublicKey)
+	b, _ := tlsglue.SKI(c.Leaf.PublicKey)
+	names := leafNames(c.Leaf)
+	return a == b && len(names) > 0 && cur.Leaf.VerifyHostname(names[0]) == nil
+}
+
 func (s *stapler) run(ctx context.Context) {
 	for {
 		s.mu.Lock()
