@@ -386,9 +386,18 @@ func TestReshareSilentMemberBlamed(t *testing.T) {
 		net.join(n, s)
 	}
 	_, err := runReshareSessions(t, sessions)
-	var se *SessionError
-	if !errors.As(err, &se) || !slices.Equal(se.Culprits, []string{"c"}) || se.Kind != "reshare" {
-		t.Fatalf("want a reshare error blaming c, got %v", err)
+	// Every session ends blaming c. On a loaded machine an honest member
+	// still busy with its proofs may be named beside it (a stall bound
+	// cannot tell slow from silent), but never instead of it.
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok || len(joined.Unwrap()) != 2 {
+		t.Fatalf("want both sessions to fail, got %v", err)
+	}
+	for _, e := range joined.Unwrap() {
+		var se *SessionError
+		if !errors.As(e, &se) || !slices.Contains(se.Culprits, "c") || se.Kind != "reshare" {
+			t.Fatalf("want a reshare error blaming c, got %v", e)
+		}
 	}
 	t.Log(err)
 	for i, s := range old {
