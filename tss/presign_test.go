@@ -6,13 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 // presignAll runs the offline rounds for a quorum in memory and returns
-// each member's ready session, by name. life bounds the presignature.
-func presignAll(t testing.TB, life context.Context, quorum []*Share, stall time.Duration) map[string]*PresignSession {
+// each member's ready session, by name. life bounds the presignature;
+// stall is asked at every wait, so a test may tighten it once ready.
+func presignAll(t testing.TB, life context.Context, quorum []*Share, stall func() time.Duration) map[string]*PresignSession {
 	t.Helper()
 	var names []string
 	for _, s := range quorum {
@@ -25,7 +27,7 @@ func presignAll(t testing.TB, life context.Context, quorum []*Share, stall time.
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.SetStallTimeout(stall)
+		s.SetStallFunc(stall)
 		sessions[sh.Self] = s
 		net.join(sh.Self, s)
 	}
@@ -41,6 +43,8 @@ func presignAll(t testing.TB, life context.Context, quorum []*Share, stall time.
 	}
 	return sessions
 }
+
+func fixedStall(d time.Duration) func() time.Duration { return func() time.Duration { return d } }
 
 // finishAll finishes every member's session with digest, in parallel.
 func finishAll(ctx context.Context, sessions map[string]*PresignSession, digest []byte) (map[string][]byte, map[string]error) {
@@ -70,7 +74,7 @@ func TestPresignThenFinish(t *testing.T) {
 		shares := fixtureShares(t, ts.t, ts.n)[:ts.t+1]
 		for hash, d := range digests() {
 			t.Run(fmt.Sprintf("t%d-n%d/%s", ts.t, ts.n, hash), func(t *testing.T) {
-				sessions := presignAll(t, context.Background(), shares, 10*time.Second)
+				sessions := presignAll(t, context.Background(), shares, fixedStall(10*time.Second))
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				sigs, errs := finishAll(ctx, sessions, d)
@@ -102,7 +106,7 @@ func TestPresignThenFinish(t *testing.T) {
 // this signature would not verify under the digest (Finish refuses it).
 func TestPresignPointerPinned(t *testing.T) {
 	shares := fixtureShares(t, 1, 2)
-	sessions := presignAll(t, context.Background(), shares, 10*time.Second)
+	sessions := presignAll(t, context.Background(), shares, fixedStall(10*time.Second))
 	d := digests()["SHA-256"]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -120,7 +124,7 @@ func TestPresignPointerPinned(t *testing.T) {
 func TestPresignExpired(t *testing.T) {
 	shares := fixtureShares(t, 1, 2)
 	life, expire := context.WithCancel(context.Background())
-	sessions := presignAll(t, life, shares, 10*time.Second)
+	sessions := presignAll(t, life, shares, fixedStall(10*time.Second))
 	expire()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -158,7 +162,12 @@ func TestPresignNotReady(t *testing.T) {
 // with another quorum signs within the same deadline.
 func TestPresignMemberLost(t *testing.T) {
 	shares := fixtureShares(t, 1, 3)
-	sessions := presignAll(t, context.Background(), shares[:2], 500*time.Millisecond)
+	// The offline rounds get a loaded machine's slack; once both halves
+	// are ready, a's wait for b at finish is bounded tightly.
+	var stall atomic.Int64
+	stall.Store(int64(30 * time.Second))
+	sessions := presignAll(t, context.Background(), shares[:2], func() time.Duration { return time.Duration(stall.Load()) })
+	stall.Store(int64(500 * time.Millisecond))
 	sessions["b"].Abort(&SessionError{Err: errors.New("node restarted")})
 	d := digests()["SHA-256"]
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
