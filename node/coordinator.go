@@ -146,8 +146,8 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 }
 
 // pickQuorum chooses this node plus Threshold others, leaving out excluded
-// members: healthy peers first, fastest first, with ties shuffled so load
-// spreads over the cluster.
+// members: healthy peers first, clearly slow ones last, the least busy
+// first, with ties shuffled so load spreads over the cluster.
 func (n *Node) pickQuorum(share *tss.Share, excluded []string) ([]string, bool) {
 	var others []string
 	for _, p := range share.Parties {
@@ -222,6 +222,7 @@ func (n *Node) runSessionCollect(ctx context.Context, pr *peerwire.PrepareReques
 // carries.
 func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, members []string, prepareSelf func() error, collect func(member string, r *peerwire.RunResponse)) (*peerwire.RunResponse, []string, error) {
 	self := n.cfg.Name
+	defer n.track(members)()
 	if err := prepareSelf(); err != nil {
 		return nil, nil, fmt.Errorf("prepare on %s: %w", self, err)
 	}

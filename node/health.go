@@ -20,6 +20,7 @@ type peerHealth struct {
 	lastErr   string
 	lastErrAt time.Time
 	failures  int       // consecutive session failures blamed on the peer
+	inflight  int       // sessions this node runs with the peer right now
 	coolUntil time.Time // not chosen for quorums until then, if avoidable
 	keys      []string
 }
@@ -32,9 +33,12 @@ const (
 	coolDown = 30 * time.Second
 	// strikes is how many failed sessions in a row earn a cool-down.
 	strikes = 3
-	// latencyBucket is the resolution at which peers' latencies are
-	// compared when picking a quorum.
-	latencyBucket = 5 * time.Millisecond
+	// slowMargin is how much slower than the fastest peer (besides twice
+	// its latency) a peer must answer pings to be picked only after the
+	// others. A signature costs hundreds of milliseconds of the members'
+	// CPU, so a few milliseconds of ping (noise on a loaded host) must not
+	// decide the quorum; a peer in another region should.
+	slowMargin = 25 * time.Millisecond
 )
 
 // watchPeers pings every peer until ctx ends.
@@ -122,20 +126,25 @@ func (n *Node) credit(name string) {
 	}
 }
 
-// rankPeers orders candidate members best first: up and not cooling down,
-// then by latency; peers never checked count as up, so a fresh node works.
+// rankPeers orders candidate members best first: up and not cooling down;
+// then not clearly slower than the fastest such peer; then with fewest
+// sessions this node runs with it now. Peers never checked count as up,
+// so a fresh node works. Remaining ties keep the caller's (shuffled)
+// order, so healthy peers share the load.
 func (n *Node) rankPeers(names []string) []string {
 	type cand struct {
-		name  string
-		score int // 0 best
-		lat   time.Duration
+		name     string
+		score    int // 0 best
+		lat      time.Duration
+		inflight int
+		slow     bool
 	}
 	now := time.Now()
 	var cs []cand
 	for _, name := range names {
 		p, ok := n.peers[name]
 		if !ok {
-			cs = append(cs, cand{name, 3, 0})
+			cs = append(cs, cand{name: name, score: 3})
 			continue
 		}
 		h := p.health
@@ -147,22 +156,62 @@ func (n *Node) rankPeers(names []string) []string {
 		case now.Before(h.coolUntil):
 			score = 1
 		}
-		// Latencies within a few milliseconds count as equal, so healthy
-		// peers on one network share the load (the caller shuffled them).
-		cs = append(cs, cand{name, score, h.latency.Truncate(latencyBucket)})
+		cs = append(cs, cand{name: name, score: score, lat: h.latency, inflight: h.inflight})
 		h.mu.Unlock()
 	}
-	slices.SortStableFunc(cs, func(a, b cand) int {
-		if a.score != b.score {
-			return a.score - b.score
+	fastest := map[int]time.Duration{}
+	for _, c := range cs {
+		if f, ok := fastest[c.score]; !ok || c.lat < f {
+			fastest[c.score] = c.lat
 		}
-		return int(a.lat - b.lat)
+	}
+	for i := range cs {
+		f := fastest[cs[i].score]
+		cs[i].slow = cs[i].lat > 2*f+slowMargin
+	}
+	slices.SortStableFunc(cs, func(a, b cand) int {
+		switch {
+		case a.score != b.score:
+			return a.score - b.score
+		case a.slow != b.slow:
+			if a.slow {
+				return 1
+			}
+			return -1
+		case a.slow:
+			return int(a.lat - b.lat)
+		default:
+			return a.inflight - b.inflight
+		}
 	})
 	out := make([]string, len(cs))
 	for i, c := range cs {
 		out[i] = c.name
 	}
 	return out
+}
+
+// track counts a session this node starts with members, for rankPeers;
+// the returned func ends it.
+func (n *Node) track(members []string) (done func()) {
+	var hs []*peerHealth
+	for _, m := range members {
+		if p, ok := n.peers[m]; ok {
+			hs = append(hs, p.health)
+		}
+	}
+	for _, h := range hs {
+		h.mu.Lock()
+		h.inflight++
+		h.mu.Unlock()
+	}
+	return func() {
+		for _, h := range hs {
+			h.mu.Lock()
+			h.inflight--
+			h.mu.Unlock()
+		}
+	}
 }
 
 // peerStatuses returns a snapshot of every peer's health, by name.
