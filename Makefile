@@ -8,7 +8,7 @@ BIN     := $(CURDIR)/bin
 DEMO    ?= $(CURDIR)/demo
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build demo test test-short test-long bench bench-full vet fmt tools clean
+.PHONY: all build demo test test-short test-long fuzz bench bench-full vet fmt tools clean
 
 all: build
 
@@ -39,6 +39,15 @@ test-short:
 ## test-long: heavier suites (none yet beyond test; reserved for soak tests).
 test-long: tools
 	$(GO) test -count=1 -timeout 80m -tags long ./...
+
+## fuzz: each fuzz target for FUZZTIME (default 60s) in turn: peer envelopes and tss-lib
+## messages from peers, keyless requests from edges, authority tokens. Seeds are in testdata/fuzz.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := ./node:FuzzEnvelope ./tss:FuzzPeerMessage ./internal/keylesswire:FuzzReadRequest ./internal/authority:FuzzDecode
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; fn=$${t#*:}; echo "== $$fn ($$pkg, $(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg; done
 
 ## bench: the load-test matrix (reduced: about 10 minutes on 2 cores) → BENCHMARKS.md and
 ## docs/bench/ (plots, CSV, JSON); then the engine benchmarks beside tss-lib's own signing.
