@@ -163,6 +163,13 @@ func (n *Node) pickQuorum(share *tss.Share, excluded []string) ([]string, bool) 
 	return append([]string{n.cfg.Name}, others[:share.Threshold]...), true
 }
 
+// failFast is for calls inside a running session. Every member was
+// connected a moment ago (it prepared), so a connection that is gone now
+// means the member died: the call fails at once and the session is retried
+// with another quorum, instead of waiting (the connection default) until
+// the stall bound, which grows with the sessions in flight.
+var failFast = grpc.WaitForReady(false)
+
 // prepareTimeout bounds asking one member to prepare its party of a
 // signing session; ceremonyPrepareTimeout of a key ceremony.
 const (
@@ -258,7 +265,7 @@ func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, 
 		}
 	})
 	_, _ = n.forEachPeer(ctx, members, func(ctx context.Context, p *peerConn) error {
-		r, err := p.client.Run(ctx, &peerwire.RunRequest{Version: peerwire.Version, Session: pr.Session})
+		r, err := p.client.Run(ctx, &peerwire.RunRequest{Version: peerwire.Version, Session: pr.Session}, failFast)
 		if err != nil {
 			cancel(&memberError{member: p.name, err: err})
 			return err

@@ -318,7 +318,7 @@ func (n *Node) signPresigned(ctx context.Context, e *presignEntry, req SignReque
 		}
 	})
 	_, _ = n.forEachPeer(ctx, e.quorum, func(ctx context.Context, p *peerConn) error {
-		if _, err := p.client.FinishPresign(ctx, fr); err != nil {
+		if _, err := p.client.FinishPresign(ctx, fr, failFast); err != nil {
 			cancel(&memberError{member: p.name, err: err})
 			return err
 		}

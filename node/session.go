@@ -183,7 +183,7 @@ func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, mem
 				}
 			}
 			wg.Go(func() {
-				if _, err := p.client.Deliver(ctx, env); err != nil {
+				if _, err := p.client.Deliver(ctx, env, failFast); err != nil {
 					errs[i] = &memberError{member: to, err: err}
 				}
 			})

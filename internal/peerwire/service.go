@@ -90,18 +90,18 @@ func (c *Client) Prepare(ctx context.Context, r *PrepareRequest, opts ...grpc.Ca
 }
 
 // Run calls Run.
-func (c *Client) Run(ctx context.Context, r *RunRequest) (*RunResponse, error) {
-	return invoke[RunResponse](ctx, c, "Run", r)
+func (c *Client) Run(ctx context.Context, r *RunRequest, opts ...grpc.CallOption) (*RunResponse, error) {
+	return invoke[RunResponse](ctx, c, "Run", r, opts...)
 }
 
 // Deliver calls Deliver.
-func (c *Client) Deliver(ctx context.Context, r *Envelope) (*DeliverResponse, error) {
-	return invoke[DeliverResponse](ctx, c, "Deliver", r)
+func (c *Client) Deliver(ctx context.Context, r *Envelope, opts ...grpc.CallOption) (*DeliverResponse, error) {
+	return invoke[DeliverResponse](ctx, c, "Deliver", r, opts...)
 }
 
 // Echo calls Echo.
-func (c *Client) Echo(ctx context.Context, r *Echo) (*EchoResponse, error) {
-	return invoke[EchoResponse](ctx, c, "Echo", r)
+func (c *Client) Echo(ctx context.Context, r *Echo, opts ...grpc.CallOption) (*EchoResponse, error) {
+	return invoke[EchoResponse](ctx, c, "Echo", r, opts...)
 }
 
 // KeygenCeremony calls KeygenCeremony.
@@ -135,6 +135,6 @@ func (c *Client) FinishReshare(ctx context.Context, r *FinishReshareRequest) (*F
 }
 
 // FinishPresign calls FinishPresign.
-func (c *Client) FinishPresign(ctx context.Context, r *FinishPresignRequest) (*RunResponse, error) {
-	return invoke[RunResponse](ctx, c, "FinishPresign", r)
+func (c *Client) FinishPresign(ctx context.Context, r *FinishPresignRequest, opts ...grpc.CallOption) (*RunResponse, error) {
+	return invoke[RunResponse](ctx, c, "FinishPresign", r, opts...)
 }
