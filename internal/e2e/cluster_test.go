@@ -31,7 +31,7 @@ var (
 	buildErr  error
 )
 
-// binaries builds cmd/signer and cmd/edge once per test run.
+// binaries builds cmd/signer, cmd/edge and loadtest once per test run.
 func binaries(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -39,7 +39,7 @@ func binaries(t *testing.T) string {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binDir+"/", "github.com/tkeyless/tkeyless/cmd/signer", "github.com/tkeyless/tkeyless/cmd/edge")
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "github.com/tkeyless/tkeyless/cmd/signer", "github.com/tkeyless/tkeyless/cmd/edge", "github.com/tkeyless/tkeyless/loadtest")
 		cmd.Stderr = os.Stderr
 		buildErr = cmd.Run()
 	})
