@@ -126,9 +126,17 @@ func (e *RemoteError) Error() string {
 // see it as "unknown error"; it is not worth trying another signer.
 const ErrKeyDisabled protocol.Error = 0x80
 
+// ErrNoQuorum is tkeyless's keyless error code for a signer that could not
+// gather a working quorum of the cluster (too many members down or failing
+// sessions). Another signer may reach one, so the client tries it.
+const ErrNoQuorum protocol.Error = 0x81
+
 func codeString(e protocol.Error) string {
-	if e == ErrKeyDisabled {
+	switch e {
+	case ErrKeyDisabled:
 		return "key disabled by the cluster operator"
+	case ErrNoQuorum:
+		return "no quorum of the signer cluster could sign (members down or failing; see the signer's log)"
 	}
 	return e.String()
 }
@@ -142,7 +150,7 @@ func (e *RemoteError) Unwrap() error { return e.Code }
 // failure will.
 func (e *RemoteError) retryable() bool {
 	switch e.Code {
-	case protocol.ErrInternal, protocol.ErrRead, protocol.ErrRemoteConfiguration:
+	case protocol.ErrInternal, protocol.ErrRead, protocol.ErrRemoteConfiguration, ErrNoQuorum:
 		return true
 	}
 	return false

@@ -142,7 +142,7 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 		}
 		excluded = append(excluded, bad...)
 	}
-	return nil, fmt.Errorf("sign key %s: %w", req.Key, errors.Join(errs...))
+	return nil, fmt.Errorf("sign key %s: %w: %w", req.Key, ErrNoQuorum, errors.Join(errs...))
 }
 
 // pickQuorum chooses this node plus Threshold others, leaving out excluded
@@ -171,11 +171,17 @@ func (n *Node) pickQuorum(share *tss.Share, excluded []string) ([]string, bool) 
 var failFast = grpc.WaitForReady(false)
 
 // prepareTimeout bounds asking one member to prepare its party of a
-// signing session; ceremonyPrepareTimeout of a key ceremony.
+// signing session, downPrepareTimeout one whose last ping failed;
+// ceremonyPrepareTimeout of a key ceremony.
 const (
 	prepareTimeout         = time.Second
+	downPrepareTimeout     = 300 * time.Millisecond
 	ceremonyPrepareTimeout = 5 * time.Second
 )
+
+// ErrNoQuorum is returned when every quorum tried failed (members down,
+// aborted sessions, the deadline) or too few members are left to try one.
+var ErrNoQuorum = errors.New("no quorum of the signer cluster could sign")
 
 // ErrOverloaded is returned when this node's queue of signing requests is
 // full; the edge should try another signer.
@@ -238,15 +244,20 @@ func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, 
 		// down, leaving the rest of the deadline for another quorum.
 		// Ceremonies are operator commands, not latency-bound: a member
 		// just restarted is waited for.
-		timeout, wait := prepareTimeout, n.reachable(p.name)
-		if pr.Kind != peerwire.KindSign {
-			timeout, wait = ceremonyPrepareTimeout, true
+		timeout := prepareTimeout
+		switch {
+		case pr.Kind != peerwire.KindSign:
+			timeout = ceremonyPrepareTimeout
+		case !n.reachable(p.name):
+			// Chosen although its last ping failed: no better quorum
+			// was left. It may have just restarted, so reconnect now
+			// rather than after the backoff, and wait only briefly.
+			p.conn.ResetConnectBackoff()
+			timeout = downPrepareTimeout
 		}
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		// A peer whose last ping failed is not waited for: if it is still
-		// down the call fails at once and the retry picks another quorum.
-		_, err := p.client.Prepare(ctx, pr, grpc.WaitForReady(wait))
+		_, err := p.client.Prepare(ctx, pr, grpc.WaitForReady(true))
 		return err
 	}); err != nil {
 		n.sessions.abort(pr.Session)

@@ -37,6 +37,10 @@ func (b *keylessBackend) Sign(ctx context.Context, req *keyless.Request) ([]byte
 		return nil, protocol.ErrKeyNotFound
 	case errors.Is(err, ErrKeyDisabled):
 		return nil, keyless.ErrKeyDisabled
+	case errors.Is(err, ErrNoQuorum):
+		// The edge's log then says why, and its client tries another
+		// signer, which may reach a quorum this one cannot.
+		return nil, keyless.ErrNoQuorum
 	case errors.Is(err, ErrOverloaded):
 		// Internal error makes the edge's client try another signer.
 		return nil, protocol.ErrInternal

@@ -151,6 +151,9 @@ func TestNodeFailures(t *testing.T) {
 		if took > 8*time.Second {
 			t.Fatalf("failing took %v: it should fail fast, not wait out the deadline", took)
 		}
+		if !errors.Is(err, keyless.ErrNoQuorum) {
+			t.Fatalf("with two nodes down: %v, want the signer's no-quorum answer", err)
+		}
 		t.Logf("with two nodes down a request fails in %v: %v", took.Round(time.Millisecond), err)
 		// Health follows the peers' pings (every 2 s).
 		waitFor(t, 10*time.Second, func() bool {

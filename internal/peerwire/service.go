@@ -80,8 +80,8 @@ func invoke[Resp any](ctx context.Context, c *Client, name string, req any, opts
 }
 
 // Ping calls Ping.
-func (c *Client) Ping(ctx context.Context, r *PingRequest) (*PingResponse, error) {
-	return invoke[PingResponse](ctx, c, "Ping", r)
+func (c *Client) Ping(ctx context.Context, r *PingRequest, opts ...grpc.CallOption) (*PingResponse, error) {
+	return invoke[PingResponse](ctx, c, "Ping", r, opts...)
 }
 
 // Prepare calls Prepare.
