@@ -115,6 +115,9 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 		}
 	}
 	path = "full"
+	// noQuorum stays true while every failure is a member's (or no quorum
+	// is left to try): then the answer is ErrNoQuorum, not the last error.
+	noQuorum := true
 	for attempt := 0; attempt < 2; attempt++ {
 		quorum, ok := n.pickQuorum(share, excluded)
 		if !ok {
@@ -137,12 +140,18 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 		n.log.Warn().Err(err).Str("key", req.Key.String()).Strs("quorum", quorum).Strs("suspects", bad).
 			Int("attempt", attempt+1).Dur("dur_ms", time.Since(attemptStart)).Msg("signing session failed")
 		errs = append(errs, fmt.Errorf("quorum %v: %w", quorum, err))
+		if len(bad) == 0 {
+			noQuorum = false
+		}
 		if ctx.Err() != nil || len(bad) == 0 {
 			break
 		}
 		excluded = append(excluded, bad...)
 	}
-	return nil, fmt.Errorf("sign key %s: %w: %w", req.Key, ErrNoQuorum, errors.Join(errs...))
+	if noQuorum {
+		return nil, fmt.Errorf("sign key %s: %w: %w", req.Key, ErrNoQuorum, errors.Join(errs...))
+	}
+	return nil, fmt.Errorf("sign key %s: %w", req.Key, errors.Join(errs...))
 }
 
 // pickQuorum chooses this node plus Threshold others, leaving out excluded
@@ -179,8 +188,9 @@ const (
 	ceremonyPrepareTimeout = 5 * time.Second
 )
 
-// ErrNoQuorum is returned when every quorum tried failed (members down,
-// aborted sessions, the deadline) or too few members are left to try one.
+// ErrNoQuorum is returned when every quorum tried failed because of its
+// members (down, or blamed for an aborted session) or too few members are
+// left to try one.
 var ErrNoQuorum = errors.New("no quorum of the signer cluster could sign")
 
 // ErrOverloaded is returned when this node's queue of signing requests is

@@ -37,10 +37,6 @@ func (b *keylessBackend) Sign(ctx context.Context, req *keyless.Request) ([]byte
 		return nil, protocol.ErrKeyNotFound
 	case errors.Is(err, ErrKeyDisabled):
 		return nil, keyless.ErrKeyDisabled
-	case errors.Is(err, ErrNoQuorum):
-		// The edge's log then says why, and its client tries another
-		// signer, which may reach a quorum this one cannot.
-		return nil, keyless.ErrNoQuorum
 	case errors.Is(err, ErrOverloaded):
 		// Internal error makes the edge's client try another signer.
 		return nil, protocol.ErrInternal
@@ -48,6 +44,12 @@ func (b *keylessBackend) Sign(ctx context.Context, req *keyless.Request) ([]byte
 		// No (valid) end-to-end authority: the client must be a tkeyless
 		// client, or its identity marked legacy.
 		return nil, protocol.ErrRemoteConfiguration
+	case errors.Is(err, ErrNoQuorum):
+		// Checked last: the quorums' errors it wraps may say more (a
+		// member refused the authority). The edge's log then says why,
+		// and its client tries another signer, which may reach a quorum
+		// this one cannot.
+		return nil, keyless.ErrNoQuorum
 	case err != nil:
 		return nil, err
 	}
