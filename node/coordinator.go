@@ -172,11 +172,13 @@ func (n *Node) pickQuorum(share *tss.Share, excluded []string) ([]string, bool) 
 	return append([]string{n.cfg.Name}, others[:share.Threshold]...), true
 }
 
-// failFast is for calls inside a running session. Every member was
-// connected a moment ago (it prepared), so a connection that is gone now
-// means the member died: the call fails at once and the session is retried
-// with another quorum, instead of waiting (the connection default) until
-// the stall bound, which grows with the sessions in flight.
+// failFast is for the coordinator's calls to members inside a running
+// session. Every member was connected a moment ago (it prepared), so a
+// connection that is gone now means the member died: the call fails at
+// once and the session is retried with another quorum, instead of waiting
+// (the connection default) until the stall bound, which grows with the
+// sessions in flight. The coordinator's failure cancels the others' Run
+// calls, so their messages to the dead member stop waiting too.
 var failFast = grpc.WaitForReady(false)
 
 // prepareTimeout bounds asking one member to prepare its party of a

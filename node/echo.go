@@ -193,7 +193,8 @@ func (n *Node) sendEchoes(s *session, e *peerwire.Echo) {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n.cfg.SignTimeout))
 			defer cancel()
-			if _, err := p.client.Echo(ctx, e, failFast); err != nil {
+			p.wake()
+			if _, err := p.client.Echo(ctx, e); err != nil {
 				n.log.Warn().Err(err).Str("session", s.id.String()).Str("peer", m).Msg("echo not delivered")
 			}
 		}()

@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
@@ -166,6 +167,14 @@ func (n *Node) loadShares() error {
 		n.log.Info().Str("key", id.String()).Int("t", s.Threshold).Strs("parties", s.Parties).Msg("share loaded")
 	}
 	return nil
+}
+
+// wake makes a connection waiting out its reconnect backoff try again at
+// once.
+func (p *peerConn) wake() {
+	if p.conn.GetState() == connectivity.TransientFailure {
+		p.conn.ResetConnectBackoff()
+	}
 }
 
 func (n *Node) dial(p Peer) (*peerConn, error) {

@@ -183,7 +183,13 @@ func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, mem
 				}
 			}
 			wg.Go(func() {
-				if _, err := p.client.Deliver(ctx, env, failFast); err != nil {
+				// Members talk to each other here for the first time in
+				// the session (the coordinator prepared each of them), so
+				// a member that restarted may still be in this node's
+				// reconnect backoff: reconnect now, and wait for it
+				// within the session's bounds.
+				p.wake()
+				if _, err := p.client.Deliver(ctx, env); err != nil {
 					errs[i] = &memberError{member: to, err: err}
 				}
 			})
