@@ -106,7 +106,14 @@ func f2(x float64) string { return fmt.Sprintf("%.2f", x) }
 
 // plot draws one line per configuration against concurrency, as PNG and
 // SVG: the paper's figure for latency, and throughput.
-func (r *Results) plot(dir string, resume int, name, ylabel string, y func(Point) float64) error {
+func (r *Results) plot(dir string, resume int, name, ylabel string, y func(Point) float64) (err error) {
+	// gonum/plot panics on some degenerate data; a benchmark run must not
+	// lose its results.json and CSV (written before) to a figure.
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("plot %s, %d%% resumed: %v", name, resume, v)
+		}
+	}()
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("HTTPS %s vs concurrency, %d%% resumed", name, resume)
 	p.X.Label.Text = "concurrent requests"
@@ -148,6 +155,15 @@ func (r *Results) plot(dir string, resume int, name, ylabel string, y func(Point
 		}
 		p.Add(l, s)
 		p.Legend.Add(n, l, s)
+	}
+	// A log axis over one value (a single concurrency level, or equal
+	// latencies) would span [0, 2] once gonum pads it, and log(0) panics:
+	// give such an axis a decade around its value.
+	if p.X.Min == p.X.Max {
+		p.X.Min, p.X.Max = p.X.Min/2, p.X.Max*2
+	}
+	if _, isLog := p.Y.Scale.(plot.LogScale); isLog && p.Y.Min == p.Y.Max {
+		p.Y.Min, p.Y.Max = p.Y.Min/2, p.Y.Max*2
 	}
 	p.Legend.ThumbnailWidth = vg.Points(20)
 	p.Legend.TextStyle.Font.Size = vg.Points(8)

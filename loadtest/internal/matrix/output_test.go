@@ -1,0 +1,31 @@
+package matrix
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Rendering a real run (testdata: (2,3) and both baselines, measured at
+// one concurrency level) writes every output. One level once made the log
+// axes degenerate and the plotting library panicked, losing the figures.
+func TestRenderOneConcurrency(t *testing.T) {
+	dir := t.TempDir()
+	r, err := Render("testdata/one-concurrency.json", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"results.json", "results.csv", "BENCHMARKS.md",
+		"latency-resume0.png", "latency-resume0.svg", "throughput-resume90.png", "throughput-resume90.svg"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s not written: %v", f, err)
+		}
+	}
+	md := r.Markdown("plots/")
+	for _, want := range []string{"tkeyless (2,3) presign", "gokeyless", "local key", "plots/latency-resume0.png"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("BENCHMARKS.md lacks %q", want)
+		}
+	}
+}
