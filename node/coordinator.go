@@ -142,8 +142,9 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 		errs = append(errs, fmt.Errorf("quorum %v: %w", quorum, err))
 		if len(bad) == 0 {
 			noQuorum = false
+			break
 		}
-		if ctx.Err() != nil || len(bad) == 0 {
+		if ctx.Err() != nil {
 			break
 		}
 		excluded = append(excluded, bad...)
@@ -264,7 +265,7 @@ func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, 
 			// Chosen although its last ping failed: no better quorum
 			// was left. It may have just restarted, so reconnect now
 			// rather than after the backoff, and wait only briefly.
-			p.conn.ResetConnectBackoff()
+			p.wake()
 			timeout = downPrepareTimeout
 		}
 		ctx, cancel := context.WithTimeout(ctx, timeout)

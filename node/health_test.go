@@ -21,7 +21,7 @@ func TestRankPeers(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		peers map[string]*peerHealth
-		want  []string // exact order; "" leaves a position free
+		want  []string // exact order, whatever the input order
 	}{
 		{"down last", map[string]*peerHealth{"b": {checked: checked}, "c": up(time.Millisecond)}, []string{"c", "b"}},
 		{"cooling after up", map[string]*peerHealth{"b": {up: true, checked: checked, coolUntil: time.Now().Add(time.Minute)}, "c": up(40 * time.Millisecond)}, []string{"c", "b"}},
