@@ -78,6 +78,12 @@ type ServerOptions struct {
 	// OnSign, if set, is called after every signature a handshake asked for, with its outcome.
 	// It runs on the handshake's goroutine and must not block.
 	OnSign func(SignEvent)
+
+	// OnClientHello, if set, sees every ClientHello before the handshake goes on (the edge
+	// keeps its SNI for the log). It runs on the handshake's goroutine and must not block. Use
+	// it rather than replacing the returned config's GetConfigForClient, which carries the
+	// ticket policy's per-connection state (see UseTicketPolicy).
+	OnClientHello func(*tls.ClientHelloInfo)
 }
 
 // SignEvent describes one handshake signature, for health tracking and metrics.
@@ -144,6 +150,13 @@ func ReloadableServerConfig(opts ServerOptions) (*tls.Config, func(*Chain) error
 		},
 		NextProtos:     []string{"h2", "http/1.1"},
 		GetCertificate: h.getCertificate,
+	}
+	if opts.OnClientHello != nil {
+		seen := opts.OnClientHello
+		cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			seen(hello)
+			return nil, nil
+		}
 	}
 	if opts.Tickets != nil {
 		ctx := opts.Context

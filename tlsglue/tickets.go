@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 )
 
@@ -93,50 +94,140 @@ const issuedAtTag = "tkeyless-issued:"
 // UseTicketPolicy makes cfg issue and accept tickets under p: keys derived per epoch (see
 // TicketKeys), set now and on every epoch boundary until ctx ends, and tickets older than
 // p.Lifetime refused (the client then does a full handshake). Key material is never logged.
+//
+// A session lives p.Lifetime from its full handshake, however often it resumes. crypto/tls
+// re-issues a ticket on every resumption and carries nothing of tkeyless's over (TLS 1.2 keeps
+// its own creation time but drops SessionState.Extra, TLS 1.3 keeps neither), so the issue time
+// of the session being resumed is handed from UnwrapSession to WrapSession within each
+// connection, through a per-connection copy of cfg that cfg.GetConfigForClient returns. A
+// GetConfigForClient already set is called first; replacing the one set here afterwards makes
+// every ticket re-issued on resumption unusable (the next connection is a full handshake), never
+// longer-lived.
+//
+// Ticket ages are measured on cfg.Time (default time.Now), the clock crypto/tls itself ages
+// tickets and verifies certificates by.
 func UseTicketPolicy(ctx context.Context, cfg *tls.Config, p TicketPolicy) error {
 	if err := p.Check(); err != nil {
 		return err
 	}
 	p = p.withDefaults()
-	cfg.SetSessionTicketKeys(TicketKeys(p, time.Now()))
+	ti := &ticketIssuer{cfg: cfg, lifetime: p.Lifetime}
+	cfg.SetSessionTicketKeys(TicketKeys(p, ti.now()))
+	// These two serve handshakes that bypass the per-connection copy (only if someone replaced
+	// GetConfigForClient): such a handshake cannot know the age of the session it resumes.
 	cfg.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
-		// A session re-issued on resumption keeps its first issue time,
-		// if crypto/tls carried it over: a session lives Lifetime from
-		// its full handshake, however often it resumes.
-		if issuedAt(ss).IsZero() {
-			ss.Extra = append(ss.Extra, binary.BigEndian.AppendUint64([]byte(issuedAtTag), uint64(time.Now().Unix())))
+		var issued time.Time
+		if !cs.DidResume {
+			issued = ti.now()
 		}
-		return cfg.EncryptTicket(cs, ss)
+		return ti.wrap(cs, ss, issued)
 	}
 	cfg.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
-		ss, err := cfg.DecryptTicket(identity, cs)
-		if err != nil || ss == nil {
-			return nil, err
+		ss, _, err := ti.unwrap(identity, cs)
+		return ss, err
+	}
+	prev := cfg.GetConfigForClient
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		base := cfg
+		if prev != nil {
+			c, err := prev(hello)
+			if err != nil {
+				return nil, err
+			}
+			if c != nil {
+				base = c
+			}
 		}
-		if t := issuedAt(ss); !t.IsZero() && time.Since(t) <= p.Lifetime {
-			return ss, nil
-		}
-		// Too old, or not ours: no resumption, a full handshake follows.
-		return nil, nil
+		return ti.forConnection(base), nil
 	}
 	go func() {
 		for {
+			// Epochs follow the wall clock; cfg.Time differs from it only in tests.
 			next := time.Now().Truncate(p.Rotation).Add(p.Rotation)
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(time.Until(next)):
-				cfg.SetSessionTicketKeys(TicketKeys(p, time.Now()))
+				cfg.SetSessionTicketKeys(TicketKeys(p, ti.now()))
 			}
 		}
 	}()
 	return nil
 }
 
+// ticketIssuer wraps and unwraps the tickets of one tls.Config under a ticket lifetime.
+type ticketIssuer struct {
+	cfg      *tls.Config // its ticket keys encrypt and decrypt; its Time is the clock
+	lifetime time.Duration
+}
+
+func (ti *ticketIssuer) now() time.Time {
+	if ti.cfg.Time != nil {
+		return ti.cfg.Time()
+	}
+	return time.Now()
+}
+
+// forConnection returns a copy of base for one connection whose WrapSession stamps a ticket
+// re-issued on resumption with the issue time of the session resumed, which its UnwrapSession
+// recorded earlier in the same handshake.
+func (ti *ticketIssuer) forConnection(base *tls.Config) *tls.Config {
+	c := base.Clone()
+	// Set by UnwrapSession, read by WrapSession, both on the handshake's goroutine. TLS 1.3
+	// may unwrap several identities; the one resumed is the last accepted, since crypto/tls
+	// stops at the first that passes its own checks.
+	var resumed time.Time
+	c.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+		ss, issued, err := ti.unwrap(identity, cs)
+		if ss != nil {
+			resumed = issued
+		}
+		return ss, err
+	}
+	c.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+		issued := ti.now()
+		if cs.DidResume {
+			issued = resumed
+		}
+		return ti.wrap(cs, ss, issued)
+	}
+	return c
+}
+
+// wrap encrypts ss stamped with issued, the time of the session's full handshake. A zero
+// issued (a resumption whose origin is unknown) leaves it unstamped, and unwrap refuses it.
+func (ti *ticketIssuer) wrap(cs tls.ConnectionState, ss *tls.SessionState, issued time.Time) ([]byte, error) {
+	// crypto/tls fills Extra only with what WrapSession put there; drop any stale stamp all
+	// the same, so that the one added here is the only one.
+	ss.Extra = slices.DeleteFunc(ss.Extra, isIssuedAt)
+	if !issued.IsZero() {
+		ss.Extra = append(ss.Extra, binary.BigEndian.AppendUint64([]byte(issuedAtTag), uint64(issued.Unix())))
+	}
+	return ti.cfg.EncryptTicket(cs, ss)
+}
+
+// unwrap decrypts a ticket and returns its session and issue time if it is ours and younger
+// than the lifetime; otherwise nil, and crypto/tls does a full handshake.
+func (ti *ticketIssuer) unwrap(identity []byte, cs tls.ConnectionState) (*tls.SessionState, time.Time, error) {
+	ss, err := ti.cfg.DecryptTicket(identity, cs)
+	if err != nil || ss == nil {
+		return nil, time.Time{}, err
+	}
+	if t := issuedAt(ss); !t.IsZero() && ti.now().Sub(t) <= ti.lifetime {
+		return ss, t, nil
+	}
+	// Too old, or not stamped: no resumption.
+	return nil, time.Time{}, nil
+}
+
+func isIssuedAt(x []byte) bool {
+	return len(x) == len(issuedAtTag)+8 && string(x[:len(issuedAtTag)]) == issuedAtTag
+}
+
 // issuedAt is the issue time tkeyless recorded in a session, or zero.
 func issuedAt(ss *tls.SessionState) time.Time {
 	for _, x := range ss.Extra {
-		if len(x) == len(issuedAtTag)+8 && string(x[:len(issuedAtTag)]) == issuedAtTag {
+		if isIssuedAt(x) {
 			return time.Unix(int64(binary.BigEndian.Uint64(x[len(issuedAtTag):])), 0)
 		}
 	}

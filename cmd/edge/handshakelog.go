@@ -15,8 +15,8 @@ import (
 // SNI of each ClientHello is kept by remote address from the ClientHello until the connection
 // is active or closed, and added to the line.
 //
-// Install it as http.Server.ErrorLog (log.New(h, "", 0)), http.Server.ConnState and the
-// tls.Config's GetConfigForClient, all three, or lines lose their sni.
+// Install it as http.Server.ErrorLog (log.New(h, "", 0)), http.Server.ConnState and
+// tlsglue.ServerOptions.OnClientHello, all three, or lines lose their sni.
 type handshakeLog struct {
 	log zerolog.Logger
 	sni sync.Map // remote address → SNI
@@ -54,12 +54,11 @@ func clientWentAway(reason string) bool {
 	return reason == "EOF" || strings.HasSuffix(reason, "connection reset by peer") || strings.HasSuffix(reason, "broken pipe")
 }
 
-// clientHello records the SNI of a ClientHello; use it as tls.Config.GetConfigForClient.
-func (h *handshakeLog) clientHello(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+// clientHello records the SNI of a ClientHello; use it as tlsglue.ServerOptions.OnClientHello.
+func (h *handshakeLog) clientHello(hello *tls.ClientHelloInfo) {
 	if hello.ServerName != "" && hello.Conn != nil {
 		h.sni.Store(hello.Conn.RemoteAddr().String(), hello.ServerName)
 	}
-	return nil, nil
 }
 
 // connState forgets a connection's SNI once its handshake is over; use it as

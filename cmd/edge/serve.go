@@ -101,7 +101,7 @@ requests finish for up to --shutdown-timeout, then closes what is left.`,
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics and /healthz over plain HTTP here (a private address, e.g. 127.0.0.1:9443)")
 	f.StringVar(&o.roots, "roots", "", "PEM root CAs the chain must reach (refuse to start otherwise); without it a chain that does not reach a system root is only logged")
 	f.DurationVar(&o.ticketRotation, "ticket-rotation", tlsglue.DefaultTicketRotation, "with --ticket-secret: a new ticket key every this long, on every edge at once (clocks must agree to well within it)")
-	f.DurationVar(&o.ticketLifetime, "ticket-lifetime", tlsglue.DefaultTicketLifetime, "with --ticket-secret: tickets older than this are refused and the client does a full handshake")
+	f.DurationVar(&o.ticketLifetime, "ticket-lifetime", tlsglue.DefaultTicketLifetime, "with --ticket-secret: a session this old, counted from its full handshake however often it resumed, is refused and the client does a full handshake")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long open requests may take to finish")
 	return cmd
 }
@@ -191,6 +191,7 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 
 	health := &signHealth{log: logger}
 	metrics := newEdgeMetrics()
+	hlog := &handshakeLog{log: logger, failed: metrics.failures.Inc}
 	metrics.certNotAfter.Set(float64(chain.Leaf.NotAfter.Unix()))
 	tlsCfg, reload, err := tlsglue.ReloadableServerConfig(tlsglue.ServerOptions{
 		Chain:            chain,
@@ -203,12 +204,11 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 			health.record(ev)
 			metrics.sign(ev)
 		},
+		OnClientHello: hlog.clientHello,
 	})
 	if err != nil {
 		return err
 	}
-	hlog := &handshakeLog{log: logger, failed: metrics.failures.Inc}
-	tlsCfg.GetConfigForClient = hlog.clientHello
 
 	handler, err := siteHandler(o.static, o.upstream, health, logger)
 	if err != nil {
