@@ -66,9 +66,12 @@ type ClientConfig struct {
 	// (default 2s); it is also how long a liveness ping may take.
 	DialTimeout time.Duration
 
-	// Authorize, if set, is called once per signature; its bytes travel in
-	// the request's authority item (tag 0xC0), which stock servers ignore.
-	// An error from it fails the signature without contacting any signer.
+	// Authorize, if set, is called once per request sent: for each signer
+	// tried and each resend on a fresh connection, never reused, since a
+	// tkeyless signer consumes an authority for good once its session is
+	// under way. Its bytes travel in the request's authority item (tag
+	// 0xC0), which stock servers ignore. An error from it fails the
+	// signature without contacting any further signer.
 	// When nil and the client certificate in TLS is a tkeyless edge or
 	// admin identity, each request carries an authority signed with that
 	// identity's key (IdentityAuthority): tkeyless signers require it.
@@ -267,16 +270,19 @@ func (c *Client) Sign(ctx context.Context, ski protocol.SKI, hash crypto.Hash, d
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
 		defer cancel()
 	}
-	var authority []byte
+	var authorize func() ([]byte, error)
 	if c.cfg.Authorize != nil {
-		var err error
-		if authority, err = c.cfg.Authorize(opcode, ski, digest); err != nil {
-			return nil, fmt.Errorf("keyless sign with key %s: authorize: %w", ski, err)
+		authorize = func() ([]byte, error) {
+			a, err := c.cfg.Authorize(opcode, ski, digest)
+			if err != nil {
+				return nil, authorizeError{err}
+			}
+			return a, nil
 		}
 	}
 	op := protocol.Operation{Opcode: opcode, Payload: digest, SKI: ski}
 	start := time.Now()
-	sig, err := c.failover(ctx, op, authority)
+	sig, err := c.failover(ctx, op, authorize)
 	if err != nil {
 		c.log.Debug().Str("ski", ski.String()).Str("op", opcode.String()).
 			Int64("dur_ms", time.Since(start).Milliseconds()).AnErr("err", err).Msg("keyless sign failed")
@@ -285,9 +291,18 @@ func (c *Client) Sign(ctx context.Context, ski protocol.SKI, hash crypto.Hash, d
 	return sig, nil
 }
 
+// authorizeError is a failure of ClientConfig.Authorize: this client cannot
+// vouch for the request, so no signer is asked.
+type authorizeError struct{ err error }
+
+func (e authorizeError) Error() string { return "authorize: " + e.err.Error() }
+func (e authorizeError) Unwrap() error { return e.err }
+
 // failover tries the endpoints best first until one answers definitively or
-// ctx ends.
-func (c *Client) failover(ctx context.Context, op protocol.Operation, authority []byte) ([]byte, error) {
+// ctx ends. authorize, if not nil, makes the authority of each request sent:
+// a signer that gave up on a request may still have consumed its authority,
+// so no two attempts share one.
+func (c *Client) failover(ctx context.Context, op protocol.Operation, authorize func() ([]byte, error)) ([]byte, error) {
 	order := c.rank()
 	var errs []error
 	for i, ep := range order {
@@ -306,12 +321,14 @@ func (c *Client) failover(ctx context.Context, op protocol.Operation, authority 
 			}
 		}
 		attemptStart := time.Now()
-		sig, err := c.attemptSign(actx, ep, op, authority)
+		sig, err := c.attemptSign(actx, ep, op, authorize)
 		cancel()
 		var re *RemoteError
 		switch {
 		case err == nil:
 			return sig, nil
+		case errors.As(err, new(authorizeError)):
+			return nil, err
 		case errors.As(err, &re):
 			if !re.retryable() {
 				return nil, err
@@ -347,9 +364,9 @@ func (e attemptsError) Error() string {
 func (e attemptsError) Unwrap() []error { return e }
 
 // attemptSign asks one endpoint for the signature.
-func (c *Client) attemptSign(ctx context.Context, ep *endpoint, op protocol.Operation, authority []byte) ([]byte, error) {
+func (c *Client) attemptSign(ctx context.Context, ep *endpoint, op protocol.Operation, authorize func() ([]byte, error)) ([]byte, error) {
 	start := time.Now()
-	resp, err := ep.exchange(ctx, op, authority)
+	resp, err := ep.exchange(ctx, op, authorize)
 	if err != nil {
 		return nil, err
 	}
@@ -519,8 +536,17 @@ func (e connError) Unwrap() error { return e.err }
 // exchange sends op on the endpoint's connection and waits for the answer. A
 // pooled connection may have been closed by the signer while idle, and that
 // shows only when used; such a failure is retried once on a fresh connection.
-func (ep *endpoint) exchange(ctx context.Context, op protocol.Operation, authority []byte) (protocol.Operation, error) {
+// Each send carries a new authority from authorize (nil: none): the signer
+// may have read the first before the connection died.
+func (ep *endpoint) exchange(ctx context.Context, op protocol.Operation, authorize func() ([]byte, error)) (protocol.Operation, error) {
 	for try := 0; ; try++ {
+		var authority []byte
+		if authorize != nil {
+			var err error
+			if authority, err = authorize(); err != nil {
+				return protocol.Operation{}, err
+			}
+		}
 		cc, fresh, err := ep.get(ctx)
 		if err != nil {
 			if ctx.Err() == nil && ep.c.ctx.Err() == nil {
