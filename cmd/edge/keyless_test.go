@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tkeyless/tkeyless/keyless"
+	"github.com/tkeyless/tkeyless/tlsglue"
 )
 
 // keyBackend is a keyless signer holding the site key in memory, as a stock gokeyless server
@@ -74,16 +75,23 @@ func startSigner(t *testing.T, site testSite, backend keyless.Backend) (addr, ed
 
 // TestServeKeyless runs the edge binary against a keyless endpoint: handshakes sign remotely
 // once, resume without signing, fail at --sign-timeout when the signer stops answering, and
-// turn /healthz to 503 after five failures in a row.
+// turn /healthz to 503 after five failures in a row: status only on the HTTPS port, the reason
+// (signer addresses, key) only on --metrics-listen.
 func TestServeKeyless(t *testing.T) {
 	site := newTestSite(t)
 	backend := &keyBackend{key: site.leafKey}
 	signer, edgeCert, edgeKey := startSigner(t, site, backend)
 	down := freeAddr(t) // nothing listens there: the edge must fail over
+	metricsAddr := freeAddr(t)
 
 	e := startEdge(t, "--cert", site.chainPEM, "--signer", "keyless://"+down+","+signer,
-		"--keyless-cert", edgeCert, "--keyless-key", edgeKey, "--keyless-ca", site.caPEM, "--sign-timeout", "1s")
+		"--keyless-cert", edgeCert, "--keyless-key", edgeKey, "--keyless-ca", site.caPEM, "--sign-timeout", "1s",
+		"--metrics-listen", metricsAddr)
 	base := "https://" + e.addr
+	ski, err := tlsglue.SKI(&site.leafKey.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// Keeps a session across the signer outage, to ask /healthz without a signature.
 	watcherTLS := site.clientTLS(tls.VersionTLS13)
@@ -125,8 +133,17 @@ func TestServeKeyless(t *testing.T) {
 	if !resp.TLS.DidResume {
 		t.Fatal("watcher did not resume; it cannot see /healthz during the outage")
 	}
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "the last 5 handshake signatures failed") {
-		t.Errorf("healthz during the outage = %d %q", resp.StatusCode, body)
+	if resp.StatusCode != http.StatusServiceUnavailable || body != "cannot sign" {
+		t.Errorf("public healthz during the outage = %d %q, want 503 \"cannot sign\"", resp.StatusCode, body)
+	}
+	for _, secret := range []string{signer, down, ski, "127.0.0.1"} {
+		if strings.Contains(body, secret) {
+			t.Errorf("public healthz body %q shows %s", body, secret)
+		}
+	}
+	resp, body = get(t, http.DefaultClient, "http://"+metricsAddr+"/healthz")
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "the last 5 handshake signatures failed") || !strings.Contains(body, ski) {
+		t.Errorf("metrics healthz during the outage = %d %q, want 503 with the last error", resp.StatusCode, body)
 	}
 	if !strings.Contains(e.stderr.String(), `"level":"warn","remote":"127.0.0.1:`) {
 		t.Error("no warn line for the failed handshakes")

@@ -58,7 +58,9 @@ in --cert. Each full handshake asks the --signer for one signature, within
 
 Content is a static directory (--static), a reverse proxy (--upstream, with
 X-Forwarded-For/-Proto/-Host), or with neither a one-line page. /healthz answers
-200 "ok", or 503 once the last 5 handshake signatures all failed.
+200 "ok", or 503 "cannot sign" once the last 5 handshake signatures all failed;
+nothing more, since anyone can read it. /healthz on --metrics-listen answers the
+same codes with the reason (the last error, naming signers and key).
 
 Every flag can also come from a YAML file (--config) whose keys are the flag
 names; flags given on the command line win. See examples/edge.yaml.
@@ -98,7 +100,7 @@ requests finish for up to --shutdown-timeout, then closes what is left.`,
 	f.StringVar(&o.upstream, "upstream", "", "reverse-proxy every request to this http:// or https:// URL")
 	f.StringVar(&o.ticketSecret, "ticket-secret", "", "file with a secret of 32+ bytes shared by all edges, so any edge resumes any edge's sessions (default: per-process keys rotated by crypto/tls)")
 	o.acme.register(f)
-	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics and /healthz over plain HTTP here (a private address, e.g. 127.0.0.1:9443)")
+	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics and /healthz with the reason of failures over plain HTTP here (a private address, e.g. 127.0.0.1:9443)")
 	f.StringVar(&o.roots, "roots", "", "PEM root CAs the chain must reach (refuse to start otherwise); without it a chain that does not reach a system root is only logged")
 	f.DurationVar(&o.ticketRotation, "ticket-rotation", tlsglue.DefaultTicketRotation, "with --ticket-secret: a new ticket key every this long, on every edge at once (clocks must agree to well within it)")
 	f.DurationVar(&o.ticketLifetime, "ticket-lifetime", tlsglue.DefaultTicketLifetime, "with --ticket-secret: a session this old, counted from its full handshake however often it resumed, is refused and the client does a full handshake")
@@ -215,6 +217,27 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		return err
 	}
 
+	// The metrics listener opens before the HTTPS port: once that accepts, both are up.
+	if o.metricsListen != "" {
+		ml, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metrics.handler())
+		mux.Handle("GET /healthz", health.detail())
+		if acme != nil {
+			mux.HandleFunc("POST /acme/renew", func(w http.ResponseWriter, _ *http.Request) {
+				acme.RenewNow()
+				w.WriteHeader(http.StatusAccepted)
+				fmt.Fprintln(w, "renewal started; watch the log for \"ACME certificate obtained\"")
+			})
+		}
+		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = ms.Serve(ml) }()
+		defer ms.Close()
+	}
+
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
@@ -233,26 +256,6 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(tls.NewListener(ln, tlsCfg)) }()
-	if o.metricsListen != "" {
-		ml, err := net.Listen("tcp", o.metricsListen)
-		if err != nil {
-			srv.Close()
-			return fmt.Errorf("--metrics-listen: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", metrics.handler())
-		mux.Handle("GET /healthz", health)
-		if acme != nil {
-			mux.HandleFunc("POST /acme/renew", func(w http.ResponseWriter, _ *http.Request) {
-				acme.RenewNow()
-				w.WriteHeader(http.StatusAccepted)
-				fmt.Fprintln(w, "renewal started; watch the log for \"ACME certificate obtained\"")
-			})
-		}
-		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = ms.Serve(ml) }()
-		defer ms.Close()
-	}
 
 	var names []string
 	for _, c := range chains {

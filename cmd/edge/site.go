@@ -16,7 +16,7 @@ import (
 
 // siteHandler is what the edge serves behind TLS: a static directory, a reverse proxy to an
 // upstream, or, with neither, a one-line page (enough for load tests and a first run). Either way
-// /healthz is the edge's own.
+// /healthz is the edge's own, status only (see signHealth.public).
 func siteHandler(staticDir, upstream string, health *signHealth, log zerolog.Logger) (http.Handler, error) {
 	var content http.Handler
 	switch {
@@ -44,7 +44,7 @@ func siteHandler(staticDir, upstream string, health *signHealth, log zerolog.Log
 		})
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/healthz", health)
+	mux.Handle("/healthz", health.public())
 	mux.Handle("/", content)
 	return mux, nil
 }
@@ -71,7 +71,9 @@ const failuresBeforeUnhealthy = 5
 
 // signHealth follows handshake signatures: /healthz answers 503 once the last
 // failuresBeforeUnhealthy signatures all failed, and 200 "ok" otherwise (also before any
-// handshake: an idle edge is not a broken one).
+// handshake: an idle edge is not a broken one). It has two views: public, on the HTTPS port,
+// says only that; detail, on the private --metrics-listen, adds the failures and the last
+// error, which names signer addresses and the key.
 type signHealth struct {
 	log      zerolog.Logger
 	mu       sync.Mutex
@@ -99,16 +101,47 @@ func (h *signHealth) record(ev tlsglue.SignEvent) {
 	}
 }
 
-func (h *signHealth) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+// public is /healthz for anyone who can reach the site: status only, "ok" (200) or "cannot
+// sign" (503). A load balancer needs no more, and the reason would tell the internet where the
+// signers are and which key they hold.
+func (h *signHealth) public() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		failures, _ := h.state()
+		noStore(w)
+		if failures >= failuresBeforeUnhealthy {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "cannot sign")
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+}
+
+// detail is /healthz on the metrics listener, for the operator: the same status codes, and the
+// reason.
+func (h *signHealth) detail() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		failures, lastErr := h.state()
+		noStore(w)
+		switch {
+		case failures >= failuresBeforeUnhealthy:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "unhealthy: the last %d handshake signatures failed: %v\n", failures, lastErr)
+		case failures > 0:
+			fmt.Fprintf(w, "ok; the last %d handshake signatures failed (unhealthy at %d): %v\n", failures, failuresBeforeUnhealthy, lastErr)
+		default:
+			io.WriteString(w, "ok")
+		}
+	})
+}
+
+func (h *signHealth) state() (failures int, lastErr error) {
 	h.mu.Lock()
-	failures, lastErr := h.failures, h.lastErr
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	return h.failures, h.lastErr
+}
+
+func noStore(w http.ResponseWriter) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	if failures >= failuresBeforeUnhealthy {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, "unhealthy: the last %d handshake signatures failed: %v\n", failures, lastErr)
-		return
-	}
-	io.WriteString(w, "ok")
 }

@@ -143,28 +143,43 @@ func TestHandshakeLog(t *testing.T) {
 
 func TestSignHealth(t *testing.T) {
 	h := &signHealth{log: zerolog.Nop()}
-	status := func() (int, string) {
+	status := func(view http.Handler) (int, string) {
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+		view.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
 		return rec.Code, rec.Body.String()
 	}
-	if code, body := status(); code != 200 || body != "ok" {
-		t.Fatalf("idle: %d %q", code, body)
+	for name, view := range map[string]http.Handler{"public": h.public(), "detail": h.detail()} {
+		if code, body := status(view); code != 200 || body != "ok" {
+			t.Fatalf("%s, idle: %d %q", name, code, body)
+		}
 	}
-	fail := tlsglue.SignEvent{Err: errors.New("signer c: connection refused")}
+	const signer, key = "10.9.8.7:2407", "3f2a91bc"
+	fail := tlsglue.SignEvent{Key: key, Err: errors.New("key " + key + ": keyless signer " + signer + ": connection refused")}
 	for range failuresBeforeUnhealthy - 1 {
 		h.record(fail)
 	}
-	if code, _ := status(); code != 200 {
-		t.Fatalf("after %d failures: %d", failuresBeforeUnhealthy-1, code)
+	if code, body := status(h.public()); code != 200 || body != "ok" {
+		t.Fatalf("public, after %d failures: %d %q", failuresBeforeUnhealthy-1, code, body)
+	}
+	if code, body := status(h.detail()); code != 200 || !strings.Contains(body, "connection refused") {
+		t.Fatalf("detail, after %d failures: %d %q", failuresBeforeUnhealthy-1, code, body)
 	}
 	h.record(fail)
-	if code, body := status(); code != http.StatusServiceUnavailable || !strings.Contains(body, "connection refused") {
-		t.Fatalf("after %d failures: %d %q", failuresBeforeUnhealthy, code, body)
+	code, body := status(h.public())
+	if code != http.StatusServiceUnavailable || body != "cannot sign" {
+		t.Fatalf("public, after %d failures: %d %q", failuresBeforeUnhealthy, code, body)
+	}
+	if strings.Contains(body, signer) || strings.Contains(body, key) {
+		t.Fatalf("public body %q names the signer or the key", body)
+	}
+	if code, body := status(h.detail()); code != http.StatusServiceUnavailable || !strings.Contains(body, signer) || !strings.Contains(body, key) {
+		t.Fatalf("detail, after %d failures: %d %q, want the last error", failuresBeforeUnhealthy, code, body)
 	}
 	h.record(tlsglue.SignEvent{Duration: time.Millisecond})
-	if code, _ := status(); code != 200 {
-		t.Fatalf("after a success: %d", code)
+	for name, view := range map[string]http.Handler{"public": h.public(), "detail": h.detail()} {
+		if code, body := status(view); code != 200 || body != "ok" {
+			t.Fatalf("%s, after a success: %d %q", name, code, body)
+		}
 	}
 }
 
