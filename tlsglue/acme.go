@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,8 +27,9 @@ import (
 // returns the chain. Storage (certmagic's FileStorage) keeps the ACME account key and, here, the
 // issued chains, never a site key. Renewal scheduling is ACME.Run's: at two thirds of the
 // certificate's lifetime (or RenewBefore its end), with backoff on failure, and at once on
-// RenewNow. Each new chain goes to the caller's reload function, which swaps it in for new
-// handshakes (ReloadableServerConfig) without dropping connections.
+// RenewNow, which an operator's request reaches only through a rate limit. Each new chain goes to
+// the caller's reload function, which swaps it in for new handshakes (ReloadableServerConfig)
+// without dropping connections.
 
 // ACMEOptions configure ACME issuance.
 type ACMEOptions struct {
@@ -51,6 +53,16 @@ type ACMEOptions struct {
 	Logger      zerolog.Logger
 }
 
+// Renewals an operator asks for (RenewNow) are spaced RenewRequestInterval apart, an interval
+// that doubles with every renewal failed in a row, up to maxRenewRequestInterval. A CA limits
+// orders and failed validations per name (Let's Encrypt: 5 failures an hour, 5 duplicate
+// certificates a week), and a certificate the CA refuses for that reason cannot be renewed when
+// it is really needed; a scheduled renewal is never held back by the limit.
+const (
+	RenewRequestInterval    = 10 * time.Minute
+	maxRenewRequestInterval = 4 * time.Hour
+)
+
 // ACME obtains and renews one certificate for Signer's key.
 type ACME struct {
 	opts    ACMEOptions
@@ -58,6 +70,13 @@ type ACME struct {
 	issuer  *certmagic.ACMEIssuer
 	current atomic.Pointer[Chain]
 	renew   chan struct{}
+	now     func() time.Time // the clock of renewal decisions; tests set it
+
+	mu         sync.Mutex // guards the fields below: RenewNow and Run
+	renewing   bool       // an order is under way
+	failures   int        // renewals failed in a row since the last success
+	lastAsked  time.Time  // when RenewNow last started a renewal
+	lastFailed error      // why the last renewal failed, while failures > 0
 }
 
 // NewACME prepares issuance for signer's public key; nothing is requested yet.
@@ -84,7 +103,7 @@ func NewACME(opts ACMEOptions, signer crypto.Signer) (*ACME, error) {
 		AltHTTPPort:             opts.HTTPPort,
 		Logger:                  zap.NewNop(),
 	})
-	return &ACME{opts: opts, signer: signer, issuer: issuer, renew: make(chan struct{}, 1)}, nil
+	return &ACME{opts: opts, signer: signer, issuer: issuer, renew: make(chan struct{}, 1), now: time.Now}, nil
 }
 
 // Current is the chain last obtained or loaded, or nil.
@@ -161,12 +180,74 @@ func (a *ACME) Obtain(ctx context.Context) (*Chain, error) {
 	return chain, nil
 }
 
-// RenewNow makes Run renew at once (an operator's request).
-func (a *ACME) RenewNow() {
+// RenewalRefused is why RenewNow started no renewal.
+type RenewalRefused struct {
+	Reason string
+	// After is when the same request would be accepted; zero when that depends on a renewal
+	// under way.
+	After time.Time
+	// Limited says the rate limit refused it: the certificate was due or the renewal forced.
+	Limited bool
+}
+
+func (e *RenewalRefused) Error() string {
+	if e.After.IsZero() {
+		return "renewal not started: " + e.Reason
+	}
+	return fmt.Sprintf("renewal not started: %s; ask again after %s", e.Reason, e.After.Format(time.RFC3339))
+}
+
+// RenewNow is an operator's request to renew: it makes Run renew at once if the certificate is
+// within its renewal window, or whatever its age if force is set, unless the rate limit
+// (RenewRequestInterval, doubled per failure in a row) or a renewal under way holds it back. It
+// returns nil when Run was told to renew, else a *RenewalRefused saying why not and until when.
+func (a *ACME) RenewNow(force bool) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	if c := a.current.Load(); c != nil && !force {
+		if at := a.renewAt(c); now.Before(at) {
+			return &RenewalRefused{Reason: fmt.Sprintf("the certificate (serial %s) is not due for renewal", c.Leaf.SerialNumber), After: at}
+		}
+	}
+	if a.renewing {
+		return &RenewalRefused{Reason: "a renewal is under way", Limited: true}
+	}
+	if !a.lastAsked.IsZero() {
+		interval := min(RenewRequestInterval<<min(a.failures, 16), maxRenewRequestInterval)
+		if next := a.lastAsked.Add(interval); now.Before(next) {
+			reason := fmt.Sprintf("at most one requested renewal every %s", interval)
+			if a.failures > 0 {
+				reason += fmt.Sprintf(" after %d failed in a row (last: %v)", a.failures, a.lastFailed)
+			}
+			return &RenewalRefused{Reason: reason, After: next, Limited: true}
+		}
+	}
+	a.lastAsked = now
 	select {
 	case a.renew <- struct{}{}:
 	default:
 	}
+	return nil
+}
+
+// startRenewal marks an order as under way; renewed records its outcome.
+func (a *ACME) startRenewal() {
+	a.mu.Lock()
+	a.renewing = true
+	a.mu.Unlock()
+}
+
+func (a *ACME) renewed(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.renewing = false
+	if err != nil {
+		a.failures++
+		a.lastFailed = err
+		return
+	}
+	a.failures, a.lastFailed = 0, nil
 }
 
 // renewAt is when the current chain should be renewed.
@@ -185,7 +266,7 @@ func (a *ACME) Run(ctx context.Context, use func(*Chain) error) {
 	for {
 		var wait time.Duration
 		if c := a.current.Load(); c != nil {
-			wait = time.Until(a.renewAt(c))
+			wait = a.renewAt(c).Sub(a.now())
 		}
 		select {
 		case <-ctx.Done():
@@ -193,12 +274,14 @@ func (a *ACME) Run(ctx context.Context, use func(*Chain) error) {
 		case <-a.renew:
 		case <-time.After(max(wait, 0)):
 		}
+		a.startRenewal()
 		octx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		chain, err := a.Obtain(octx)
 		cancel()
 		if err == nil {
 			err = use(chain)
 		}
+		a.renewed(err)
 		if err != nil {
 			a.opts.Logger.Error().Err(err).Dur("retry_in", backoff).Msg("ACME renewal failed; still serving the current certificate")
 			select {

@@ -5,8 +5,10 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -33,7 +35,7 @@ func (a *acmeFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&a.ca, "acme-ca", "https://acme-v02.api.letsencrypt.org/directory", "ACME directory URL")
 	f.StringVar(&a.email, "acme-email", "", "ACME account contact email")
 	f.StringVar(&a.caRoots, "acme-ca-roots", "", "PEM roots to trust for the ACME server's own TLS (a private CA such as Pebble's)")
-	f.StringVar(&a.storage, "acme-storage", "acme", "directory for the ACME account and issued certificates (no site key: it has none)")
+	f.StringVar(&a.storage, "acme-storage", "acme", "directory for the ACME account and issued certificates (no site key: it has none); a file \""+renewRequestFile+"\" created in it makes the next SIGHUP renew at once")
 	f.IntVar(&a.httpPort, "acme-http-port", 80, "port answering ACME HTTP-01 challenges")
 	f.DurationVar(&a.renewBefore, "acme-renew-before", 0, "renew this long before expiry (default: at two thirds of the lifetime)")
 	f.StringVar(&a.publicKey, "public-key", "", "the cluster key's PEM public key (as signer keygen writes it), for the CSR; needed with a keyless:// signer")
@@ -89,4 +91,41 @@ func startACME(ctx context.Context, o *serveOptions, ref keyRef, keys tlsglue.Ke
 		return nil, nil, err
 	}
 	return acme, chain, nil
+}
+
+// renewRequestFile, created in --acme-storage, makes the next SIGHUP renew the certificate even
+// if it is not due. A file, not a signal of its own: SIGHUP is what reload tooling sends
+// routinely, and a routine reload must not order a certificate the CA counts against its
+// weekly limits; only whoever can write the storage directory can ask for that.
+const renewRequestFile = "renew"
+
+// renewOnSIGHUP is SIGHUP in ACME mode: a renewal at once if the certificate is within its
+// renewal window, or in any case if renewRequestFile exists (it is removed, so one request
+// starts at most one renewal), within the rate limit of tlsglue.ACME.RenewNow.
+func renewOnSIGHUP(acme *tlsglue.ACME, storage string, logger zerolog.Logger) {
+	request := filepath.Join(storage, renewRequestFile)
+	force := false
+	if _, err := os.Stat(request); err == nil {
+		force = true
+		if err := os.Remove(request); err != nil {
+			logger.Warn().Err(err).Str("file", request).Msg("SIGHUP: the renewal request file cannot be removed; every SIGHUP will ask for a renewal until it is")
+		}
+	}
+	err := acme.RenewNow(force)
+	var refused *tlsglue.RenewalRefused
+	switch {
+	case err == nil:
+		logger.Info().Bool("forced", force).Msg("SIGHUP: renewing the ACME certificate now")
+	case errors.As(err, &refused) && refused.Limited:
+		ev := logger.Warn().Bool("forced", force).Str("reason", refused.Reason)
+		if !refused.After.IsZero() {
+			ev = ev.Time("retry_after", refused.After)
+		}
+		ev.Msg("SIGHUP: ACME renewal refused by the rate limit; still serving the current certificate")
+	case errors.As(err, &refused):
+		logger.Info().Time("due", refused.After).Str("request_file", request).
+			Msg("SIGHUP: the ACME certificate is not due for renewal; to renew it anyway, create the request file and send SIGHUP again")
+	default:
+		logger.Error().Err(err).Msg("SIGHUP: ACME renewal")
+	}
 }

@@ -65,6 +65,17 @@ same codes with the reason (the last error, naming signers and key).
 Every flag can also come from a YAML file (--config) whose keys are the flag
 names; flags given on the command line win. See examples/edge.yaml.
 
+SIGHUP reloads. With --cert it reads the files again and serves them to new
+handshakes if they pass the checks made at start (open connections keep theirs).
+With --acme-domain it renews the certificate at once if it is within its renewal
+window (to retry a failed renewal without waiting), and whatever its age if the
+file "renew" exists in --acme-storage (touch it, then send SIGHUP; the SIGHUP
+removes it). Renewals asked for this way are rate-limited, so a reload loop cannot
+spend the CA's limits: at most one every 10 minutes, the interval doubling with
+each renewal failed in a row (up to 4 hours), none while one is under way; a
+refused request is logged with the time to ask again. Scheduled renewals are not
+limited.
+
 The edge stops gracefully on SIGINT or SIGTERM: it stops accepting, lets open
 requests finish for up to --shutdown-timeout, then closes what is left.`,
 		Example: `  edge serve --listen :443 --cert site.pem \
@@ -226,13 +237,6 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", metrics.handler())
 		mux.Handle("GET /healthz", health.detail())
-		if acme != nil {
-			mux.HandleFunc("POST /acme/renew", func(w http.ResponseWriter, _ *http.Request) {
-				acme.RenewNow()
-				w.WriteHeader(http.StatusAccepted)
-				fmt.Fprintln(w, "renewal started; watch the log for \"ACME certificate obtained\"")
-			})
-		}
 		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = ms.Serve(ml) }()
 		defer ms.Close()
@@ -302,8 +306,7 @@ wait:
 			break wait
 		case <-hup:
 			if acme != nil {
-				logger.Info().Msg("SIGHUP: renewing the ACME certificate now")
-				acme.RenewNow()
+				renewOnSIGHUP(acme, o.acme.storage, logger)
 				continue
 			}
 			if reloadChain(o, ref, keys, roots, reload, logger) {

@@ -217,3 +217,49 @@ func TestCheckCommand(t *testing.T) {
 		t.Errorf("no --cert: %v", err)
 	}
 }
+
+// TestRenewOnSIGHUP: in ACME mode a SIGHUP alone does not order a certificate that is not due;
+// with the request file it does, once, and removes the file; a second request within the
+// interval is refused and logged.
+func TestRenewOnSIGHUP(t *testing.T) {
+	site := newTestSite(t)
+	storage := t.TempDir()
+	acme, err := tlsglue.NewACME(tlsglue.ACMEOptions{CA: "https://acme.invalid/directory", Names: []string{"localhost"},
+		StorageDir: storage, Logger: zerolog.Nop()}, site.leafKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The stored chain is what the edge serves; it was issued just now, so it is not due.
+	chainPEM, err := os.ReadFile(site.chainPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(storage, "tkeyless-localhost.pem"), chainPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acme.Load(); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	logger := zerolog.New(&logs)
+	request := filepath.Join(storage, renewRequestFile)
+	hup := func(withRequest bool, want string) {
+		t.Helper()
+		if withRequest {
+			if err := os.WriteFile(request, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		logs.Reset()
+		renewOnSIGHUP(acme, storage, logger)
+		if !strings.Contains(logs.String(), want) {
+			t.Fatalf("SIGHUP (request file %v) logged:\n%s\nwant %q", withRequest, logs.String(), want)
+		}
+		if _, err := os.Stat(request); !os.IsNotExist(err) {
+			t.Fatalf("the request file is still there after SIGHUP: %v", err)
+		}
+	}
+	hup(false, `"message":"SIGHUP: the ACME certificate is not due for renewal; to renew it anyway, create the request file and send SIGHUP again"`)
+	hup(true, `"forced":true,"message":"SIGHUP: renewing the ACME certificate now"`)
+	hup(true, `"level":"warn","forced":true,"reason":"at most one requested renewal every 10m0s","retry_after":`)
+}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -107,19 +108,19 @@ func portNum(addr string) int {
 
 // TestACME obtains a certificate for the cluster's threshold key from a
 // real ACME server (Pebble), the CSR signed by the cluster; serves it to
-// Go, curl, openssl and (when installed) Chromium; and renews it on demand
-// without a restart.
+// Go, curl, openssl and (when installed) Chromium; and renews it on an
+// operator's request (request file and SIGHUP), rate-limited, without a
+// restart.
 func TestACME(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
 	c := startCluster(t, 1, 2)
 	directory, tlsRoots, issuingRoot := startPebble(t, c.dir)
-	metricsAddr := freeAddrs(t, 1)[0]
 	httpPort := portOf(freeAddrs(t, 1)[0])
+	storage := filepath.Join(c.dir, "acme")
 	acmeArgs := []string{"--acme-domain", "localhost", "--acme-ca", directory, "--acme-ca-roots", tlsRoots,
-		"--acme-storage", filepath.Join(c.dir, "acme"), "--acme-http-port", httpPort, "--public-key", c.pubPath,
-		"--metrics-listen", metricsAddr}
+		"--acme-storage", storage, "--acme-http-port", httpPort, "--public-key", c.pubPath}
 	e := startEdge(t, c, "", staticSite(t), acmeArgs...)
 	roots := rootsFrom(t, issuingRoot)
 	var serial string
@@ -138,16 +139,39 @@ func TestACME(t *testing.T) {
 	t.Run("openssl", func(t *testing.T) { opensslBoth(t, e.addr, issuingRoot) })
 	t.Run("chromium", func(t *testing.T) { chromiumLoads(t, e.addr, issuingRoot) })
 
-	// Forced renewal, no restart: new handshakes get a new certificate.
-	resp, err := http.Post("http://"+metricsAddr+"/acme/renew", "", nil)
-	if err != nil || resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST /acme/renew: %v %v", err, resp)
+	// Forced renewal, no restart: the operator's request file and SIGHUP; new handshakes get a
+	// new certificate. A SIGHUP alone does nothing, the certificate is not due.
+	hup := func() {
+		t.Helper()
+		if err := e.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
 	}
-	resp.Body.Close()
+	hup()
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(e.proc.Output(), "the ACME certificate is not due for renewal") })
+	renewRequest := filepath.Join(storage, "renew")
+	if err := os.WriteFile(renewRequest, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hup()
 	waitFor(t, 60*time.Second, func() bool { return strings.Count(e.proc.Output(), "ACME certificate obtained") >= 2 })
-	st := get(t, e.addr, roots, tls.VersionTLS13, nil)
-	if st.PeerCertificates[0].SerialNumber.String() == serial {
-		t.Fatal("still serving the first certificate after the renewal")
+	if _, err := os.Stat(renewRequest); !os.IsNotExist(err) {
+		t.Errorf("the renewal request file is still there after the renewal: %v", err)
+	}
+	// The new chain is swapped in just after that line is logged.
+	var st tls.ConnectionState
+	waitFor(t, 10*time.Second, func() bool {
+		st = get(t, e.addr, roots, tls.VersionTLS13, nil)
+		return st.PeerCertificates[0].SerialNumber.String() != serial
+	})
+	// A second request within the interval is refused and logged; nothing is ordered.
+	if err := os.WriteFile(renewRequest, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hup()
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(e.proc.Output(), "ACME renewal refused by the rate limit") })
+	if n := strings.Count(e.proc.Output(), "ACME certificate obtained"); n != 2 {
+		t.Fatalf("%d certificates obtained after a refused request, want 2", n)
 	}
 	// A restart serves the stored certificate instead of ordering again.
 	renewed := st.PeerCertificates[0].SerialNumber.String()
