@@ -220,7 +220,7 @@ func (s *PresignSession) loop(ctx context.Context) {
 		se.Kind = r.kind
 		s.err = se
 	}
-	if err := r.safely(func() *tsslib.Error { return r.party.Start() }, ""); err != nil {
+	if err := r.call(func() *tsslib.Error { return r.party.Start() }, ""); err != nil {
 		fail(err)
 		return
 	}
@@ -242,7 +242,7 @@ func (s *PresignSession) loop(ctx context.Context) {
 		}
 	}
 	update := func(msg tsslib.ParsedMessage, from string) error {
-		return r.safely(func() *tsslib.Error { _, e := r.party.Update(msg); return e }, from)
+		return r.call(func() *tsslib.Error { _, e := r.party.Update(msg); return e }, from)
 	}
 	for {
 		if !online && !ready && r.round() >= 4 && heldRound4 == others {
@@ -264,7 +264,7 @@ func (s *PresignSession) loop(ctx context.Context) {
 			rr, sv := new(big.Int).SetBytes(res.R), new(big.Int).SetBytes(res.S)
 			der := encodeSignature(rr, sv)
 			if !ecdsa.VerifyASN1(s.pub, s.digest, der) {
-				fail(&SessionError{Round: 9, Err: errors.New("joint signature does not verify against the key's public key")})
+				fail(&SessionError{Round: 9, Unattributed: true, Err: errors.New("joint signature does not verify against the key's public key")})
 				return
 			}
 			s.sig = der
@@ -312,18 +312,8 @@ func (s *PresignSession) loop(ctx context.Context) {
 			if !ready || online {
 				resetStall()
 			}
-			from := r.m.byName[in.from]
-			var msg tsslib.ParsedMessage
-			if err := r.safely(func() *tsslib.Error {
-				var err error
-				if msg, err = tsslib.ParseWireMessage(in.payload, from, in.broadcast); err != nil {
-					return tsslib.NewError(fmt.Errorf("malformed message: %w", err), r.kind, r.round(), r.m.byName[r.self], from)
-				}
-				if err := r.checks.check(in.from, msg); err != nil {
-					return tsslib.NewError(err, r.kind, RoundOf(msg.Type()), r.m.byName[r.self], from)
-				}
-				return nil
-			}, in.from); err != nil {
+			msg, err := r.parse(in)
+			if err != nil {
 				fail(err)
 				return
 			}

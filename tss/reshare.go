@@ -539,8 +539,10 @@ func (p *resharePair) Update(msg tsslib.ParsedMessage) (bool, *tsslib.Error) {
 }
 
 // check refuses what tss-lib v2.0.2 accepts but should not (see
-// validate.go): a modulus proof whose W shares a factor with N; and, early,
-// an old member dealing for another key than the one announced.
+// validate.go): a new member's Paillier or range-proof modulus that is not
+// full size, which tss-lib's keygen checks but its resharing does not; a
+// modulus proof whose W shares a factor with N; and, early, an old member
+// dealing for another key than the one announced.
 func (p *resharePair) check(msg tsslib.ParsedMessage) error {
 	switch m := msg.Content().(type) {
 	case *resharing.DGRound1Message:
@@ -553,6 +555,9 @@ func (p *resharePair) check(msg tsslib.ParsedMessage) error {
 		}
 	case *resharing.DGRound2Message1:
 		n := m.UnmarshalPaillierPK().N
+		if err := checkModuli("reshare round 2", n, m.UnmarshalNTilde()); err != nil {
+			return err
+		}
 		pf, err := m.UnmarshalModProof()
 		if err != nil {
 			return fmt.Errorf("reshare round 2: modulus proof: %w", err)

@@ -52,10 +52,20 @@ type SessionError struct {
 	Kind     string // "keygen", "sign", "reshare" or "import"
 	Round    int
 	Culprits []string
+	// Convicted names the culprits whose messages prove they deviated from
+	// the protocol (ErrMisbehaved): an honest member's never fail the check
+	// that caught them. A culprit that is only suspected (it stalled, or
+	// sent bytes that do not parse) is not convicted.
+	Convicted []string
 	// Waiting names the members the party was still waiting for when the
 	// session ended without a result.
 	Waiting []string
-	Err     error
+	// Unattributed says a protocol check failed without naming anyone: the
+	// joint signature did not verify, or tss-lib refused a round naming no
+	// culprit. Such aborts are what a cheating member may hope to learn
+	// something from, so the node layer budgets them.
+	Unattributed bool
+	Err          error
 }
 
 func (e *SessionError) Error() string {
@@ -64,7 +74,9 @@ func (e *SessionError) Error() string {
 	if e.Round > 0 {
 		fmt.Fprintf(&b, ": round %d", e.Round)
 	}
-	if len(e.Culprits) > 0 {
+	if len(e.Convicted) > 0 {
+		fmt.Fprintf(&b, ": convicted %v", e.Convicted)
+	} else if len(e.Culprits) > 0 {
 		fmt.Fprintf(&b, ": culprits %v", e.Culprits)
 	}
 	if len(e.Waiting) > 0 {
@@ -96,11 +108,15 @@ type protocolParty interface {
 // one at a time (tss-lib parties are not meant to be updated concurrently
 // while a round starts) and hands produced messages to the Outbox.
 type runner struct {
-	kind   string
-	self   string
-	m      *members
-	party  protocolParty
+	kind  string
+	self  string
+	m     *members
+	party protocolParty
+	// out is where tss-lib writes the party's messages; the runner moves
+	// them to sendq after every call into the party (flush), so that what
+	// leaves is decided in the party's own goroutine, in order.
 	out    chan tsslib.Message
+	sendq  chan tsslib.Message
 	outbox Outbox
 	checks *peerChecks
 
@@ -109,6 +125,8 @@ type runner struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	lastRound atomic.Int32
+	// recvRound is the latest round of a message accepted from a peer.
+	recvRound atomic.Int32
 	// stall, if set, ends the session when no message arrives for that
 	// long while the party still waits for some. stallFn, if set, is asked
 	// instead each time the wait starts over, for a bound that follows the
@@ -138,6 +156,7 @@ func newRunner(kind, self string, m *members, threshold int, outbox Outbox) (*ru
 		// Every round produces at most one broadcast and n-1 direct
 		// messages per party; ten rounds of that never block the party.
 		out:      make(chan tsslib.Message, 10*n),
+		sendq:    make(chan tsslib.Message, 10*n),
 		inbox:    make(chan inbound, 10*n*n),
 		failc:    make(chan *SessionError, 1),
 		done:     make(chan struct{}),
@@ -199,7 +218,7 @@ func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 	drain, drained := make(chan struct{}), make(chan struct{})
 	go r.sendLoop(ctx, sendErr, drain, drained)
 
-	if err := r.safely(func() *tsslib.Error { return r.party.Start() }, ""); err != nil {
+	if err := r.call(func() *tsslib.Error { return r.party.Start() }, ""); err != nil {
 		return zero, err
 	}
 	var stallC <-chan time.Time
@@ -235,25 +254,84 @@ func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 			if stallTimer != nil {
 				stallTimer.Reset(r.stallBound())
 			}
-			from := r.m.byName[in.from]
-			if err := r.safely(func() *tsslib.Error {
-				msg, err := tsslib.ParseWireMessage(in.payload, from, in.broadcast)
-				if err != nil {
-					// Only the sender could have produced bytes that do not parse:
-					// the transport authenticated it and protects integrity.
-					return tsslib.NewError(fmt.Errorf("malformed message: %w", err), r.kind, r.round(), r.m.byName[r.self], from)
-				}
-				if err := r.checks.check(in.from, msg); err != nil {
-					return tsslib.NewError(err, r.kind, RoundOf(msg.Type()), r.m.byName[r.self], from)
-				}
-				_, e := r.party.Update(msg)
-				return e
-			}, in.from); err != nil {
+			msg, err := r.parse(in)
+			if err != nil {
+				return zero, err
+			}
+			if err := r.call(func() *tsslib.Error { _, e := r.party.Update(msg); return e }, in.from); err != nil {
 				return zero, err
 			}
 		}
 	}
 }
+
+// parse decodes a peer's message and runs tkeyless's own checks on it
+// (validate.go) before tss-lib may see it. Only the sender could have
+// produced a message that fails: the transport authenticated it and
+// protects integrity. A failed check convicts the sender; bytes that do
+// not parse only blame it.
+func (r *runner) parse(in inbound) (msg tsslib.ParsedMessage, err error) {
+	err = r.safely(func() *tsslib.Error {
+		from := r.m.byName[in.from]
+		var perr error
+		if msg, perr = tsslib.ParseWireMessage(in.payload, from, in.broadcast); perr != nil {
+			return tsslib.NewError(fmt.Errorf("malformed message: %w", perr), r.kind, r.round(), r.m.byName[r.self], from)
+		}
+		return nil
+	}, in.from)
+	if err != nil {
+		return nil, err
+	}
+	round := RoundOf(msg.Type())
+	if err := r.checks.check(in.from, msg); err != nil {
+		se := &SessionError{Kind: r.kind, Round: round, Culprits: []string{in.from}, Err: err}
+		if errors.Is(err, ErrMisbehaved) {
+			se.Convicted = []string{in.from}
+		}
+		return nil, se
+	}
+	if int32(round) > r.recvRound.Load() {
+		r.recvRound.Store(int32(round))
+	}
+	return msg, nil
+}
+
+// call calls into the tss-lib party (Start or Update) with safely, then
+// hands whatever the party produced to the send loop.
+func (r *runner) call(f func() *tsslib.Error, sender string) error {
+	err := r.safely(f, sender)
+	r.flush()
+	return err
+}
+
+// flush moves the messages the party wrote to out during the last call
+// into sendq. tss-lib writes them synchronously inside Start and Update,
+// so after a call they are all there; sendq holds a whole session's
+// messages, so this never blocks.
+func (r *runner) flush() {
+	for {
+		select {
+		case msg := <-r.out:
+			if tamperMessage != nil {
+				msg = tamperMessage(r.kind, r.party, msg)
+			}
+			r.sendq <- msg
+		default:
+			return
+		}
+	}
+}
+
+// tamperMessage, when set, may replace a message this party produced
+// before it is sent, with access to the party's state. Only the adversary
+// build (go build -tags adversary) and tests set it, to play a malicious
+// member; release builds leave it nil.
+var tamperMessage func(kind string, party protocolParty, msg tsslib.Message) tsslib.Message
+
+// pastRound1 reports whether the session got beyond its first round here:
+// this party sent, or accepted, a message of a later round. From then on
+// its secrets have been used in answers to the other members.
+func (r *runner) pastRound1() bool { return r.lastRound.Load() >= 2 || r.recvRound.Load() >= 2 }
 
 // safely calls into tss-lib, turning its errors and panics into a
 // SessionError. tss-lib panics on some malformed inputs (nil fields in
@@ -271,10 +349,14 @@ func (r *runner) safely(f func() *tsslib.Error, sender string) (err error) {
 	if e := f(); e != nil {
 		se := &SessionError{Kind: r.kind, Round: e.Round(), Err: e.Cause()}
 		for _, c := range e.Culprits() {
-			if c != nil {
+			// tss-lib names the party itself when a check over everyone's
+			// values fails (signing round 9, "U doesn't equal T"): that
+			// names nobody.
+			if c != nil && c.Id != r.self {
 				se.Culprits = append(se.Culprits, c.Id)
 			}
 		}
+		se.Unattributed = len(se.Culprits) == 0
 		if se.Err == nil {
 			se.Err = errors.New(e.Error())
 		}
@@ -323,7 +405,7 @@ func (r *runner) sendLoop(ctx context.Context, errc chan<- error, drain <-chan s
 		select {
 		case <-ctx.Done():
 			return
-		case msg := <-r.out:
+		case msg := <-r.sendq:
 			if !send(msg) {
 				return
 			}
@@ -331,7 +413,7 @@ func (r *runner) sendLoop(ctx context.Context, errc chan<- error, drain <-chan s
 			defer close(drained)
 			for {
 				select {
-				case msg := <-r.out:
+				case msg := <-r.sendq:
 					if !send(msg) {
 						return
 					}

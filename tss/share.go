@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/keygen"
 )
@@ -51,6 +52,17 @@ type Share struct {
 
 	data keygen.LocalPartySaveData
 	pub  *ecdsa.PublicKey
+
+	crtOnce sync.Once
+	crt     *paillierCRT
+	crtErr  error
+}
+
+// paillierKey is this share's own Paillier key prepared for CRT
+// decryption, made once per share.
+func (s *Share) paillierKey() (*paillierCRT, error) {
+	s.crtOnce.Do(func() { s.crt, s.crtErr = newPaillierCRT(s.data.PaillierSK) })
+	return s.crt, s.crtErr
 }
 
 func newShare(threshold int, parties []string, self string, data keygen.LocalPartySaveData) (*Share, error) {

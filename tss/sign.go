@@ -73,6 +73,14 @@ func newSignRunner(kind string, share *Share, quorum []string, msg *big.Int, out
 	if err != nil {
 		return nil, err
 	}
+	if err := checkQuorumModuli(kind, share, quorum); err != nil {
+		return nil, err
+	}
+	key, err := share.paillierKey()
+	if err != nil {
+		return nil, fmt.Errorf("%s: own %w", kind, err)
+	}
+	r.checks.mta = newMtACheck(key)
 	params := tsslib.NewParameters(curve, tsslib.NewPeerContext(m.sorted), m.byName[share.Self], len(quorum), share.Threshold)
 	// The last argument makes tss-lib return M as a full 32-byte value.
 	r.party = signing.NewLocalParty(msg, params, share.data, r.out, end, (curve.Params().BitSize+7)/8)
@@ -96,9 +104,36 @@ func (s *SignSession) Run(ctx context.Context) ([]byte, error) {
 	r, sv := new(big.Int).SetBytes(data.R), new(big.Int).SetBytes(data.S)
 	der := encodeSignature(r, sv)
 	if !ecdsa.VerifyASN1(s.pub, s.digest, der) {
-		return nil, &SessionError{Kind: "sign", Round: 9, Err: errors.New("joint signature does not verify against the key's public key")}
+		return nil, &SessionError{Kind: "sign", Round: 9, Unattributed: true, Err: errors.New("joint signature does not verify against the key's public key")}
 	}
 	return der, nil
+}
+
+// PastRound1 reports whether the session got beyond its first round on this
+// node: from then on the node's secrets went into its answers, so the
+// request that authorized the session must count as used even if it fails.
+func (s *SignSession) PastRound1() bool { return s.r.pastRound1() }
+
+// checkQuorumModuli refuses to sign with a share whose record of another
+// quorum member's Paillier or range-proof modulus is not full size (a
+// share dealt by an unchecked resharing): see checkModuli.
+func checkQuorumModuli(kind string, share *Share, quorum []string) error {
+	for i, p := range share.Parties {
+		if p == share.Self || !slices.Contains(quorum, p) {
+			continue
+		}
+		var n, nTilde *big.Int
+		if i < len(share.data.PaillierPKs) && share.data.PaillierPKs[i] != nil {
+			n = share.data.PaillierPKs[i].N
+		}
+		if i < len(share.data.NTildej) {
+			nTilde = share.data.NTildej[i]
+		}
+		if err := checkModuli(fmt.Sprintf("%s: key %s: member %s", kind, share.KeyID(), p), n, nTilde); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // encodeSignature writes ECDSA-Sig-Value, as crypto/ecdsa does.
