@@ -15,11 +15,14 @@ import (
 	"github.com/tkeyless/tkeyless/tss"
 )
 
-// Keygen coordinates a distributed key generation among parties (all
-// configured nodes when empty), any threshold+1 of which will sign. Every
-// party stores its own share; the key never exists whole. It returns the
-// new key's id and public key once every party reported the same one.
-func (n *Node) Keygen(ctx context.Context, threshold int, parties []string) (*peerwire.KeygenCeremonyResponse, error) {
+// Keygen coordinates a distributed key generation among req.Parties (all
+// configured nodes when empty), any req.Threshold+1 of which will sign.
+// req.Authority is an admin's statement over exactly that (every party
+// checks it). Every party stores its own share; the key never exists
+// whole. It returns the new key's id and public key once every party
+// reported the same one.
+func (n *Node) Keygen(ctx context.Context, req *peerwire.KeygenCeremonyRequest) (*peerwire.KeygenCeremonyResponse, error) {
+	threshold, parties := req.Threshold, slices.Clone(req.Parties)
 	if len(parties) == 0 {
 		parties = append(parties, n.cfg.Name)
 		for _, p := range n.cfg.Peers {
@@ -36,7 +39,7 @@ func (n *Node) Keygen(ctx context.Context, threshold int, parties []string) (*pe
 		Version: peerwire.Version,
 		Session: peerwire.NewSessionID(),
 		Kind:    peerwire.KindKeygen,
-		Keygen:  &peerwire.KeygenRequest{Threshold: threshold, Parties: parties},
+		Keygen:  &peerwire.KeygenRequest{Threshold: threshold, Parties: parties, Authority: req.Authority},
 	}
 	start := time.Now()
 	// Every party's result is needed here, not only this node's: the key

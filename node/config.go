@@ -35,8 +35,19 @@ type Config struct {
 	// another signer (default 64).
 	MaxQueue int `yaml:"max_queue"`
 	// MaxSessions bounds the sessions this node takes part in at once,
-	// coordinated or joined (default 128).
+	// coordinated or joined (default 128). Ready presignatures do not
+	// count: presign.depth bounds them.
 	MaxSessions int `yaml:"max_sessions"`
+	// MaxSessionsPerPeer bounds the sessions any one coordinator (this
+	// node included) may have live here at once, so that a node flooding
+	// Prepares, compromised or broken, takes only its own share (default
+	// max_sessions divided by the number of nodes, at least 8).
+	MaxSessionsPerPeer int `yaml:"max_sessions_per_peer"`
+	// AbortBudget is how many signing sessions with one key may fail on
+	// this node without naming a culprit before the key is suspended here
+	// until an admin resumes it (default 10). An honest cluster never has
+	// such aborts; a member probing for secrets causes them.
+	AbortBudget int `yaml:"abort_budget"`
 	// Secrets says how the node's shares and pre-parameters are encrypted
 	// at rest: an age key file, or a passphrase (from a file, or the
 	// TKEYLESS_PASSPHRASE environment variable). One is required.
@@ -189,6 +200,12 @@ func (c *Config) setDefaults() {
 	if c.MaxSessions == 0 {
 		c.MaxSessions = 128
 	}
+	if c.MaxSessionsPerPeer == 0 {
+		c.MaxSessionsPerPeer = max(8, c.MaxSessions/(len(c.Peers)+1))
+	}
+	if c.AbortBudget == 0 {
+		c.AbortBudget = 10
+	}
 	if c.AuthorityWindow == 0 {
 		c.AuthorityWindow = Duration(30 * time.Second)
 	}
@@ -203,6 +220,12 @@ func (c *Config) setDefaults() {
 // Validate reports the first missing or inconsistent setting.
 func (c *Config) Validate() error {
 	var errs []error
+	if c.MaxSessions < 0 || c.MaxSessionsPerPeer < 0 || c.MaxQueue < 0 {
+		errs = append(errs, errors.New("max_queue, max_sessions and max_sessions_per_peer must be positive"))
+	}
+	if c.AbortBudget < 0 {
+		errs = append(errs, fmt.Errorf("abort_budget %d: want at least 1", c.AbortBudget))
+	}
 	if c.Presign.Depth < 0 || c.Presign.Depth > 64 {
 		errs = append(errs, fmt.Errorf("presign.depth %d: want 0 (off) to 64", c.Presign.Depth))
 	}

@@ -49,7 +49,7 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 		switch {
 		case errors.Is(err, ErrOverloaded):
 			ev, outcome = n.log.Warn().AnErr("err", err), "overloaded"
-		case errors.Is(err, errUnauthorized), errors.Is(err, ErrUnknownKey), errors.Is(err, ErrKeyDisabled):
+		case errors.Is(err, errUnauthorized), errors.Is(err, ErrUnknownKey), errors.Is(err, ErrKeyDisabled), errors.Is(err, ErrKeySuspended):
 			ev, outcome = n.log.Warn().AnErr("err", err), "refused"
 		case err != nil:
 			ev, outcome = n.log.Warn().AnErr("err", err), "failed"
@@ -65,6 +65,9 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 	}
 	if n.keyDisabled(req.Key) {
 		return nil, fmt.Errorf("key %s: %w", req.Key, ErrKeyDisabled)
+	}
+	if err := n.keySuspended(req.Key); err != nil {
+		return nil, err
 	}
 	if err := tss.CheckDigest(req.Hash, req.Digest); err != nil {
 		return nil, err
@@ -87,7 +90,9 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 	// authority: then no signer, the coordinator included, chooses the
 	// digest a presignature signs (docs/presigning.md).
 	if n.cfg.Presign.Depth > 0 && len(req.Authority) > 0 {
-		usable := func(m string) bool { return m == n.cfg.Name || (n.reachable(m) && !n.coolingDown(m)) }
+		usable := func(m string) bool {
+			return m == n.cfg.Name || (n.reachable(m) && !n.coolingDown(m) && !n.convicted(m))
+		}
 		if e := n.pool.take(req.Key, usable); e != nil {
 			quorums = append(quorums, e.quorum)
 			pathStart := time.Now()
@@ -144,7 +149,10 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 			noQuorum = false
 			break
 		}
-		if ctx.Err() != nil {
+		// Past round 1 the edge's authority is spent on every member that
+		// got there: a retry with it would be refused as a replay. The
+		// edge's client retries with a fresh one.
+		if ctx.Err() != nil || errors.Is(err, errAuthoritySpent) {
 			break
 		}
 		excluded = append(excluded, bad...)
@@ -156,12 +164,12 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 }
 
 // pickQuorum chooses this node plus Threshold others, leaving out excluded
-// members: healthy peers first, clearly slow ones last, the least busy
-// first, with ties shuffled so load spreads over the cluster.
+// and convicted members: healthy peers first, clearly slow ones last, the
+// least busy first, with ties shuffled so load spreads over the cluster.
 func (n *Node) pickQuorum(share *tss.Share, excluded []string) ([]string, bool) {
 	var others []string
 	for _, p := range share.Parties {
-		if p != n.cfg.Name && !slices.Contains(excluded, p) {
+		if p != n.cfg.Name && !slices.Contains(excluded, p) && !n.convicted(p) {
 			others = append(others, p)
 		}
 	}
@@ -309,6 +317,9 @@ func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, 
 	// node's party, whose own error would then only say "cancelled".
 	var me *memberError
 	if errors.As(context.Cause(ctx), &me) {
+		if errors.Is(ownErr, errAuthoritySpent) {
+			return nil, []string{me.member}, errors.Join(me, errAuthoritySpent)
+		}
 		return nil, []string{me.member}, me
 	}
 	var bad []string

@@ -53,6 +53,8 @@ func (n *Node) deliver(caller pki.Identity, env *peerwire.Envelope) error {
 	hash := sha256.Sum256(env.Payload)
 	digest := peerwire.BroadcastDigest(env.Session, env.From, env.Type, env.Round, hash[:])
 	if !verifyNodeSig(caller.Cert.PublicKey, digest, env.Sig) {
+		// Not a conviction: the signature is the sender's alone to make,
+		// and nothing here proves it to the others.
 		err := fmt.Errorf("session %s: broadcast %s from %s has no valid signature", s.id, env.Type, env.From)
 		s.party.Abort(&tss.SessionError{Round: env.Round, Culprits: []string{env.From}, Err: err})
 		return err
@@ -112,11 +114,16 @@ func (n *Node) handleEcho(caller pki.Identity, e *peerwire.Echo) error {
 	if !slices.Contains(s.members, caller.Name) || !slices.Contains(s.members, e.Origin) || caller.Name == e.Origin || e.Origin == n.cfg.Name {
 		return fmt.Errorf("session %s: echo from %s about %s does not fit members %v", s.id, caller.Name, e.Origin, s.members)
 	}
+	// Only the protocol's own broadcasts are tracked: the tracking state
+	// stays bounded by members × message types, whatever an echoer sends.
+	if !s.echo || !tss.IsBroadcastType(string(s.kind), e.Type) || e.Round != tss.RoundOf(e.Type) || len(e.Hash) != sha256.Size {
+		return fmt.Errorf("session %s: echo from %s of %s round %d: not a broadcast of this session", s.id, caller.Name, e.Type, e.Round)
+	}
 	// The echo must carry the origin's own signature over what the echoer
 	// says it received; otherwise the echoer is lying.
 	if err := n.checkOriginSig(e); err != nil {
 		err = fmt.Errorf("session %s: echo from %s: %w", s.id, caller.Name, err)
-		s.party.Abort(&tss.SessionError{Round: e.Round, Culprits: []string{caller.Name}, Err: err})
+		s.party.Abort(&tss.SessionError{Round: e.Round, Culprits: []string{caller.Name}, Convicted: []string{caller.Name}, Err: fmt.Errorf("%w: %w", tss.ErrMisbehaved, err)})
 		return err
 	}
 	k := broadcastKey{e.Origin, e.Type}
@@ -158,7 +165,7 @@ func (n *Node) checkOriginSig(e *peerwire.Echo) error {
 func (n *Node) equivocation(s *session, origin, msgType string, round int) error {
 	err := fmt.Errorf("session %s: %s equivocated: members received different signed %s broadcasts", s.id, origin, msgType)
 	n.log.Error().Str("session", s.id.String()).Str("peer", origin).Int("round", round).Str("culprit", origin).Msg("equivocation detected; session aborted")
-	s.party.Abort(&tss.SessionError{Round: round, Culprits: []string{origin}, Err: err})
+	s.party.Abort(&tss.SessionError{Round: round, Culprits: []string{origin}, Convicted: []string{origin}, Err: fmt.Errorf("%w: %w", tss.ErrMisbehaved, err)})
 	return err
 }
 
@@ -204,18 +211,22 @@ func (n *Node) sendEchoes(s *session, e *peerwire.Echo) {
 // signBroadcast signs a broadcast this node sends, with its node key.
 func (n *Node) signBroadcast(env *peerwire.Envelope) error {
 	hash := sha256.Sum256(env.Payload)
-	digest := peerwire.BroadcastDigest(env.Session, env.From, env.Type, env.Round, hash[:])
+	var err error
+	env.Sig, err = n.signWithNodeKey(peerwire.BroadcastDigest(env.Session, env.From, env.Type, env.Round, hash[:]))
+	return err
+}
+
+// signWithNodeKey signs a SHA-256 digest with this node's identity key, for
+// statements other members check against its certificate (verifyNodeSig).
+func (n *Node) signWithNodeKey(digest []byte) ([]byte, error) {
 	key, ok := n.tls.Certificates[0].PrivateKey.(crypto.Signer)
 	if !ok {
-		return errors.New("node key cannot sign")
+		return nil, errors.New("node key cannot sign")
 	}
-	var err error
 	if _, isEd := key.Public().(ed25519.PublicKey); isEd {
-		env.Sig, err = key.Sign(rand.Reader, digest, crypto.Hash(0))
-	} else {
-		env.Sig, err = key.Sign(rand.Reader, digest, crypto.SHA256)
+		return key.Sign(rand.Reader, digest, crypto.Hash(0))
 	}
-	return err
+	return key.Sign(rand.Reader, digest, crypto.SHA256)
 }
 
 func verifyNodeSig(pub any, digest, sig []byte) bool {

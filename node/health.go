@@ -248,9 +248,13 @@ func (n *Node) peerStatuses() []peerwire.PeerStatus {
 	for _, p := range n.peers {
 		h := p.health
 		h.mu.Lock()
-		out = append(out, peerwire.PeerStatus{Name: p.name, Addr: p.addr, Up: h.up, LatencyMS: float64(h.latency.Microseconds()) / 1000,
-			LastError: h.lastErr, LastErrAt: h.lastErrAt, CoolUntil: h.coolUntil})
+		ps := peerwire.PeerStatus{Name: p.name, Addr: p.addr, Up: h.up, LatencyMS: float64(h.latency.Microseconds()) / 1000,
+			LastError: h.lastErr, LastErrAt: h.lastErrAt, CoolUntil: h.coolUntil}
 		h.mu.Unlock()
+		if c, ok := n.convictions.get(p.name); ok {
+			ps.Convicted = &c
+		}
+		out = append(out, ps)
 	}
 	slices.SortFunc(out, func(a, b peerwire.PeerStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out

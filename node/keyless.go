@@ -37,7 +37,9 @@ func (b *keylessBackend) Sign(ctx context.Context, req *keyless.Request) ([]byte
 		return nil, protocol.ErrKeyNotFound
 	case errors.Is(err, ErrKeyDisabled):
 		return nil, keyless.ErrKeyDisabled
-	case errors.Is(err, ErrOverloaded):
+	case errors.Is(err, ErrOverloaded), errors.Is(err, ErrKeySuspended):
+		// A key suspended here may still sign through another signer,
+		// whose budget this node's aborts did not spend.
 		// Internal error makes the edge's client try another signer.
 		return nil, protocol.ErrInternal
 	case errors.Is(err, errUnauthorized):

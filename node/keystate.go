@@ -2,15 +2,13 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/tkeyless/tkeyless/internal/authority"
 	"github.com/tkeyless/tkeyless/internal/peerwire"
 	"github.com/tkeyless/tkeyless/tss"
 )
@@ -19,48 +17,59 @@ import (
 var ErrKeyDisabled = errors.New("key disabled by the cluster operator")
 
 // keyStates is the kill switch: which keys are disabled, cluster-wide.
-// Each state carries when it was set, and nodes adopt a newer state from
-// any peer they ping, so a node that was down when an operator disabled a
-// key learns it as soon as it is back. It is kept in data_dir/keystate.json.
+//
+// A key's state is an admin's signed statement (peerwire.KeyStateStatement)
+// carrying a version: every node checks the signature itself and adopts a
+// state only if its version is higher than the one it holds (at an equal
+// version, disabled wins). Nodes pass states on in their ping replies, so a
+// node that was down when an admin disabled a key learns it as soon as it
+// is back; but no node can make one up, backdate one or outbid an admin's
+// latest word, because it cannot sign as an admin. It is kept in
+// data_dir/keystate.json.
 type keyStates struct {
 	path string
-	mu   sync.Mutex
-	m    map[string]peerwire.KeyState
+	// verify checks a state's admin signature; it returns the admin.
+	verify func(key string, st peerwire.KeyState) (string, error)
+	mu     sync.Mutex
+	m      map[string]peerwire.KeyState
 }
 
-func loadKeyStates(path string) (*keyStates, error) {
-	ks := &keyStates{path: path, m: map[string]peerwire.KeyState{}}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return ks, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read key states: %w", err)
-	}
-	if err := json.Unmarshal(b, &ks.m); err != nil {
-		return nil, fmt.Errorf("key states %s are corrupt; fix or remove the file (every key would then be enabled until a peer says otherwise): %w", path, err)
+func loadKeyStates(path string, verify func(string, peerwire.KeyState) (string, error)) (*keyStates, error) {
+	ks := &keyStates{path: path, verify: verify, m: map[string]peerwire.KeyState{}}
+	if err := loadJSON(path, &ks.m); err != nil {
+		return nil, fmt.Errorf("key states: %w (every key would be enabled until a peer says otherwise)", err)
 	}
 	return ks, nil
 }
 
-// merge adopts st for key if it is newer than what this node has, and
-// saves the result. It reports whether anything changed.
+// errStaleKeyState is returned for a valid state no newer than the one
+// held: not an error for a peer's ping, but worth telling an operator.
+var errStaleKeyState = errors.New("not newer than the key's current state")
+
+// merge adopts st for key if its admin signature verifies and it is newer
+// than what this node has, and saves the result. It reports whether
+// anything changed.
 func (ks *keyStates) merge(key string, st peerwire.KeyState) (bool, error) {
+	id, err := tss.ParseKeyID(key)
+	if err != nil {
+		return false, err
+	}
+	key = id.String()
+	admin, err := ks.verify(key, st)
+	if err != nil {
+		return false, err
+	}
+	st.By = admin
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
-	if cur, ok := ks.m[key]; ok && !st.Changed.After(cur.Changed) {
-		return false, nil
+	if cur, ok := ks.m[key]; ok {
+		newer := st.Version > cur.Version || (st.Version == cur.Version && st.Disabled && !cur.Disabled)
+		if !newer {
+			return false, fmt.Errorf("key %s state version %d: %w (version %d)", key, st.Version, errStaleKeyState, cur.Version)
+		}
 	}
 	ks.m[key] = st
-	b, err := json.MarshalIndent(ks.m, "", "  ")
-	if err != nil {
-		return true, err
-	}
-	tmp := ks.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return true, err
-	}
-	return true, os.Rename(tmp, ks.path)
+	return true, saveJSON(ks.path, ks.m)
 }
 
 func (ks *keyStates) snapshot() map[string]peerwire.KeyState {
@@ -68,42 +77,73 @@ func (ks *keyStates) snapshot() map[string]peerwire.KeyState {
 	defer ks.mu.Unlock()
 	out := make(map[string]peerwire.KeyState, len(ks.m))
 	for k, v := range ks.m {
-		out[k] = v
+		// A state kept from before states were signed stays in force here
+		// but means nothing to a peer.
+		if len(v.Statement) > 0 {
+			out[k] = v
+		}
 	}
 	return out
 }
 
-func (ks *keyStates) disabled(key string) bool {
+func (ks *keyStates) get(key string) peerwire.KeyState {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
-	return ks.m[key].Disabled
+	return ks.m[key]
 }
+
+func (ks *keyStates) disabled(key string) bool { return ks.get(key).Disabled }
 
 func (n *Node) keyDisabled(id tss.KeyID) bool { return n.keyState.disabled(id.String()) }
 
-// adoptKeyStates merges a peer's view of key states into this node's.
+// verifyKeyState checks that st is an admin's statement about key.
+func (n *Node) verifyKeyState(key string, st peerwire.KeyState) (string, error) {
+	if len(st.Statement) == 0 {
+		return "", fmt.Errorf("key %s state is not signed by an admin: refused", key)
+	}
+	if st.Version == 0 {
+		return "", fmt.Errorf("key %s state has version 0: versions start at 1", key)
+	}
+	c, err := n.verifier.VerifyStatement(st.Statement, peerwire.KeyStateStatement(key, st.Version, st.Disabled), authority.Standing)
+	if err != nil {
+		return "", fmt.Errorf("key %s state: %w", key, err)
+	}
+	return c.Identity.Name, nil
+}
+
+// adoptKeyStates merges a peer's view of key states into this node's,
+// keeping only what an admin signed and is newer.
 func (n *Node) adoptKeyStates(from string, states map[string]peerwire.KeyState) {
 	for key, st := range states {
 		changed, err := n.keyState.merge(key, st)
-		if err != nil {
-			n.log.Error().Err(err).Str("key", key).Msg("could not save key state")
-		}
-		if changed {
-			n.log.Warn().Str("key", key).Bool("disabled", st.Disabled).Str("by", st.By).Str("peer", from).Msg("key state changed")
+		switch {
+		case errors.Is(err, errStaleKeyState):
+		case err != nil:
+			n.log.Warn().Err(err).Str("key", key).Str("peer", from).Msg("key state from a peer refused")
+		case changed:
+			n.keyStateChanged(key, from)
 		}
 	}
 }
 
-// SetKeyState disables or re-enables a key on this node and, when asked,
-// on every peer it can reach now.
-func (n *Node) SetKeyState(ctx context.Context, req *peerwire.SetKeyStateRequest) (*peerwire.SetKeyStateResponse, error) {
-	if _, err := tss.ParseKeyID(req.Key); err != nil {
+func (n *Node) keyStateChanged(key, from string) {
+	st := n.keyState.get(key)
+	n.log.Warn().Str("key", key).Bool("disabled", st.Disabled).Uint64("version", st.Version).Str("by", st.By).Str("peer", from).Msg("key state changed")
+	if id, err := tss.ParseKeyID(key); err == nil && st.Disabled {
+		n.pool.drain(id)
+	}
+}
+
+// SetKeyState applies an admin's key-state statement on this node and,
+// when asked, on every peer it can reach now.
+func (n *Node) SetKeyState(ctx context.Context, from string, req *peerwire.SetKeyStateRequest) (*peerwire.SetKeyStateResponse, error) {
+	changed, err := n.keyState.merge(req.Key, req.State)
+	if err != nil && !errors.Is(err, errStaleKeyState) {
 		return nil, err
 	}
-	if req.State.Changed.IsZero() {
-		req.State.Changed = time.Now()
+	if changed {
+		n.keyStateChanged(req.Key, from)
 	}
-	n.adoptKeyStates(n.cfg.Name, map[string]peerwire.KeyState{req.Key: req.State})
 	resp := &peerwire.SetKeyStateResponse{Applied: []string{n.cfg.Name}}
 	if !req.Propagate {
 		return resp, nil
@@ -131,9 +171,7 @@ func (n *Node) SetKeyState(ctx context.Context, req *peerwire.SetKeyStateRequest
 }
 
 func (s *peerService) SetKeyState(ctx context.Context, req *peerwire.SetKeyStateRequest) (*peerwire.SetKeyStateResponse, error) {
-	caller := callerOf(ctx)
-	req.State.By = caller.Name
-	return s.n.SetKeyState(ctx, req)
+	return s.n.SetKeyState(ctx, callerOf(ctx).Name, req)
 }
 
 // keyStatePath is where the kill-switch state lives.

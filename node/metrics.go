@@ -19,6 +19,10 @@ type metrics struct {
 	presign      *prometheus.CounterVec
 	presignDepth *prometheus.GaugeVec
 	signPath     *prometheus.HistogramVec
+	convictions  *prometheus.CounterVec
+	convicted    *prometheus.GaugeVec
+	unattributed *prometheus.CounterVec
+	suspended    *prometheus.GaugeVec
 }
 
 func newMetrics(sessions func() float64) *metrics {
@@ -67,11 +71,28 @@ func newMetrics(sessions func() float64) *metrics {
 		Help:    "Time to make one signature that succeeded, by path: presign (online rounds only) or full.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2, 5},
 	}, []string{"path"})
+	m.convictions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tkeyless_signer_convictions_total",
+		Help: "Peers this node convicted of misbehaviour (a message no honest member sends): alert on any increase.",
+	}, []string{"peer"})
+	m.convicted = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tkeyless_signer_peer_convicted",
+		Help: "1 while a peer is convicted here and excluded from every session, until an admin readmits it.",
+	}, []string{"peer"})
+	m.unattributed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tkeyless_signer_unattributed_aborts_total",
+		Help: "Signing sessions with a key that failed without naming a culprit (charged to the key's abort budget).",
+	}, []string{"key"})
+	m.suspended = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tkeyless_signer_key_suspended",
+		Help: "1 while a key's abort budget is spent on this node and it does not sign here until an admin resumes it.",
+	}, []string{"key"})
 	m.sessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tkeyless_signer_sessions",
 		Help: "Sessions (coordinated or joined) live on this node.",
 	}, sessions)
 	m.reg.MustRegister(m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp, m.presign, m.presignDepth, m.signPath,
+		m.convictions, m.convicted, m.unattributed, m.suspended,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

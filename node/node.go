@@ -46,15 +46,18 @@ type Node struct {
 	mu     sync.RWMutex
 	shares map[tss.KeyID]*tss.Share
 
-	preParams *preParamsCache
-	peers     map[string]*peerConn
-	sessions  *router
-	verifier  *authority.Verifier
-	metrics   *metrics
-	keyState  *keyStates
-	pending   *pendingReshares
-	pool      *presignPool
-	lastLive  atomic.Int64 // unix nanoseconds of the last live signing activity
+	preParams   *preParamsCache
+	peers       map[string]*peerConn
+	sessions    *router
+	verifier    *authority.Verifier
+	metrics     *metrics
+	keyState    *keyStates
+	convictions *convictions
+	budget      *abortBudget
+	pending     *pendingReshares
+	reshares    *reshareHistory
+	pool        *presignPool
+	lastLive    atomic.Int64 // unix nanoseconds of the last live signing activity
 	// queue counts the signing requests this node coordinates now.
 	queue chan struct{}
 }
@@ -70,6 +73,14 @@ type peerConn struct {
 // New loads the node's identity and shares and prepares (lazy) connections
 // to its peers. It does not listen yet: see Serve.
 func New(cfg Config, log zerolog.Logger) (*Node, error) {
+	return newNode(cfg, log, nil)
+}
+
+// dialer connects to a peer's address; nil dials TCP. Tests run whole
+// clusters in memory with one (node_test.go).
+type dialer func(ctx context.Context, addr string) (net.Conn, error)
+
+func newNode(cfg Config, log zerolog.Logger, dial dialer) (*Node, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -103,21 +114,46 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 		pool:      newPresignPool(),
 	}
 	n.metrics = newMetrics(func() float64 { return float64(n.sessions.count()) })
-	if n.keyState, err = loadKeyStates(keyStatePath(cfg.DataDir)); err != nil {
+	n.sessions.failed = n.sessionFailed
+	if err := n.verifier.Open(filepath.Join(cfg.DataDir, "request-ids")); err != nil {
+		// The verifier still works, refusing authorities made before now.
+		n.log.Error().Err(err).Msg("request id journal")
+	}
+	if n.keyState, err = loadKeyStates(keyStatePath(cfg.DataDir), n.verifyKeyState); err != nil {
 		return nil, err
+	}
+	if n.convictions, err = loadConvictions(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	for peer, c := range n.convictions.m {
+		n.metrics.convicted.WithLabelValues(peer).Set(1)
+		n.log.Error().Bool("alert", true).Str("peer", peer).Str("session", c.Session).Time("since", c.At).Str("reason", c.Reason).
+			Msg("peer convicted of misbehaviour: excluded from every session here until an admin runs `signer peer readmit`")
+	}
+	if n.budget, err = loadAbortBudget(cfg.DataDir, cfg.AbortBudget); err != nil {
+		return nil, err
+	}
+	for key, k := range n.budget.m {
+		if k.Suspended != "" {
+			n.metrics.suspended.WithLabelValues(key).Set(1)
+			n.log.Error().Bool("alert", true).Str("key", key).Str("reason", k.Suspended).Msg("key suspended on this node")
+		}
 	}
 	if n.pending, err = loadPendingReshares(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if n.reshares, err = loadReshareHistory(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	for id, p := range n.pending.m {
 		n.log.Warn().Str("key", id.String()).Str("session", p.Session.String()).Str("coordinator", p.Coordinator).Bool("new_share_staged", p.Staged).Time("since", p.Since).
-			Msg("a resharing awaits its outcome: the current share stays in use until the coordinator says commit or discard")
+			Msg("a resharing awaits its outcome: the current share stays in use until a commit confirmed by every new member arrives (or an admin discards it)")
 	}
 	if err := n.loadShares(); err != nil {
 		return nil, err
 	}
 	for _, p := range cfg.Peers {
-		pc, err := n.dial(p)
+		pc, err := n.dial(p, dial)
 		if err != nil {
 			return nil, err
 		}
@@ -177,12 +213,16 @@ func (p *peerConn) wake() {
 	}
 }
 
-func (n *Node) dial(p Peer) (*peerConn, error) {
+func (n *Node) dial(p Peer, dial dialer) (*peerConn, error) {
 	tc := n.tls.Clone()
 	// The peer's certificate must be issued for its name: that is what
 	// binds a connection to a tss party.
 	tc.ServerName = p.Name
-	conn, err := grpc.NewClient(p.Addr,
+	var opts []grpc.DialOption
+	if dial != nil {
+		opts = append(opts, grpc.WithContextDialer(dial))
+	}
+	conn, err := grpc.NewClient(p.Addr, append(opts,
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		// Calls wait for a (re)connecting peer instead of failing at once;
 		// every call has a deadline, so a dead peer costs that deadline,
@@ -195,7 +235,7 @@ func (n *Node) dial(p Peer) (*peerConn, error) {
 			MinConnectTimeout: time.Second,
 		}),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 5 * time.Second}),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("peer %s at %s: %w", p.Name, p.Addr, err)
 	}
@@ -250,6 +290,7 @@ func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
 	defer stopWatch()
 	go n.watchPeers(watchCtx)
 	go n.refillPresignatures(watchCtx)
+	go n.resolveLoop(watchCtx)
 	var hs *http.Server
 	if n.cfg.HTTPListen != "" {
 		hl, err := net.Listen("tcp", n.cfg.HTTPListen)
@@ -289,4 +330,21 @@ func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
 		return serveErr
 	}
 	return nil
+}
+
+// resolveLoop asks, every few seconds while this node awaits the outcome of
+// a resharing, the other members how it ended (resolvePending).
+func (n *Node) resolveLoop(ctx context.Context) {
+	t := time.NewTicker(3 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if len(n.pending.all()) > 0 {
+				n.resolvePending(ctx)
+			}
+		}
+	}
 }

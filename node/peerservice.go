@@ -43,10 +43,16 @@ func (n *Node) identityInterceptor(ctx context.Context, req any, info *grpc.Unar
 	}
 	allowed := []pki.Role{pki.RoleNode}
 	switch info.FullMethod {
+	// Ceremonies and key states carry an admin's signed statement, which
+	// every member checks whoever delivers it; an admin may also call.
 	case "/" + peerwire.ServiceName + "/KeygenCeremony", "/" + peerwire.ServiceName + "/Ping",
 		"/" + peerwire.ServiceName + "/Status", "/" + peerwire.ServiceName + "/SetKeyState",
-		"/" + peerwire.ServiceName + "/ReshareCeremony":
+		"/" + peerwire.ServiceName + "/ReshareCeremony", "/" + peerwire.ServiceName + "/FinishReshare":
 		allowed = append(allowed, pki.RoleAdmin)
+	// Decisions only an operator makes, after looking at what happened:
+	// never a node, which could readmit itself or resume a key it spent.
+	case "/" + peerwire.ServiceName + "/Readmit", "/" + peerwire.ServiceName + "/ResumeKey":
+		allowed = []pki.Role{pki.RoleAdmin}
 	case "/" + peerwire.ServiceName + "/ImportCeremony":
 		// A whole private key travels only from an admin, or from an
 		// operator on this node's own machine using its identity; never
@@ -137,7 +143,7 @@ func (s *peerService) Echo(ctx context.Context, e *peerwire.Echo) (*peerwire.Ech
 func (s *peerService) KeygenCeremony(ctx context.Context, req *peerwire.KeygenCeremonyRequest) (*peerwire.KeygenCeremonyResponse, error) {
 	caller := callerOf(ctx)
 	s.n.log.Info().Str("requested_by", caller.Name).Int("t", req.Threshold).Strs("parties", req.Parties).Msg("key generation requested")
-	resp, err := s.n.Keygen(ctx, req.Threshold, req.Parties)
+	resp, err := s.n.Keygen(ctx, req)
 	if err != nil {
 		return nil, status.Error(codes.Aborted, fmt.Sprintf("keygen: %v", err))
 	}
@@ -164,9 +170,25 @@ func (s *peerService) ImportCeremony(ctx context.Context, req *peerwire.ImportCe
 	return resp, nil
 }
 
+func (s *peerService) Readmit(ctx context.Context, req *peerwire.ReadmitRequest) (*peerwire.ReadmitResponse, error) {
+	was, err := s.n.readmit(req.Peer, callerOf(ctx).Name)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &peerwire.ReadmitResponse{WasConvicted: was}, nil
+}
+
+func (s *peerService) ResumeKey(ctx context.Context, req *peerwire.ResumeKeyRequest) (*peerwire.ResumeKeyResponse, error) {
+	resp, err := s.n.resumeKey(req.Key, callerOf(ctx).Name)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return resp, nil
+}
+
 func (s *peerService) FinishReshare(ctx context.Context, req *peerwire.FinishReshareRequest) (*peerwire.FinishReshareResponse, error) {
 	caller := callerOf(ctx)
-	if err := s.n.applyFinish(caller.Name, req); err != nil {
+	if err := s.n.applyFinish(caller, req); err != nil {
 		if errors.Is(err, errNothingPending) {
 			return nil, status.Error(codes.NotFound, err.Error())
 		}

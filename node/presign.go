@@ -28,11 +28,12 @@ import (
 // presignature everywhere (each half dies with its Finish call) and the
 // request is signed the full way within the same deadline.
 
-// maxPresignTTL caps how long a member holds a presignature half for any
-// coordinator, whatever it asks.
-const maxPresignTTL = time.Hour
-
-// preparePresign sets up this node's half of a presignature.
+// preparePresign sets up this node's half of a presignature, within this
+// node's own presign settings: presigning on here (presign.depth > 0), a
+// lifetime no longer than its own presign.max_age, and no more halves held
+// for one coordinator and key than its own depth. A presignature costs a
+// full signature's offline rounds and needs no edge authority, so these
+// are what keep one node from filling another's tables with them.
 func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *peerwire.PresignRequest) error {
 	keyID, err := tss.ParseKeyID(req.Key)
 	if err != nil {
@@ -45,10 +46,23 @@ func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *pe
 	if n.keyDisabled(keyID) {
 		return fmt.Errorf("key %s: %w", keyID, ErrKeyDisabled)
 	}
+	if err := n.keySuspended(keyID); err != nil {
+		return err
+	}
 	if !slices.Contains(req.Quorum, n.cfg.Name) || !slices.Contains(req.Quorum, coordinator) {
 		return fmt.Errorf("quorum %v must include this node (%s) and the coordinator (%s)", req.Quorum, n.cfg.Name, coordinator)
 	}
-	ttl := min(max(req.TTL, time.Second), maxPresignTTL)
+	depth := n.cfg.Presign.Depth
+	if depth == 0 {
+		return fmt.Errorf("presigning is off on %s (presign.depth 0): it holds no presignatures for any coordinator", n.cfg.Name)
+	}
+	if _, _, held := n.sessions.load(coordinator, req.Key); held >= depth {
+		return fmt.Errorf("%w: %s already holds %d presignatures of key %s for %s, its presign.depth", ErrOverloaded, n.cfg.Name, held, keyID, coordinator)
+	}
+	ttl := time.Duration(n.cfg.Presign.MaxAge)
+	if req.TTL > 0 {
+		ttl = min(max(req.TTL, time.Second), ttl)
+	}
 	ps, err := tss.NewPresignSession(share, req.Quorum, n.outbox(id, peerwire.KindPresign, req.Key, len(req.Quorum)))
 	if err != nil {
 		return err
@@ -102,14 +116,18 @@ func (n *Node) finishPresign(ctx context.Context, caller string, req *peerwire.F
 	if err != nil {
 		return refuse(err)
 	}
-	if claims != nil && !n.verifier.MarkUsed(*claims) {
-		return refuse(fmt.Errorf("request %s from %q already signed: replay", claims.RequestIDString(), claims.Identity.Name))
+	// Finishing runs rounds 5–9 with secrets already committed: the
+	// authority is spent whatever the outcome.
+	if claims != nil {
+		if err := n.verifier.MarkUsed(*claims); err != nil {
+			return refuse(err)
+		}
 	}
 	n.touchLive()
 	defer n.touchLive()
 	sig, err := ps.Finish(ctx, req.Sign.Digest)
-	if err != nil && claims != nil {
-		n.verifier.Release(*claims)
+	if err != nil {
+		n.sessionFailed(s, err)
 	}
 	return sig, err
 }
@@ -182,6 +200,22 @@ func (p *presignPool) take(key tss.KeyID, usable func(member string) bool) *pres
 		e.ps.Abort(&tss.SessionError{Err: errors.New("presignature dropped: a quorum member is down")})
 	}
 	return nil
+}
+
+// dropMember destroys every entry whose quorum includes member (it was
+// convicted).
+func (p *presignPool) dropMember(member string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for key, es := range p.entries {
+		p.entries[key] = slices.DeleteFunc(es, func(e *presignEntry) bool {
+			if slices.Contains(e.quorum, member) {
+				e.ps.Abort(&tss.SessionError{Err: fmt.Errorf("presignature dropped: member %s: %w", member, errConvicted)})
+				return true
+			}
+			return false
+		})
+	}
 }
 
 // drain destroys every entry of key (the key was disabled or reshared).

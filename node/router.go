@@ -55,10 +55,11 @@ type session struct {
 	mu    sync.Mutex
 	state sessionState
 	// lastRound is the highest round seen from each sender, and seen the
-	// messages already accepted: a sender's messages arrive in the order it
-	// sent them, so an older round is a replay and a repeat a duplicate.
+	// message types already accepted from each, both as the payloads say
+	// (not the envelopes' labels): a sender's messages arrive in the order
+	// it sent them, so an older round is a replay and a repeat a duplicate.
 	lastRound map[string]int
-	seen      map[string]bool
+	seen      map[seenKey]bool
 	// broadcasts tracks, in sessions of three or more, each broadcast
 	// message until every other member has echoed the same one.
 	broadcasts map[broadcastKey]*broadcast
@@ -68,12 +69,16 @@ type session struct {
 // this node does not have (never prepared, expired, or finished).
 var ErrUnknownSession = errors.New("unknown session")
 
+type seenKey struct{ sender, msgType string }
+
 // router holds this node's live sessions by id.
 type router struct {
 	mu       sync.Mutex
 	sessions map[peerwire.SessionID]*session
 	// prepareTTL is how long a prepared session waits for its Run call.
 	prepareTTL time.Duration
+	// failed, if set, is told about every session whose run failed here.
+	failed func(*session, error)
 }
 
 func newRouter(prepareTTL time.Duration) *router {
@@ -92,7 +97,7 @@ func (r *router) add(s *session) error {
 		s.echo = true
 	}
 	s.lastRound = map[string]int{}
-	s.seen = map[string]bool{}
+	s.seen = map[seenKey]bool{}
 	s.broadcasts = map[broadcastKey]*broadcast{}
 	r.sessions[s.id] = s
 	s.expiry = time.AfterFunc(r.prepareTTL, func() {
@@ -168,7 +173,47 @@ func (r *router) start(ctx context.Context, id peerwire.SessionID) (*peerwire.Ru
 	s.state = stateFinished
 	s.mu.Unlock()
 	r.remove(id)
+	if err != nil && r.failed != nil {
+		r.failed(s, err)
+	}
 	return resp, err
+}
+
+// abortWith aborts every session peer is a member of (it was convicted).
+func (r *router) abortWith(peer string, cause error) {
+	r.mu.Lock()
+	var hit []*session
+	for _, s := range r.sessions {
+		if slices.Contains(s.members, peer) {
+			hit = append(hit, s)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range hit {
+		s.party.Abort(&tss.SessionError{Culprits: []string{peer}, Err: cause})
+		r.abort(s.id)
+	}
+}
+
+// load counts the live sessions that compute (all kinds but ready
+// presignatures, which wait idle) and, among them, those coordinator
+// opened here; and the presignatures coordinator holds here for key.
+func (r *router) load(coordinator, key string) (active, byCoordinator, presignsOfKey int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.sessions {
+		if s.kind == peerwire.KindPresign {
+			if s.coordinator == coordinator && s.key == key {
+				presignsOfKey++
+			}
+			continue
+		}
+		active++
+		if s.coordinator == coordinator {
+			byCoordinator++
+		}
+	}
+	return active, byCoordinator, presignsOfKey
 }
 
 // finish forgets a kept session once it has ended.
@@ -195,9 +240,15 @@ func (r *router) active() int {
 
 // accept checks an envelope against its session: the session exists and
 // is live, the envelope is for this session's kind and key, the sender is
-// a member and claims to be who its certificate says, and the message is
-// neither a replay of an earlier round nor a duplicate. sender is the
-// authenticated peer name.
+// a member and claims to be who its certificate says, the payload is a
+// message of this kind of session whose type, round and routing are what
+// the envelope says, and it is neither a replay of an earlier round nor a
+// duplicate. sender is the authenticated peer name.
+//
+// Everything is judged by the payload, never by the labels alone: one
+// payload sent under two labels is one message, and the per-session
+// buffers (seen, lastRound, the echo tracking) grow only with the
+// protocol's own message types, per member.
 func (r *router) accept(sender string, env *peerwire.Envelope) (*session, error) {
 	if env.Version != peerwire.Version {
 		return nil, fmt.Errorf("envelope version %d, want %d", env.Version, peerwire.Version)
@@ -215,19 +266,27 @@ func (r *router) accept(sender string, env *peerwire.Envelope) (*session, error)
 	if !slices.Contains(s.members, sender) {
 		return nil, fmt.Errorf("session %s: %s is not a member %v", s.id, sender, s.members)
 	}
+	info, err := tss.InspectMessage(string(s.kind), env.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("session %s: message from %s: %w", s.id, sender, err)
+	}
+	if env.Type != info.Type || env.Round != info.Round || env.Broadcast != info.Broadcast {
+		return nil, fmt.Errorf("session %s: %s labelled its message %s round %d broadcast=%t, but the payload is %s round %d broadcast=%t",
+			s.id, sender, env.Type, env.Round, env.Broadcast, info.Type, info.Round, info.Broadcast)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.state == stateFinished {
 		return nil, fmt.Errorf("session %s: %w", s.id, ErrUnknownSession)
 	}
-	if env.Round < s.lastRound[sender] {
-		return nil, fmt.Errorf("session %s: %s sent round %d after round %d: replayed or reordered", s.id, sender, env.Round, s.lastRound[sender])
+	if info.Round < s.lastRound[sender] {
+		return nil, fmt.Errorf("session %s: %s sent round %d after round %d: replayed or reordered", s.id, sender, info.Round, s.lastRound[sender])
 	}
-	mk := fmt.Sprintf("%s|%s|%t", sender, env.Type, env.Broadcast)
+	mk := seenKey{sender, info.Type}
 	if s.seen[mk] {
-		return nil, fmt.Errorf("session %s: duplicate %s from %s", s.id, env.Type, sender)
+		return nil, fmt.Errorf("session %s: duplicate %s from %s", s.id, info.Type, sender)
 	}
 	s.seen[mk] = true
-	s.lastRound[sender] = env.Round
+	s.lastRound[sender] = info.Round
 	return s, nil
 }

@@ -21,11 +21,11 @@ var hashNames = map[string]crypto.Hash{"SHA-256": crypto.SHA256, "SHA-384": cryp
 // one) coordinates, after checking on its own that the request is one it
 // should take part in.
 func (n *Node) prepare(coordinator string, req *peerwire.PrepareRequest) error {
-	if c := n.sessions.count(); c >= n.cfg.MaxSessions {
-		return fmt.Errorf("%w: %d sessions already live on %s", ErrOverloaded, c, n.cfg.Name)
-	}
 	if req.Version != peerwire.Version {
 		return fmt.Errorf("protocol version %d, this node speaks %d", req.Version, peerwire.Version)
+	}
+	if err := n.admit(coordinator, req); err != nil {
+		return err
 	}
 	switch req.Kind {
 	case peerwire.KindSign:
@@ -53,6 +53,61 @@ func (n *Node) prepare(coordinator string, req *peerwire.PrepareRequest) error {
 	}
 }
 
+// keygenStall is how long a key generation waits for any message before it
+// blames the members it waits for: its rounds carry Paillier and
+// factorization proofs that take seconds each on a loaded node.
+const keygenStall = 60 * time.Second
+
+// errBusyPeer marks a Prepare refused because its coordinator already has
+// its share of this node's sessions.
+var errBusyPeer = errors.New("coordinator already has its share of this node's sessions")
+
+// admit decides whether this node has room for one more session from
+// coordinator, before it looks at what the session is. No member it would
+// share the session with may be convicted here. Sessions that compute
+// (all but ready presignatures, which prepareSign bounds by presign.depth)
+// are bounded in all (max_sessions) and per coordinator
+// (max_sessions_per_peer), so one node flooding Prepares fills its own
+// share of this node, never the others'.
+func (n *Node) admit(coordinator string, req *peerwire.PrepareRequest) error {
+	for _, m := range append(sessionMembers(req), coordinator) {
+		if n.convicted(m) {
+			return fmt.Errorf("session %s includes %s: %w (an admin may readmit it)", req.Session, m, errConvicted)
+		}
+	}
+	if req.Kind == peerwire.KindPresign {
+		return nil
+	}
+	active, mine, _ := n.sessions.load(coordinator, "")
+	if active >= n.cfg.MaxSessions {
+		return fmt.Errorf("%w: %d sessions already live on %s", ErrOverloaded, active, n.cfg.Name)
+	}
+	if mine >= n.cfg.MaxSessionsPerPeer {
+		return fmt.Errorf("%w: %s: %d sessions from %s already live here (max_sessions_per_peer %d)", ErrOverloaded, errBusyPeer, mine, coordinator, n.cfg.MaxSessionsPerPeer)
+	}
+	return nil
+}
+
+// sessionMembers names who takes part in the session req prepares.
+func sessionMembers(req *peerwire.PrepareRequest) []string {
+	switch {
+	case req.Sign != nil:
+		return req.Sign.Quorum
+	case req.Presign != nil:
+		return req.Presign.Quorum
+	case req.Keygen != nil:
+		return req.Keygen.Parties
+	case req.Reshare != nil:
+		return union(req.Reshare.OldParties, req.Reshare.NewParties)
+	}
+	return nil
+}
+
+// errAuthoritySpent marks a failed signing session that got past round 1
+// on this node: the edge's authority for it is used up, so the coordinator
+// must not retry with it (the edge retries with a fresh one).
+var errAuthoritySpent = errors.New("the request's authority is spent (the session passed round 1)")
+
 // checkSignRequest is what every member checks on its own before it
 // signs: it holds a share of the key, the key is enabled, the quorum
 // includes it and the coordinator, the digest fits the hash, and the edge
@@ -68,6 +123,9 @@ func (n *Node) checkSignRequest(coordinator string, id peerwire.SessionID, req *
 	}
 	if n.keyDisabled(keyID) {
 		return nil, nil, fmt.Errorf("key %s: %w", keyID, ErrKeyDisabled)
+	}
+	if err := n.keySuspended(keyID); err != nil {
+		return nil, nil, err
 	}
 	if !slices.Contains(req.Quorum, n.cfg.Name) || !slices.Contains(req.Quorum, coordinator) {
 		return nil, nil, fmt.Errorf("quorum %v must include this node (%s) and the coordinator (%s)", req.Quorum, n.cfg.Name, coordinator)
@@ -103,19 +161,28 @@ func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerw
 	return n.sessions.add(&session{
 		id: id, kind: peerwire.KindSign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ss,
 		run: func(ctx context.Context) (*peerwire.RunResponse, error) {
-			// One authority yields at most one signature from this node:
-			// claim its request id before signing, give it back on failure
-			// so the coordinator's retry with another quorum can use it.
-			if claims != nil && !n.verifier.MarkUsed(*claims) {
-				return nil, fmt.Errorf("request %s from %q already signed: replay", claims.RequestIDString(), claims.Identity.Name)
+			// One authority yields at most one session past round 1 on
+			// this node: claim its request id before signing. A session
+			// that fails before this node's secrets went into any answer
+			// gives it back, so the coordinator can retry with another
+			// quorum; one that got further keeps it spent, so no member can
+			// make one request run (and fail) many times.
+			if claims != nil {
+				if err := n.verifier.MarkUsed(*claims); err != nil {
+					return nil, err
+				}
 			}
 			n.touchLive()
 			defer n.touchLive()
 			sig, err := ss.Run(ctx)
 			if err != nil {
-				if claims != nil {
-					n.verifier.Release(*claims)
+				if claims == nil {
+					return nil, err
 				}
+				if ss.PastRound1() {
+					return nil, fmt.Errorf("%w: %w", errAuthoritySpent, err)
+				}
+				n.verifier.Release(*claims)
 				return nil, err
 			}
 			return &peerwire.RunResponse{Signature: sig}, nil
@@ -127,6 +194,17 @@ func (n *Node) prepareKeygen(coordinator string, id peerwire.SessionID, req *pee
 	if !slices.Contains(req.Parties, n.cfg.Name) || !slices.Contains(req.Parties, coordinator) {
 		return fmt.Errorf("parties %v must include this node (%s) and the coordinator (%s)", req.Parties, n.cfg.Name, coordinator)
 	}
+	for _, p := range req.Parties {
+		if _, ok := n.peers[p]; !ok && p != n.cfg.Name {
+			return fmt.Errorf("keygen: party %q is not a node this one knows", p)
+		}
+	}
+	claims, err := n.verifier.VerifyStatement(req.Authority, peerwire.KeygenStatement(req.Threshold, req.Parties), authority.Once)
+	if err != nil {
+		return fmt.Errorf("keygen: %w: %w", errUnauthorized, err)
+	}
+	n.log.Info().Str("session", id.String()).Str("coordinator", coordinator).Str("admin", claims.Identity.Name).Int("t", req.Threshold).Strs("parties", req.Parties).
+		Msg("key generation authorized by an admin")
 	pp, err := n.preParams.get()
 	if err != nil {
 		return err
@@ -135,6 +213,7 @@ func (n *Node) prepareKeygen(coordinator string, id peerwire.SessionID, req *pee
 	if err != nil {
 		return err
 	}
+	ks.SetStallTimeout(keygenStall)
 	return n.sessions.add(&session{
 		id: id, kind: peerwire.KindKeygen, members: slices.Clone(req.Parties), coordinator: coordinator, party: ks,
 		run: func(ctx context.Context) (*peerwire.RunResponse, error) {

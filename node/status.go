@@ -20,13 +20,15 @@ func (n *Node) Status() *peerwire.StatusResponse {
 		s, _ := n.share(id)
 		reach := 1 // this node
 		for _, p := range s.Parties {
-			if p != n.cfg.Name && n.reachable(p) {
+			if p != n.cfg.Name && n.reachable(p) && !n.convicted(p) {
 				reach++
 			}
 		}
 		disabled := n.keyDisabled(id)
+		aborts, suspended := n.budget.state(id.String())
 		ks := peerwire.KeyStatus{Key: id.String(), Threshold: s.Threshold, Parties: s.Parties,
-			Disabled: disabled, Available: !disabled && reach >= s.Quorum()}
+			Disabled: disabled, Available: !disabled && suspended == "" && reach >= s.Quorum(),
+			StateVersion: n.keyState.get(id.String()).Version, Aborts: aborts, Budget: n.budget.limit, Suspended: suspended}
 		ks.Presignatures, ks.PresignTarget = n.pool.depth(id), n.cfg.Presign.Depth
 		if p, ok := n.pending.get(id); ok {
 			ks.ResharePending = p.Session.String()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/keygen"
 	tsslib "github.com/bnb-chain/tss-lib/v2/tss"
@@ -60,3 +61,8 @@ func (s *KeygenSession) Run(ctx context.Context) (*Share, error) {
 // Abort ends the session with err (Kind is filled in): for misbehaviour
 // the transport detects, such as an equivocating member.
 func (s *KeygenSession) Abort(err *SessionError) { s.r.abort(err) }
+
+// SetStallTimeout makes Run fail, blaming the members it waits for, when
+// no message arrives for d. Call it before Run. Zero (the default) waits
+// for the context's deadline only.
+func (s *KeygenSession) SetStallTimeout(d time.Duration) { s.r.stall = d }

@@ -318,6 +318,12 @@ func (s *PresignSession) loop(ctx context.Context) {
 				return
 			}
 			if !online && RoundOf(msg.Type()) >= 4 {
+				// Each other member sends one message per round, six rounds
+				// from 4 on: more is a sender flooding the held queue.
+				if len(held) >= 6*others {
+					fail(&SessionError{Round: RoundOf(msg.Type()), Culprits: []string{in.from}, Err: errors.New("more held messages than the protocol sends")})
+					return
+				}
 				held = append(held, msg)
 				if RoundOf(msg.Type()) == 4 && !round4From[in.from] {
 					round4From[in.from] = true

@@ -16,6 +16,7 @@ import (
 	"github.com/tkeyless/tkeyless/internal/peerwire"
 	"github.com/tkeyless/tkeyless/internal/pki"
 	"github.com/tkeyless/tkeyless/node"
+	"github.com/tkeyless/tkeyless/tss"
 )
 
 // dialNode connects to a node's peer endpoint with this node's identity
@@ -87,12 +88,22 @@ not answer is shown as down.`,
 					if k.ResharePending != "" {
 						detail += ", resharing " + k.ResharePending + " awaits commit"
 					}
+					if k.Suspended != "" {
+						state = "SUSPENDED"
+						detail += "; " + k.Suspended
+					} else if k.Aborts > 0 {
+						detail += fmt.Sprintf(", %d/%d aborts without a culprit", k.Aborts, k.Budget)
+					}
 					fmt.Fprintf(w, "\t%s\tkey %s\t%s\n", state, k.Key, detail)
 				}
 				for _, p := range st.Peers {
 					state, detail := "up", fmt.Sprintf("%.1f ms", p.LatencyMS)
 					if !p.Up {
 						state = "DOWN"
+					}
+					if p.Convicted != nil {
+						state = "CONVICTED"
+						detail += fmt.Sprintf("; excluded since %s (session %s): %s", p.Convicted.At.Format(time.RFC3339), p.Convicted.Session, oneLine(p.Convicted.Reason))
 					}
 					if p.LastError != "" {
 						detail += fmt.Sprintf("; last error %s ago: %s", time.Since(p.LastErrAt).Truncate(time.Second), oneLine(p.LastError))
@@ -112,16 +123,62 @@ not answer is shown as down.`,
 func keyCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "key",
-		Short: "Disable or re-enable a key cluster-wide (the kill switch)",
+		Short: "Disable, re-enable or resume a key cluster-wide (the kill switch; admin)",
 		Long: `key disable refuses every signature with the key at once, on every node
 (each quorum member checks it); edges see "key disabled by the cluster
 operator". key enable restores service; no ceremony is needed. Nodes that
-are down when you run it learn the change from their peers when they return.`,
+are down when you run it learn the change from their peers when they return.
+
+A key's state is a statement signed by an admin identity (--admin-cert,
+--admin-key) with a version that only goes up: every node checks the
+signature and keeps the highest version, so no node (compromised or not)
+can make one up or outbid the admin's latest word.
+
+key resume lets a key sign again on every node where its abort budget ran
+out (too many signing sessions failed without naming a culprit, which is
+what a member probing for secrets causes): look at the nodes' audit logs
+first.`,
 	}
 	var configPath, key string
+	var admin adminFlags
 	set := func(disabled bool) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, _ []string) error {
 			cfg, err := node.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			if _, err := tss.ParseKeyID(key); err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 20*time.Second)
+			defer cancel()
+			// The next version is one past the highest any node holds.
+			var version uint64
+			var asked int
+			for _, t := range clusterNodes(cfg) {
+				c, closeFn, err := dialNode(cfg, t.Name, t.Addr)
+				if err != nil {
+					return err
+				}
+				sctx, scancel := context.WithTimeout(ctx, 3*time.Second)
+				st, err := c.Status(sctx, &peerwire.StatusRequest{})
+				scancel()
+				closeFn()
+				if err != nil {
+					continue
+				}
+				asked++
+				for _, k := range st.Keys {
+					if k.Key == key {
+						version = max(version, k.StateVersion)
+					}
+				}
+			}
+			if asked == 0 {
+				return fmt.Errorf("no node answered; is `signer serve` running?")
+			}
+			version++
+			stmt, err := admin.statement(peerwire.KeyStateStatement(key, version, disabled))
 			if err != nil {
 				return err
 			}
@@ -130,9 +187,8 @@ are down when you run it learn the change from their peers when they return.`,
 				return err
 			}
 			defer closeFn()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
-			resp, err := c.SetKeyState(ctx, &peerwire.SetKeyStateRequest{Key: key, State: peerwire.KeyState{Disabled: disabled, Changed: time.Now()}, Propagate: true})
+			resp, err := c.SetKeyState(ctx, &peerwire.SetKeyStateRequest{Key: key, Propagate: true,
+				State: peerwire.KeyState{Disabled: disabled, Version: version, Statement: stmt, Changed: time.Now().UTC()}})
 			if err != nil {
 				return fmt.Errorf("via %s: %w (is `signer serve` running?)", cfg.PeerListen, err)
 			}
@@ -140,7 +196,7 @@ are down when you run it learn the change from their peers when they return.`,
 			if disabled {
 				verb = "disabled"
 			}
-			fmt.Fprintf(os.Stderr, "key %s %s on %s\n", key, verb, strings.Join(resp.Applied, ", "))
+			fmt.Fprintf(os.Stderr, "key %s %s (state version %d) on %s\n", key, verb, version, strings.Join(resp.Applied, ", "))
 			if len(resp.Unreachable) > 0 {
 				fmt.Fprintf(os.Stderr, "not reachable now (they will learn it from their peers): %s\n", strings.Join(resp.Unreachable, ", "))
 			}
@@ -154,10 +210,78 @@ are down when you run it learn the change from their peers when they return.`,
 		c := &cobra.Command{Use: sub.use, Short: sub.short, RunE: set(sub.disabled)}
 		c.Flags().StringVarP(&configPath, "config", "c", "", "this node's configuration file")
 		c.Flags().StringVar(&key, "key", "", "the key id (hex SKI)")
+		admin.register(c)
 		_ = c.MarkFlagRequired("config")
 		_ = c.MarkFlagRequired("key")
 		cmd.AddCommand(c)
 	}
+	resume := &cobra.Command{
+		Use:   "resume",
+		Short: "Let a key suspended by its abort budget sign again, on every node (admin)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := node.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			return admin.eachNode(cmd.Context(), cfg, func(ctx context.Context, name string, c *peerwire.Client) error {
+				r, err := c.ResumeKey(ctx, &peerwire.ResumeKeyRequest{Key: key})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "%s: key %s resumed (was suspended: %t, aborts without a culprit: %d)\n", name, key, r.WasSuspended, r.Aborts)
+				return nil
+			})
+		},
+	}
+	resume.Flags().StringVarP(&configPath, "config", "c", "", "a node's configuration file (for the cluster's addresses and CA)")
+	resume.Flags().StringVar(&key, "key", "", "the key id (hex SKI)")
+	admin.register(resume)
+	_ = resume.MarkFlagRequired("config")
+	_ = resume.MarkFlagRequired("key")
+	cmd.AddCommand(resume)
+	return cmd
+}
+
+func peerCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "peer",
+		Short: "Decisions about cluster members (admin)",
+	}
+	var configPath, peer string
+	var admin adminFlags
+	readmit := &cobra.Command{
+		Use:   "readmit --peer NAME",
+		Short: "Let a convicted node take part in sessions again, on every node",
+		Long: `A node convicts a peer whose message proves it deviated from the protocol
+(an MtA answer out of range, a degenerate proof, a signed equivocation, a
+forged echo): it logs an alert ("event":"conviction") and leaves the peer
+out of every session until an admin readmits it. Find out why first (the
+alert names the session and the check), rebuild or re-key the node if it
+was compromised, then readmit it.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := node.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			return admin.eachNode(cmd.Context(), cfg, func(ctx context.Context, name string, c *peerwire.Client) error {
+				if name == peer {
+					return nil
+				}
+				r, err := c.Readmit(ctx, &peerwire.ReadmitRequest{Peer: peer})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "%s: %s readmitted (was convicted: %t)\n", name, peer, r.WasConvicted)
+				return nil
+			})
+		},
+	}
+	readmit.Flags().StringVarP(&configPath, "config", "c", "", "a node's configuration file (for the cluster's addresses and CA)")
+	readmit.Flags().StringVar(&peer, "peer", "", "the node to readmit")
+	admin.register(readmit)
+	_ = readmit.MarkFlagRequired("config")
+	_ = readmit.MarkFlagRequired("peer")
+	cmd.AddCommand(readmit)
 	return cmd
 }
 

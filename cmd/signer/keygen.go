@@ -19,6 +19,7 @@ func keygenCmd(g *globalFlags) *cobra.Command {
 	var configPath, parties, out string
 	var threshold int
 	var timeout time.Duration
+	var admin adminFlags
 	cmd := &cobra.Command{
 		Use:   "keygen",
 		Short: "Generate a new cluster key by distributed key generation (GG18)",
@@ -27,6 +28,10 @@ generation with the other nodes. Each node ends with its own share; the
 private key is never assembled anywhere. Any threshold+1 of the parties
 can then sign: --threshold 1 with 2 nodes is 2-of-2, with 3 nodes 2-of-3;
 --threshold 2 with 3 nodes is 3-of-3.
+
+Every party checks, on its own, that an admin asked for this ceremony:
+the command signs it with the admin identity (--admin-cert, --admin-key),
+so no node, compromised or not, can start one.
 
 It prints the new key's id (its SKI, which edges use to address it) and
 writes its public key to --out.`,
@@ -42,12 +47,16 @@ writes its public key to --out.`,
 			defer closeFn()
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			var ps []string
+			ps := defaultParties(cfg)
 			if parties != "" {
 				ps = strings.Split(parties, ",")
 			}
+			auth, err := admin.statement(peerwire.KeygenStatement(threshold, ps))
+			if err != nil {
+				return err
+			}
 			fmt.Fprintf(os.Stderr, "running key generation through %s (%s)...\n", cfg.Name, cfg.PeerListen)
-			resp, err := client.KeygenCeremony(ctx, &peerwire.KeygenCeremonyRequest{Threshold: threshold, Parties: ps})
+			resp, err := client.KeygenCeremony(ctx, &peerwire.KeygenCeremonyRequest{Threshold: threshold, Parties: ps, Authority: auth})
 			if err != nil {
 				return fmt.Errorf("keygen via %s: %w (is `signer serve` running on every node?)", cfg.PeerListen, err)
 			}
@@ -70,6 +79,7 @@ writes its public key to --out.`,
 	cmd.Flags().StringVar(&parties, "parties", "", "comma-separated node names to hold shares (default: this node and all its peers)")
 	cmd.Flags().StringVarP(&out, "out", "o", "", "where to write the public key PEM (default KEYID.pub.pem)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "give up after this long")
+	admin.register(cmd)
 	_ = cmd.MarkFlagRequired("config")
 	return cmd
 }

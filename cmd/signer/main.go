@@ -40,7 +40,7 @@ A first cluster, step by step (see README.md and examples/):
 		SilenceErrors: true,
 	}
 	g.Register(root)
-	root.AddCommand(serveCmd(g), keygenCmd(g), preparamsCmd(g), csrCmd(g), pkiCmd(g), statusCmd(g), keyCmd(g), reshareCmd(g), importCmd(g), secretsKeyCmd(g), backupCmd(g), restoreCmd(g))
+	root.AddCommand(serveCmd(g), keygenCmd(g), preparamsCmd(g), csrCmd(g), pkiCmd(g), statusCmd(g), keyCmd(g), peerCmd(g), reshareCmd(g), importCmd(g), secretsKeyCmd(g), backupCmd(g), restoreCmd(g))
 	return root
 }
 

@@ -32,6 +32,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -166,6 +167,8 @@ type Verifier struct {
 	mu        sync.Mutex
 	used      map[[16]byte]time.Time // request ids that produced a signature, with their time
 	lastPrune time.Time
+	journal   *os.File  // see journal.go; nil: ids are kept in memory only
+	notBefore time.Time // authorities made earlier are refused (journal lost)
 }
 
 func (v *Verifier) now() time.Time {
@@ -214,6 +217,9 @@ func (v *Verifier) Verify(a []byte, req Request) (Claims, error) {
 	if skew := now.Sub(t); skew > v.window() || skew < -v.window() {
 		return Claims{}, fmt.Errorf("request authority from %q is %s old, outside the %s window", id.Name, skew.Truncate(time.Millisecond), v.window())
 	}
+	if err := v.admissible(t); err != nil {
+		return Claims{}, fmt.Errorf("request authority from %q: %w", id.Name, err)
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if _, ok := v.used[d.id]; ok {
@@ -222,17 +228,26 @@ func (v *Verifier) Verify(a []byte, req Request) (Claims, error) {
 	return Claims{Identity: id, RequestID: d.id, Time: t}, nil
 }
 
-// MarkUsed records that a request id produced a signature; a later Verify
-// of the same authority fails as a replay. It reports false if the id was
-// already used (two sessions raced with one authority).
-func (v *Verifier) MarkUsed(c Claims) bool {
+// ErrReplay is returned for a request id already used.
+var ErrReplay = errors.New("request id already used: replay")
+
+// MarkUsed records that a request id is spent: a later Verify of the same
+// authority fails as a replay, here and, with a journal (Open), after a
+// restart. It returns ErrReplay if the id was already used (two sessions
+// raced with one authority), or the journal's error if the id could not be
+// recorded: without the record a restart could forget it, so the caller
+// must not sign on it.
+func (v *Verifier) MarkUsed(c Claims) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.used == nil {
 		v.used = map[[16]byte]time.Time{}
 	}
 	if _, ok := v.used[c.RequestID]; ok {
-		return false
+		return fmt.Errorf("request %s from %q: %w", c.RequestIDString(), c.Identity.Name, ErrReplay)
+	}
+	if err := v.appendLocked(c.RequestID, c.Time); err != nil {
+		return fmt.Errorf("record request id %s: %w", c.RequestIDString(), err)
 	}
 	v.used[c.RequestID] = c.Time
 	// Forget ids whose authorities can no longer pass the time check, once
@@ -246,11 +261,16 @@ func (v *Verifier) MarkUsed(c Claims) bool {
 			}
 		}
 	}
-	return true
+	return nil
 }
 
-// Release gives back a request id claimed by MarkUsed whose session then
-// failed, so a retry with another quorum can use the same authority.
+// Release gives back a request id claimed by MarkUsed whose session failed
+// before any member's secrets went into it (before round 2), so a retry
+// with another quorum can use the same authority. Once a session has
+// passed round 1 its authority stays spent, whatever the outcome: every
+// attempt a cheating member could learn something from costs an edge one
+// request. (The journal keeps the released id; after a restart it counts as
+// used, which only costs that one retry.)
 func (v *Verifier) Release(c Claims) {
 	v.mu.Lock()
 	defer v.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"math/big"
 	"path/filepath"
 	"strings"
@@ -73,11 +74,11 @@ func TestVerify(t *testing.T) {
 	if _, err := v.Verify(a, req); err != nil {
 		t.Fatalf("second verify before use: %v", err)
 	}
-	if !v.MarkUsed(c) {
-		t.Fatal("MarkUsed on a fresh id")
+	if err := v.MarkUsed(c); err != nil {
+		t.Fatalf("MarkUsed on a fresh id: %v", err)
 	}
-	if v.MarkUsed(c) {
-		t.Fatal("MarkUsed twice")
+	if err := v.MarkUsed(c); !errors.Is(err, ErrReplay) {
+		t.Fatalf("MarkUsed twice: %v", err)
 	}
 	if _, err := v.Verify(a, req); err == nil || !strings.Contains(err.Error(), "replay") {
 		t.Fatalf("replay: %v", err)

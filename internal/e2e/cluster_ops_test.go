@@ -198,7 +198,7 @@ func TestKillSwitch(t *testing.T) {
 	defer cancel()
 	d := sha256.Sum256([]byte("kill switch"))
 
-	run(t, "signer", "key", "disable", "--config", c.nodes[0].config, "--key", c.keyID)
+	run(t, "signer", "key", "disable", "--config", c.nodes[0].config, "--admin-cert", c.adminCert, "--admin-key", c.adminKey, "--key", c.keyID)
 	for _, sn := range c.nodes {
 		if st := statusOf(t, c, sn); !strings.Contains(st, "DISABLED\tkey\t"+c.keyID) {
 			t.Fatalf("node %s does not show the key disabled:\n%s", sn.name, st)
@@ -213,7 +213,7 @@ func TestKillSwitch(t *testing.T) {
 
 	// A node that was down during the change learns it from its peers.
 	c.nodes[1].proc.stop()
-	run(t, "signer", "key", "enable", "--config", c.nodes[0].config, "--key", c.keyID)
+	run(t, "signer", "key", "enable", "--config", c.nodes[0].config, "--admin-cert", c.adminCert, "--admin-key", c.adminKey, "--key", c.keyID)
 	c.startNode(t, c.nodes[1])
 	waitFor(t, 15*time.Second, func() bool { return strings.Contains(statusOf(t, c, c.nodes[1]), "available\tkey\t"+c.keyID) })
 	sig, err := kc.Sign(ctx, ski, crypto.SHA256, d[:])

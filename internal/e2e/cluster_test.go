@@ -243,6 +243,15 @@ type cluster struct {
 	caPath    string // the cluster CA
 	edgeCert  string
 	edgeKey   string
+	// adminCert and adminKey are the operator's identity, which signs
+	// ceremonies and key states.
+	adminCert string
+	adminKey  string
+}
+
+// admin is the flags that make a signer command act as the cluster's admin.
+func (c *cluster) admin() []string {
+	return []string{"--admin-cert", c.adminCert, "--admin-key", c.adminKey}
 }
 
 // startCluster creates a dev PKI, n signer processes with the committed
@@ -267,7 +276,7 @@ func (c *cluster) keygen(t *testing.T, threshold int, parties ...string) {
 	t.Helper()
 	c.threshold = threshold
 	c.pubPath = filepath.Join(c.dir, "key.pub.pem")
-	args := []string{"keygen", "--config", c.nodes[0].config, "--threshold", fmt.Sprint(threshold), "--out", c.pubPath}
+	args := append([]string{"keygen", "--config", c.nodes[0].config, "--threshold", fmt.Sprint(threshold), "--out", c.pubPath}, c.admin()...)
 	if len(parties) > 0 {
 		args = append(args, "--parties", strings.Join(parties, ","))
 	}
@@ -288,6 +297,8 @@ func newCluster(t *testing.T, n int, extraYAML string) *cluster {
 	run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", "edge", "--role", "edge")
 	c.caPath = filepath.Join(pkiDir, "ca.pem")
 	c.edgeCert, c.edgeKey = filepath.Join(pkiDir, "edge.pem"), filepath.Join(pkiDir, "edge-key.pem")
+	run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", "admin", "--role", "admin")
+	c.adminCert, c.adminKey = filepath.Join(pkiDir, "admin.pem"), filepath.Join(pkiDir, "admin-key.pem")
 	addrs := freeAddrs(t, 3*n)
 	names := []string{"a", "b", "c"}[:n]
 	for i, name := range names {

@@ -72,7 +72,7 @@ func TestReshareRefresh(t *testing.T) {
 	for _, sn := range c.nodes {
 		old[sn.name] = readFile(t, c.shareFile(sn))
 	}
-	out := run(t, "signer", "reshare", "--config", c.nodes[0].config, "--key", c.keyID)
+	out := run(t, "signer", "reshare", "--config", c.nodes[0].config, "--admin-cert", c.adminCert, "--admin-key", c.adminKey, "--key", c.keyID)
 	if strings.TrimSpace(out) != c.keyID {
 		t.Fatalf("reshare printed %q, want the unchanged key id %s", out, c.keyID)
 	}
@@ -137,7 +137,7 @@ func TestReshareChangeThreshold(t *testing.T) {
 	// changes: a and b keep their old shares and sign.
 	c.nodes[2].proc.stop()
 	before := readFile(t, c.shareFile(c.nodes[0]))
-	out, err := exec.Command(filepath.Join(binaries(t), "signer"), "reshare", "--config", c.nodes[0].config, "--key", c.keyID,
+	out, err := exec.Command(filepath.Join(binaries(t), "signer"), "reshare", "--config", c.nodes[0].config, "--admin-cert", c.adminCert, "--admin-key", c.adminKey, "--key", c.keyID,
 		"--parties", "a,b,c", "--threshold", "2", "--timeout", "30s").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "member c") {
 		t.Fatalf("reshare with a member down: want a failure naming c, got %v:\n%s", err, out)
@@ -150,7 +150,7 @@ func TestReshareChangeThreshold(t *testing.T) {
 	}
 	c.startNode(t, c.nodes[2])
 
-	run(t, "signer", "reshare", "--config", c.nodes[0].config, "--key", c.keyID, "--parties", "a,b,c", "--threshold", "2")
+	run(t, "signer", "reshare", "--config", c.nodes[0].config, "--admin-cert", c.adminCert, "--admin-key", c.adminKey, "--key", c.keyID, "--parties", "a,b,c", "--threshold", "2")
 	status := run(t, "signer", "status", "--config", c.nodes[2].config)
 	for _, sn := range c.nodes {
 		if _, err := os.Stat(c.shareFile(sn)); err != nil {
@@ -202,7 +202,7 @@ func TestImportKey(t *testing.T) {
 	os.WriteFile(certPath, append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}),
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})...), 0o644)
 
-	cmd := exec.Command(filepath.Join(binaries(t), "signer"), "import", "--config", c.nodes[0].config, "--key-file", keyPath, "--threshold", "1")
+	cmd := exec.Command(filepath.Join(binaries(t), "signer"), "import", "--config", c.nodes[0].config, "--admin-cert", c.adminCert, "--admin-key", c.adminKey, "--key-file", keyPath, "--threshold", "1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -217,7 +217,7 @@ func TestImportKey(t *testing.T) {
 		t.Fatalf("import did not tell the operator to destroy the original:\n%s", stderr.String())
 	}
 	// Importing the same key again is refused: it is in the cluster.
-	if out, err := exec.Command(filepath.Join(binaries(t), "signer"), "import", "--config", c.nodes[1].config, "--key-file", keyPath).CombinedOutput(); err == nil ||
+	if out, err := exec.Command(filepath.Join(binaries(t), "signer"), "import", "--config", c.nodes[1].config, "--admin-cert", c.adminCert, "--admin-key", c.adminKey, "--key-file", keyPath).CombinedOutput(); err == nil ||
 		!strings.Contains(string(out), "already") {
 		t.Fatalf("a second import of the same key: %v\n%s", err, out)
 	}

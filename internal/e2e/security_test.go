@@ -248,8 +248,30 @@ func TestEquivocationIsCaught(t *testing.T) {
 		}
 	}
 
+	// The honest nodes convicted c: with (2,3) every party must sign, so
+	// nothing signs until an admin, having replaced c's build, readmits it.
 	evil.proc.stop()
 	c.startNode(t, evil)
+	// Whoever holds the proof (two versions c signed) convicts c: the
+	// victim b always, a too if b's echo reached it before the session
+	// ended.
+	convicted := 0
+	for _, sn := range c.nodes[:2] {
+		if strings.Contains(sn.proc.Output(), `"event":"conviction"`) {
+			convicted++
+			if st := statusOf(t, c, sn); !strings.Contains(st, "CONVICTED\tpeer\tc") {
+				t.Fatalf("%s's status does not show c convicted:\n%s", sn.name, st)
+			}
+		}
+	}
+	if convicted == 0 {
+		t.Fatal("no honest node convicted c")
+	}
+	d1 := sha256.Sum256([]byte("while c is convicted"))
+	if _, err := kc.Sign(ctx, ski, crypto.SHA256, d1[:]); err == nil {
+		t.Fatal("a (2,3) key signed without readmitting the convicted c")
+	}
+	run(t, "signer", append([]string{"peer", "readmit", "--config", c.nodes[0].config, "--peer", "c"}, c.admin()...)...)
 	d2 := sha256.Sum256([]byte("after the adversary is gone"))
 	sig, err := kc.Sign(ctx, ski, crypto.SHA256, d2[:])
 	if err != nil {

@@ -18,12 +18,16 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"slices"
 	"time"
 )
 
 // Version is the protocol version carried in every envelope; a receiver
-// refuses any other.
-const Version = 1
+// refuses any other. Version 2: ceremonies and key states carry an admin's
+// signed statement, a resharing commits on its new members' signed
+// confirmations.
+const Version = 2
 
 // SessionID names one signing session or ceremony.
 type SessionID [16]byte
@@ -100,10 +104,12 @@ type SignRequest struct {
 	RequestID string `json:"request_id,omitempty"`
 }
 
-// KeygenRequest describes a key generation ceremony.
+// KeygenRequest describes a key generation ceremony. Authority is an
+// admin's statement over it (KeygenStatement); every party checks it.
 type KeygenRequest struct {
 	Threshold int      `json:"threshold"`
 	Parties   []string `json:"parties"`
+	Authority []byte   `json:"authority"`
 }
 
 // ReshareRequest describes a resharing ceremony. Members in the old
@@ -118,6 +124,9 @@ type ReshareRequest struct {
 	// Import says the old committee is the coordinator alone, dealing a
 	// whole key it was handed (OldThreshold is then 0).
 	Import bool `json:"import,omitempty"`
+	// Authority is an admin's statement over the ceremony
+	// (ReshareStatement or ImportStatement); every member checks it.
+	Authority []byte `json:"authority"`
 }
 
 // PrepareRequest asks a member to set up (not start) its party of a session.
@@ -151,6 +160,9 @@ type RunResponse struct {
 	// the member's new (staged) share; every new member must report the
 	// same one before the coordinator lets anyone commit.
 	Fingerprint []byte `json:"fingerprint,omitempty"`
+	// Confirmation is a new member's signed word that it holds its new
+	// share and will switch to it on proof that every new member does.
+	Confirmation *ReshareConfirmation `json:"confirmation,omitempty"`
 }
 
 // Envelope carries one tss-lib message from one member to another.
@@ -208,10 +220,12 @@ func BroadcastDigest(session SessionID, origin, msgType string, round int, paylo
 type DeliverResponse struct{}
 
 // KeygenCeremonyRequest asks a node to coordinate a key generation across
-// the cluster (an operator command, from a node or admin identity).
+// the cluster (an operator command). Parties must be named; Authority is an
+// admin's KeygenStatement over Threshold and Parties.
 type KeygenCeremonyRequest struct {
 	Threshold int      `json:"threshold"`
 	Parties   []string `json:"parties"`
+	Authority []byte   `json:"authority"`
 }
 
 // KeygenCeremonyResponse reports the new key.
@@ -231,6 +245,10 @@ type ReshareCeremonyRequest struct {
 	// Dealers are the current holders that deal (at least t+1 of them);
 	// empty picks t+1 healthy ones, the coordinator first.
 	Dealers []string `json:"dealers,omitempty"`
+	// Authority is an admin's ReshareStatement over Key, NewParties and
+	// NewThreshold, as the node resolves them (empty: the key's current
+	// parties and threshold).
+	Authority []byte `json:"authority"`
 }
 
 // ReshareCeremonyResponse reports a resharing.
@@ -255,19 +273,90 @@ type ReshareCeremonyResponse struct {
 type ImportCeremonyRequest struct {
 	PrivateKey []byte   `json:"private_key"`
 	Threshold  int      `json:"threshold"`
-	Parties    []string `json:"parties,omitempty"`
+	Parties    []string `json:"parties"`
+	// Authority is an admin's ImportStatement over the key id, Parties and
+	// Threshold.
+	Authority []byte `json:"authority"`
 }
 
 // FinishReshareRequest tells a member how a resharing it took part in
 // ended: Commit switches to the staged new share (or deletes the old one
 // if the member left the committee); otherwise the staged share is
-// discarded and the old one kept. Only the ceremony's coordinator may send
-// it.
+// discarded and the old one kept.
+//
+// A commit must carry every new member's confirmation, all of the same
+// new shares (Fingerprint, NewParties, NewThreshold): it proves itself, so
+// any node may pass it on, and every member checks it. A member that
+// confirmed never discards on a node's word (only on an admin's): once it
+// has confirmed, a commit may exist somewhere, and discarding then could
+// leave the cluster split between old and new shares. A discard from the
+// coordinator is for members that did not confirm (those leaving the
+// committee keep their old share).
 type FinishReshareRequest struct {
+	Version       int                   `json:"v"`
+	Session       SessionID             `json:"session"`
+	Key           string                `json:"key"`
+	Commit        bool                  `json:"commit"`
+	NewParties    []string              `json:"new_parties,omitempty"`
+	NewThreshold  int                   `json:"new_threshold,omitempty"`
+	Fingerprint   []byte                `json:"fingerprint,omitempty"`
+	Confirmations []ReshareConfirmation `json:"confirmations,omitempty"`
+}
+
+// ReshareConfirmation is a new member's signed word on one resharing: it
+// holds its new share, of the key data Fingerprint names, and will switch
+// to it on proof that every new member does. A member confirms a session
+// once.
+type ReshareConfirmation struct {
+	Node        string `json:"node"`
+	Fingerprint []byte `json:"fingerprint"`
+	Cert        []byte `json:"cert"` // the node's certificate, DER
+	Sig         []byte `json:"sig"`  // over ReshareConfirmationDigest
+}
+
+// ReshareConfirmationDigest is what a member signs to confirm.
+func ReshareConfirmationDigest(session SessionID, key string, fingerprint []byte, newParties []string, newThreshold int) []byte {
+	h := sha256.New()
+	h.Write([]byte("tkeyless reshare confirmation v2\x00"))
+	h.Write(session[:])
+	writeString(h, key)
+	_ = binary.Write(h, binary.BigEndian, uint16(len(fingerprint)))
+	h.Write(fingerprint)
+	_ = binary.Write(h, binary.BigEndian, uint32(newThreshold))
+	sorted := slices.Sorted(slices.Values(newParties))
+	_ = binary.Write(h, binary.BigEndian, uint16(len(sorted)))
+	for _, p := range sorted {
+		writeString(h, p)
+	}
+	return h.Sum(nil)
+}
+
+func writeString(w io.Writer, s string) {
+	_ = binary.Write(w, binary.BigEndian, uint16(len(s)))
+	_, _ = io.WriteString(w, s)
+}
+
+// ReshareOutcomeRequest asks a member of a resharing what it knows of its
+// outcome: a pending member asks the others until it can commit or discard
+// on proof.
+type ReshareOutcomeRequest struct {
 	Version int       `json:"v"`
 	Session SessionID `json:"session"`
 	Key     string    `json:"key"`
-	Commit  bool      `json:"commit"`
+}
+
+// The states a ReshareOutcomeResponse reports.
+const (
+	OutcomeCommitted = "committed" // Finish is the commit it applied
+	OutcomeConfirmed = "confirmed" // Confirmation is its own; it awaits the outcome
+	OutcomeUnknown   = "unknown"   // it has not confirmed (yet), or forgot
+)
+
+// ReshareOutcomeResponse is one member's answer.
+type ReshareOutcomeResponse struct {
+	State        string                `json:"state"`
+	Finish       *FinishReshareRequest `json:"finish,omitempty"`
+	Confirmation *ReshareConfirmation  `json:"confirmation,omitempty"`
 }
 
 // FinishReshareResponse acknowledges a FinishReshareRequest.
@@ -279,26 +368,55 @@ type PingRequest struct {
 }
 
 // PingResponse names the answering node, the keys it holds, and its view
-// of which keys are disabled (nodes converge on the newest change).
+// of which keys are disabled. Nodes adopt a key state from a peer only
+// with an admin's signature over it and a higher version than their own.
 type PingResponse struct {
 	Node      string              `json:"node"`
 	Keys      []string            `json:"keys"`
 	KeyStates map[string]KeyState `json:"key_states,omitempty"`
 }
 
-// KeyState is whether a key is disabled, as of when an operator said so.
+// KeyState is whether a key is disabled: an admin's signed statement
+// (KeyStateStatement over the key, Version and Disabled), with what it says
+// spelled out. Versions only go up; the highest signed one wins.
 type KeyState struct {
-	Disabled bool      `json:"disabled"`
-	Changed  time.Time `json:"changed"`
-	By       string    `json:"by,omitempty"`
+	Disabled  bool      `json:"disabled"`
+	Version   uint64    `json:"version"`
+	Statement []byte    `json:"statement,omitempty"`
+	Changed   time.Time `json:"changed"`
+	By        string    `json:"by,omitempty"` // the admin that signed it
 }
 
-// SetKeyStateRequest disables or re-enables a key (an operator command).
-// Propagate asks the receiving node to tell every peer too.
+// SetKeyStateRequest hands a node an admin's key-state statement (an
+// operator command, or a node passing one on). Propagate asks the
+// receiving node to pass it to every peer too.
 type SetKeyStateRequest struct {
 	Key       string   `json:"key"`
 	State     KeyState `json:"state"`
 	Propagate bool     `json:"propagate"`
+}
+
+// ReadmitRequest clears a node's conviction of a peer (admin only): the
+// peer may take part in this node's sessions again.
+type ReadmitRequest struct {
+	Peer string `json:"peer"`
+}
+
+// ReadmitResponse says whether the peer was convicted here.
+type ReadmitResponse struct {
+	WasConvicted bool `json:"was_convicted"`
+}
+
+// ResumeKeyRequest lets a key suspended by its abort budget sign again on
+// this node, and starts its budget afresh (admin only).
+type ResumeKeyRequest struct {
+	Key string `json:"key"`
+}
+
+// ResumeKeyResponse says what the key's state was.
+type ResumeKeyResponse struct {
+	WasSuspended bool `json:"was_suspended"`
+	Aborts       int  `json:"aborts"`
 }
 
 // SetKeyStateResponse names the nodes that applied the change and those
@@ -337,6 +455,15 @@ type StatusResponse struct {
 	Peers    []PeerStatus `json:"peers"`
 }
 
+// Conviction is this node's record of a peer caught misbehaving: it is
+// left out of every session here until an admin readmits it.
+type Conviction struct {
+	At      time.Time `json:"at"`
+	Session string    `json:"session"`
+	Key     string    `json:"key,omitempty"`
+	Reason  string    `json:"reason"`
+}
+
 // KeyStatus is one key as a node sees it.
 type KeyStatus struct {
 	Key       string   `json:"key"`
@@ -354,6 +481,14 @@ type KeyStatus struct {
 	// keeps (0: presigning off).
 	Presignatures int `json:"presignatures"`
 	PresignTarget int `json:"presign_target"`
+	// StateVersion is the version of the key's signed state (0: never set).
+	StateVersion uint64 `json:"state_version"`
+	// Aborts counts this node's signing sessions with the key that failed
+	// without naming a culprit, against Budget; Suspended, if set, says why
+	// the key does not sign on this node until an admin resumes it.
+	Aborts    int    `json:"aborts"`
+	Budget    int    `json:"budget"`
+	Suspended string `json:"suspended,omitempty"`
 }
 
 // PeerStatus is one peer as a node sees it.
@@ -365,4 +500,6 @@ type PeerStatus struct {
 	LastError string    `json:"last_error,omitempty"`
 	LastErrAt time.Time `json:"last_error_at,omitzero"`
 	CoolUntil time.Time `json:"cool_until,omitzero"`
+	// Convicted, if set, is why this node excludes the peer.
+	Convicted *Conviction `json:"convicted,omitempty"`
 }

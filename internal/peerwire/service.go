@@ -23,6 +23,9 @@ type Server interface {
 	ImportCeremony(context.Context, *ImportCeremonyRequest) (*KeygenCeremonyResponse, error)
 	FinishReshare(context.Context, *FinishReshareRequest) (*FinishReshareResponse, error)
 	FinishPresign(context.Context, *FinishPresignRequest) (*RunResponse, error)
+	ReshareOutcome(context.Context, *ReshareOutcomeRequest) (*ReshareOutcomeResponse, error)
+	Readmit(context.Context, *ReadmitRequest) (*ReadmitResponse, error)
+	ResumeKey(context.Context, *ResumeKeyRequest) (*ResumeKeyResponse, error)
 }
 
 func unary[Req any, Resp any](name string, call func(Server, context.Context, *Req) (*Resp, error)) grpc.MethodDesc {
@@ -61,6 +64,9 @@ var ServiceDesc = grpc.ServiceDesc{
 		unary("ImportCeremony", Server.ImportCeremony),
 		unary("FinishReshare", Server.FinishReshare),
 		unary("FinishPresign", Server.FinishPresign),
+		unary("ReshareOutcome", Server.ReshareOutcome),
+		unary("Readmit", Server.Readmit),
+		unary("ResumeKey", Server.ResumeKey),
 	},
 	Metadata: "tkeyless/peer/v1",
 }
@@ -130,11 +136,26 @@ func (c *Client) ImportCeremony(ctx context.Context, r *ImportCeremonyRequest) (
 }
 
 // FinishReshare calls FinishReshare.
-func (c *Client) FinishReshare(ctx context.Context, r *FinishReshareRequest) (*FinishReshareResponse, error) {
-	return invoke[FinishReshareResponse](ctx, c, "FinishReshare", r)
+func (c *Client) FinishReshare(ctx context.Context, r *FinishReshareRequest, opts ...grpc.CallOption) (*FinishReshareResponse, error) {
+	return invoke[FinishReshareResponse](ctx, c, "FinishReshare", r, opts...)
 }
 
 // FinishPresign calls FinishPresign.
 func (c *Client) FinishPresign(ctx context.Context, r *FinishPresignRequest, opts ...grpc.CallOption) (*RunResponse, error) {
 	return invoke[RunResponse](ctx, c, "FinishPresign", r, opts...)
+}
+
+// ReshareOutcome calls ReshareOutcome.
+func (c *Client) ReshareOutcome(ctx context.Context, r *ReshareOutcomeRequest, opts ...grpc.CallOption) (*ReshareOutcomeResponse, error) {
+	return invoke[ReshareOutcomeResponse](ctx, c, "ReshareOutcome", r, opts...)
+}
+
+// Readmit calls Readmit.
+func (c *Client) Readmit(ctx context.Context, r *ReadmitRequest) (*ReadmitResponse, error) {
+	return invoke[ReadmitResponse](ctx, c, "Readmit", r)
+}
+
+// ResumeKey calls ResumeKey.
+func (c *Client) ResumeKey(ctx context.Context, r *ResumeKeyRequest) (*ResumeKeyResponse, error) {
+	return invoke[ResumeKeyResponse](ctx, c, "ResumeKey", r)
 }

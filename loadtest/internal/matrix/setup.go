@@ -135,6 +135,9 @@ func (e *env) pki(ctx context.Context) error {
 	if _, err := e.cli(ctx, "pki", "init", "--dir", "pki"); err != nil {
 		return err
 	}
+	if _, err := e.cli(ctx, "pki", "issue", "--dir", "pki", "--name", "admin", "--role", "admin"); err != nil {
+		return err
+	}
 	_, err := e.cli(ctx, "pki", "issue", "--dir", "pki", "--name", "edge", "--role", "edge")
 	return err
 }
@@ -247,7 +250,8 @@ func (e *env) startCluster(ctx context.Context, t, n, presignDepth int) (*signer
 		}
 	}
 	c.pubPath = filepath.Join(e.dir, "key.pub.pem")
-	if _, err := e.cli(ctx, "keygen", "--config", "a.yaml", "--threshold", fmt.Sprint(t), "--out", c.pubPath); err != nil {
+	if _, err := e.cli(ctx, "keygen", "--config", "a.yaml", "--threshold", fmt.Sprint(t), "--out", c.pubPath,
+		"--admin-cert", "pki/admin.pem", "--admin-key", "pki/admin-key.pem"); err != nil {
 		return nil, err
 	}
 	return c, nil
