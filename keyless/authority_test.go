@@ -133,3 +133,52 @@ func TestAuthorizeErrorAsksNoSigner(t *testing.T) {
 		t.Errorf("%d connections and %d requests reached a signer", n, backend.calls.Load())
 	}
 }
+
+// TestNoQuorumRetriedOnceWithFreshAuthority: a signer that answers "no
+// quorum" has spent the request's authority on the members that took part
+// and left the failed one out; the client asks it once more, with a fresh
+// authority, even when it is the only endpoint — and only once.
+func TestNoQuorumRetriedOnceWithFreshAuthority(t *testing.T) {
+	p := newPKI(t)
+	key := newKey(t, elliptic.P256())
+	var mu sync.Mutex
+	var seen [][]byte
+	backend := newKeyBackend(key)
+	backend.before = func(_ context.Context, req *Request) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, req.Authority)
+		if len(seen) == 1 {
+			return ErrNoQuorum
+		}
+		return nil
+	}
+	srv := startServer(t, p, backend)
+	c := newTestClient(t, p, []string{srv.addr}, func(cfg *ClientConfig) {
+		n := 0
+		cfg.Authorize = func(protocol.Op, protocol.SKI, []byte) ([]byte, error) { n++; return []byte{byte(n)}, nil }
+	})
+	d := digests("no quorum, then a quorum")[crypto.SHA256]
+	sig, err := c.Sign(context.Background(), skiOf(t, key), crypto.SHA256, d)
+	if err != nil {
+		t.Fatalf("sign after one no-quorum answer: %v", err)
+	}
+	if !ecdsa.VerifyASN1(&key.PublicKey, d, sig) {
+		t.Fatal("signature does not verify")
+	}
+	mu.Lock()
+	if len(seen) != 2 || string(seen[0]) == string(seen[1]) {
+		t.Fatalf("authorities sent: %x; want two, different", seen)
+	}
+	mu.Unlock()
+
+	// A signer that keeps answering "no quorum" is asked twice, not more.
+	backend.before = func(context.Context, *Request) error { return ErrNoQuorum }
+	before := backend.calls.Load()
+	if _, err := c.Sign(context.Background(), skiOf(t, key), crypto.SHA256, d); err == nil {
+		t.Fatal("signed although every answer was no quorum")
+	}
+	if got := backend.calls.Load() - before; got != 2 {
+		t.Fatalf("asked %d times, want 2", got)
+	}
+}

@@ -302,10 +302,17 @@ func (e authorizeError) Unwrap() error { return e.err }
 // ctx ends. authorize, if not nil, makes the authority of each request sent:
 // a signer that gave up on a request may still have consumed its authority,
 // so no two attempts share one.
+//
+// A signer that answered "no quorum" has left out the members that failed
+// its session, and the request's authority is spent on them: when the last
+// endpoint answered so, the best one is asked once more, with a fresh
+// authority, while the deadline allows.
 func (c *Client) failover(ctx context.Context, op protocol.Operation, authorize func() ([]byte, error)) ([]byte, error) {
 	order := c.rank()
 	var errs []error
-	for i, ep := range order {
+	retried := false
+	for i := 0; i < len(order); i++ {
+		ep := order[i]
 		if ctx.Err() != nil || c.ctx.Err() != nil {
 			break
 		}
@@ -334,6 +341,10 @@ func (c *Client) failover(ctx context.Context, op protocol.Operation, authorize 
 				return nil, err
 			}
 			errs = append(errs, err) // names its endpoint
+			if re.Code == ErrNoQuorum && i == len(order)-1 && !retried {
+				retried = true
+				order = append(order, order[0])
+			}
 		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 			// Only this attempt's share of the deadline ran out.
 			errs = append(errs, fmt.Errorf("%s: no answer within %v, its share of the deadline", ep.addr, time.Since(attemptStart).Round(time.Millisecond)))

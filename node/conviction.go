@@ -106,6 +106,13 @@ func (n *Node) readmit(peer, by string) (bool, error) {
 		return was, err
 	}
 	if was {
+		// A fresh start: the failures that led to the conviction no
+		// longer keep the peer cooling down either.
+		if p, ok := n.peers[peer]; ok {
+			p.health.mu.Lock()
+			p.health.failures, p.health.coolUntil = 0, time.Time{}
+			p.health.mu.Unlock()
+		}
 		n.metrics.convicted.WithLabelValues(peer).Set(0)
 		n.log.Warn().Str("event", "readmit").Str("peer", peer).Str("by", by).Msg("peer readmitted by an admin: it may take part in sessions again")
 	}

@@ -106,12 +106,19 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 				}
 				return sig, nil
 			}
-			// The presignature is gone on every member; sign the full way
-			// within what is left of the deadline.
-			n.metrics.presign.WithLabelValues("fallback").Inc()
 			for _, m := range bad {
 				n.blame(m, err)
 			}
+			if errors.Is(err, errAuthoritySpent) {
+				// The members used their halves with this request: the
+				// edge retries with a fresh one.
+				n.metrics.presign.WithLabelValues("spent").Inc()
+				n.log.Warn().Err(err).Str("key", req.Key.String()).Strs("quorum", e.quorum).Strs("suspects", bad).Msg("presigned signing failed after its members finished")
+				return nil, fmt.Errorf("sign key %s: %w: presigned, quorum %v: %w", req.Key, ErrNoQuorum, e.quorum, err)
+			}
+			// The presignature is gone on every member; sign the full way
+			// within what is left of the deadline.
+			n.metrics.presign.WithLabelValues("fallback").Inc()
 			n.log.Warn().Err(err).Str("key", req.Key.String()).Strs("quorum", e.quorum).Strs("suspects", bad).Msg("presigned signing failed; signing the full way")
 			errs = append(errs, fmt.Errorf("presigned, quorum %v: %w", e.quorum, err))
 			excluded = append(excluded, bad...)

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -139,7 +140,9 @@ func (n *Node) blame(name string, err error) {
 	defer h.mu.Unlock()
 	h.failures++
 	h.lastErr, h.lastErrAt = err.Error(), time.Now()
-	if h.failures >= strikes {
+	// A failure past round 1 spent the edge's request on it: the edge
+	// must come back with a fresh one, so the peer sits out at once.
+	if h.failures >= strikes || errors.Is(err, errAuthoritySpent) {
 		h.coolUntil = time.Now().Add(coolDown)
 		n.log.Warn().Str("peer", name).Int("failures", h.failures).Dur("cool_down", coolDown).Msg("peer keeps failing sessions; avoiding it in quorums")
 	}

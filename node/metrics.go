@@ -60,7 +60,7 @@ func newMetrics(sessions func() float64) *metrics {
 	}
 	m.presign = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tkeyless_signer_presign_total",
-		Help: "Presignature events: made, failed (to make), hit (a request used one), miss (pool empty), fallback (a finish failed; signed the full way).",
+		Help: "Presignature events: made, failed (to make), hit (a request used one), miss (pool empty), fallback (a member had lost its half; signed the full way), spent (a finish failed after its members used their halves; the edge retries with a fresh request).",
 	}, []string{"event"})
 	m.presignDepth = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "tkeyless_signer_presign_pool_depth",

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tkeyless/tkeyless/internal/authority"
 	"github.com/tkeyless/tkeyless/internal/peerwire"
 	"github.com/tkeyless/tkeyless/tss"
 )
@@ -93,18 +94,25 @@ var errUnknownPresign = errors.New("unknown presignature")
 // finishPresign completes this node's half of a presignature that caller
 // coordinates, after the same checks as for any signing request.
 func (n *Node) finishPresign(ctx context.Context, caller string, req *peerwire.FinishPresignRequest) ([]byte, error) {
+	sig, _, err := n.finishPresignClaim(ctx, caller, req)
+	return sig, err
+}
+
+// finishPresignClaim is finishPresign that also returns the request's
+// claims, which it spent (nil for a legacy request or a refusal).
+func (n *Node) finishPresignClaim(ctx context.Context, caller string, req *peerwire.FinishPresignRequest) ([]byte, *authority.Claims, error) {
 	s, err := n.sessions.get(req.Session)
 	if err != nil || s.kind != peerwire.KindPresign {
-		return nil, fmt.Errorf("presignature %s: %w", req.Session, errUnknownPresign)
+		return nil, nil, fmt.Errorf("presignature %s: %w", req.Session, errUnknownPresign)
 	}
 	ps := s.party.(*tss.PresignSession)
 	if s.coordinator != caller {
-		return nil, fmt.Errorf("presignature %s belongs to %s, not %s", req.Session, s.coordinator, caller)
+		return nil, nil, fmt.Errorf("presignature %s belongs to %s, not %s", req.Session, s.coordinator, caller)
 	}
-	refuse := func(err error) ([]byte, error) {
+	refuse := func(err error) ([]byte, *authority.Claims, error) {
 		// A presignature is used once: a refused request uses it up too.
 		ps.Abort(&tss.SessionError{Err: err})
-		return nil, err
+		return nil, nil, err
 	}
 	if req.Sign == nil {
 		return refuse(errors.New("finish without a signing request"))
@@ -129,7 +137,7 @@ func (n *Node) finishPresign(ctx context.Context, caller string, req *peerwire.F
 	if err != nil {
 		n.sessionFailed(s, err)
 	}
-	return sig, err
+	return sig, claims, err
 }
 
 func sameMembers(a, b []string) bool {
@@ -344,9 +352,10 @@ func (n *Node) signPresigned(ctx context.Context, e *presignEntry, req SignReque
 	defer cancel(nil)
 	var own []byte
 	var ownErr error
+	var claims *authority.Claims
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		own, ownErr = n.finishPresign(ctx, n.cfg.Name, fr)
+		own, claims, ownErr = n.finishPresignClaim(ctx, n.cfg.Name, fr)
 		if ownErr != nil {
 			cancel(ownErr)
 		}
@@ -362,16 +371,37 @@ func (n *Node) signPresigned(ctx context.Context, e *presignEntry, req SignReque
 	if ownErr == nil {
 		return own, nil, nil
 	}
+	// This node spent the request's authority finishing its half. It gives
+	// it back for the full path only when a member no longer held its half
+	// (it restarted: nobody else finished) and this half sent no more than
+	// its round-5 commitment; otherwise the edge must come back with a
+	// fresh request.
 	var me *memberError
-	if errors.As(context.Cause(ctx), &me) {
-		if status.Code(me.err) == codes.NotFound {
-			return nil, nil, me
+	lost := errors.As(context.Cause(ctx), &me) && status.Code(me.err) == codes.NotFound
+	if claims != nil {
+		if lost && e.ps.SentRound() <= 5 {
+			n.verifier.Release(*claims)
+		} else {
+			ownErr = fmt.Errorf("%w: %w", errAuthoritySpent, ownErr)
 		}
-		return nil, []string{me.member}, me
+	}
+	if me != nil {
+		if lost {
+			return nil, nil, errors.Join(me, spentIf(ownErr))
+		}
+		return nil, []string{me.member}, errors.Join(me, spentIf(ownErr))
 	}
 	var se *tss.SessionError
 	if errors.As(ownErr, &se) {
 		bad = append(append(bad, se.Culprits...), se.Waiting...)
 	}
 	return nil, dedupe(bad), ownErr
+}
+
+// spentIf is errAuthoritySpent if err says so, nil otherwise.
+func spentIf(err error) error {
+	if errors.Is(err, errAuthoritySpent) {
+		return errAuthoritySpent
+	}
+	return nil
 }

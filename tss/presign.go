@@ -181,6 +181,11 @@ func (s *PresignSession) Finish(ctx context.Context, digest []byte) ([]byte, err
 	return s.sig, s.err
 }
 
+// SentRound is the latest protocol round this party sent a message of.
+// Finishing sends round 5 at once, a commitment; from round 6 on the party
+// opens values that depend on the digest and its secrets.
+func (s *PresignSession) SentRound() int { return s.r.round() }
+
 // Abort ends the session with err (Kind is filled in) and destroys it.
 func (s *PresignSession) Abort(err *SessionError) {
 	s.claimed.Store(true)

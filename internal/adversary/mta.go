@@ -31,9 +31,11 @@ import (
 // the victim's nonce share k ≥ T. With Offset = q⁴ the answer sits at the
 // lower bound of tkeyless's range check instead.
 type MtAOracle struct {
-	// Attacker names the member playing Bob; only its messages change.
+	// Attacker names the member playing Bob; only its messages change
+	// (empty: every message handed to Tamper is the attacker's).
 	Attacker string
-	// Victim names the Alice whose nonce share is probed.
+	// Victim names the Alice whose nonce share is probed; empty probes
+	// every other member.
 	Victim string
 	// Threshold returns T for one session (called once per session, at
 	// the attacker's round 2).
@@ -51,11 +53,11 @@ func (o *MtAOracle) Tamper(party any, msg tsslib.Message) (tsslib.Message, error
 		return msg, nil
 	}
 	r2, ok := pm.Content().(*signing.SignRound2Message)
-	if !ok || msg.GetFrom() == nil || msg.GetFrom().Id != o.Attacker {
+	if !ok || msg.GetFrom() == nil || (o.Attacker != "" && msg.GetFrom().Id != o.Attacker) {
 		return msg, nil
 	}
 	to := msg.GetTo()
-	if len(to) != 1 || to[0].Id != o.Victim {
+	if len(to) != 1 || (o.Victim != "" && to[0].Id != o.Victim) {
 		return msg, nil
 	}
 	lp, ok := party.(*signing.LocalParty)
