@@ -131,6 +131,7 @@ func (n *Node) keyStateChanged(key, from string) {
 	n.log.Warn().Str("key", key).Bool("disabled", st.Disabled).Uint64("version", st.Version).Str("by", st.By).Str("peer", from).Msg("key state changed")
 	if id, err := tss.ParseKeyID(key); err == nil && st.Disabled {
 		n.pool.drain(id)
+		n.sessions.abortPresigns(key, fmt.Errorf("key %s: %w", key, ErrKeyDisabled))
 	}
 }
 

@@ -57,7 +57,10 @@ func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *pe
 	if depth == 0 {
 		return fmt.Errorf("presigning is off on %s (presign.depth 0): it holds no presignatures for any coordinator", n.cfg.Name)
 	}
-	if _, _, held := n.sessions.load(coordinator, req.Key); held >= depth {
+	// At the cap, the coordinator has lost halves it had here (a restart, a
+	// drained pool): the oldest makes room. It can only ever displace its
+	// own, and never hold more than depth.
+	if _, _, held := n.sessions.load(coordinator, req.Key); held >= depth && !n.sessions.evictOldestPresign(coordinator, req.Key) {
 		return fmt.Errorf("%w: %s already holds %d presignatures of key %s for %s, its presign.depth", ErrOverloaded, n.cfg.Name, held, keyID, coordinator)
 	}
 	ttl := time.Duration(n.cfg.Presign.MaxAge)

@@ -716,6 +716,7 @@ func (n *Node) applyFinish(caller pki.Identity, req *peerwire.FinishReshareReque
 		}
 		// Presignatures were made with the old shares.
 		n.pool.drain(keyID)
+		n.sessions.abortPresigns(keyID.String(), errors.New("presignature dropped: the key was reshared"))
 		if p.Staged {
 			s, err := n.store.Commit(keyID)
 			if err != nil {

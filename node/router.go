@@ -48,7 +48,8 @@ type session struct {
 	echo bool
 	// keep says the session outlives its Run call: a presignature stays
 	// registered, ready, until it is finished or expires.
-	keep   bool
+	keep    bool
+	created time.Time
 	run    func(ctx context.Context) (*peerwire.RunResponse, error)
 	expiry *time.Timer
 
@@ -99,6 +100,7 @@ func (r *router) add(s *session) error {
 	s.lastRound = map[string]int{}
 	s.seen = map[seenKey]bool{}
 	s.broadcasts = map[broadcastKey]*broadcast{}
+	s.created = time.Now()
 	r.sessions[s.id] = s
 	s.expiry = time.AfterFunc(r.prepareTTL, func() {
 		s.mu.Lock()
@@ -193,6 +195,44 @@ func (r *router) abortWith(peer string, cause error) {
 		s.party.Abort(&tss.SessionError{Culprits: []string{peer}, Err: cause})
 		r.abort(s.id)
 	}
+}
+
+// abortPresigns destroys the presignature halves held here for key (all
+// coordinators): the key was disabled or reshared, so they can never be
+// finished.
+func (r *router) abortPresigns(key string, cause error) {
+	r.mu.Lock()
+	var hit []*session
+	for _, s := range r.sessions {
+		if s.kind == peerwire.KindPresign && s.key == key {
+			hit = append(hit, s)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range hit {
+		s.party.Abort(&tss.SessionError{Err: cause})
+	}
+}
+
+// evictOldestPresign destroys the oldest presignature half held here for
+// coordinator and key, if any. A coordinator asking for more than it may
+// hold has lost some it had (it restarted, or dropped them): those would
+// otherwise wait out their lifetime here, and keep it from refilling.
+func (r *router) evictOldestPresign(coordinator, key string) bool {
+	r.mu.Lock()
+	var oldest *session
+	for _, s := range r.sessions {
+		if s.kind == peerwire.KindPresign && s.coordinator == coordinator && s.key == key && (oldest == nil || s.created.Before(oldest.created)) {
+			oldest = s
+		}
+	}
+	r.mu.Unlock()
+	if oldest == nil {
+		return false
+	}
+	oldest.party.Abort(&tss.SessionError{Err: fmt.Errorf("presignature evicted: %s asked for a new one beyond this node's presign.depth", coordinator)})
+	r.abort(oldest.id)
+	return true
 }
 
 // load counts the live sessions that compute (all kinds but ready

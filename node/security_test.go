@@ -28,8 +28,8 @@ import (
 // of every kind. None may take the room b and c need to sign together: a
 // ceremony needs an admin's statement (a's own signature, or a replayed
 // statement, is refused), presignatures are held only within the member's
-// own presign settings, and the sessions one coordinator may open are
-// capped. Then b and c sign, as a quorum, as if nothing happened.
+// own presign settings (never more than its depth per coordinator and key),
+// and the sessions one coordinator may open are capped. Then b and c sign, as a quorum, as if nothing happened.
 func TestSessionFlood(t *testing.T) {
 	c := newTestCluster(t, []string{"a", "b", "c"}, func(cfg *Config) {
 		cfg.MaxSessions = 16 // 8 per coordinator
@@ -84,8 +84,12 @@ func TestSessionFlood(t *testing.T) {
 			t.Errorf("%d %s Prepares from a node were accepted; a ceremony needs an admin's statement", accepted[kind], kind)
 		}
 	}
-	if accepted["presign"] > 2*2 {
-		t.Errorf("b and c hold %d presignatures for a; their presign.depth is 2 each", accepted["presign"])
+	// A coordinator asking for more presignatures than a member's depth
+	// displaces its own oldest: the member never holds more than its depth.
+	for _, honest := range []string{"b", "c"} {
+		if _, _, held := c.nodes[honest].sessions.load("a", c.key.String()); held > 2 {
+			t.Errorf("%s holds %d presignatures for a; its presign.depth is 2", honest, held)
+		}
 	}
 	if accepted["sign"] > 2*8 {
 		t.Errorf("b and c took %d sessions from a; max_sessions_per_peer is 8 each", accepted["sign"])
@@ -343,4 +347,46 @@ func mustPKIX(t testing.TB, s *tss.Share) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestPresignRefillAfterDrain: disabling a key destroys its presignatures
+// on every member, not only in the coordinators' pools, and a coordinator
+// that lost its pool (here: restarted) refills at once, its stale halves on
+// the members making room, instead of waiting out their lifetime.
+func TestPresignRefillAfterDrain(t *testing.T) {
+	c := newTestCluster(t, []string{"a", "b"}, func(cfg *Config) {
+		cfg.Presign = PresignConfig{Depth: 2, MaxAge: Duration(time.Hour)}
+	})
+	c.keygen(1)
+	full := func(name string) func() bool {
+		return func() bool { return c.nodes[name].pool.depth(c.key) == 2 }
+	}
+	waitFor(t, time.Minute, "a's pool fills", full("a"))
+	// a restarts: b still holds a's two old halves.
+	c.restart("a")
+	waitFor(t, time.Minute, "a's pool refills after a restart", full("a"))
+	if _, _, held := c.nodes["b"].sessions.load("a", c.key.String()); held > 2 {
+		t.Fatalf("b holds %d halves for a, over its depth", held)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := c.admin.SignStatement(peerwire.KeyStateStatement(c.key.String(), 1, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.nodes["a"].SetKeyState(ctx, "test", &peerwire.SetKeyStateRequest{Key: c.key.String(), Propagate: true,
+		State: peerwire.KeyState{Disabled: true, Version: 1, Statement: st}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "every half of the disabled key is gone", func() bool {
+		for _, n := range c.nodes {
+			if _, _, a := n.sessions.load("a", c.key.String()); a > 0 {
+				return false
+			}
+			if _, _, b := n.sessions.load("b", c.key.String()); b > 0 {
+				return false
+			}
+		}
+		return true
+	})
 }
