@@ -121,8 +121,8 @@ Trust $DEMO/webca/ca.pem in a browser to open the URL. Logs: $DEMO/logs/.
 Stop one signer (kill the process of a, b or c): handshakes still complete.
 
   $BIN/signer status --config $DEMO/a.yaml                    # every node and key at a glance
-  $BIN/signer key disable --config $DEMO/a.yaml --key $KEY \
-      --admin-cert $DEMO/pki/admin.pem --admin-key $DEMO/pki/admin-key.pem   # the kill switch (enable to undo)
+  export TKEYLESS_ADMIN_CERT=$DEMO/pki/admin.pem TKEYLESS_ADMIN_KEY=$DEMO/pki/admin-key.pem   # the operator
+  $BIN/signer key disable --config $DEMO/a.yaml --key $KEY    # the kill switch (admin; enable to undo)
   curl http://${HTTP[a]}/metrics                              # Prometheus
   $BIN/loadtest --url https://localhost:${EDGE_ADDR##*:}/ --ca $DEMO/webca/ca.pem -c 4 -d 10s   # handshakes under load
 
