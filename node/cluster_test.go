@@ -279,3 +279,76 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// clientAs is a client to node to, speaking as the identity issued under
+// name in the cluster's pki directory (an edge, the admin, a node).
+func (c *testCluster) clientAs(name, to string) *peerwire.Client {
+	c.t.Helper()
+	certPath, keyPath := filepath.Join(c.dir, "pki", name+".pem"), filepath.Join(c.dir, "pki", name+"-key.pem")
+	tc, err := pki.MutualTLS(c.cfgs[to].TLS.CA, certPath, keyPath)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return c.clientWith(tc, to)
+}
+
+// resetHealth makes node name forget the failures and cool-downs it
+// recorded for its peers, so that one test's blame does not steer the
+// next one's quorums.
+func (c *testCluster) resetHealth(name string) {
+	for _, p := range c.nodes[name].peers {
+		p.health.mu.Lock()
+		p.health.failures, p.health.coolUntil = 0, time.Time{}
+		p.health.mu.Unlock()
+	}
+}
+
+// coolDown makes node name avoid peer in its quorums for a minute, as
+// repeated failures would: a test uses it to decide which member a
+// coordinator picks first.
+func (c *testCluster) coolDown(name, peer string) {
+	h := c.nodes[name].peers[peer].health
+	h.mu.Lock()
+	h.coolUntil = time.Now().Add(time.Minute)
+	h.mu.Unlock()
+}
+
+// digest is the SHA-256 of what, as an edge would send it.
+func digest(what string) []byte {
+	d := sha256.Sum256([]byte(what))
+	return d[:]
+}
+
+// metricValue reads one series of node n's metrics (a counter or gauge),
+// selected by label pairs; 0 if the series does not exist yet.
+func metricValue(t testing.TB, n *Node, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := n.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, l := range m.GetLabel() {
+					if l.GetName() == labels[i] && l.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue series
+				}
+			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
+}
