@@ -119,6 +119,12 @@ func newNode(cfg Config, log zerolog.Logger, dial dialer) (*Node, error) {
 		// The verifier still works, refusing authorities made before now.
 		n.log.Error().Err(err).Msg("request id journal")
 	}
+	ok := false
+	defer func() {
+		if !ok {
+			n.verifier.Close()
+		}
+	}()
 	if n.keyState, err = loadKeyStates(keyStatePath(cfg.DataDir), n.verifyKeyState); err != nil {
 		return nil, err
 	}
@@ -159,6 +165,7 @@ func newNode(cfg Config, log zerolog.Logger, dial dialer) (*Node, error) {
 		}
 		n.peers[p.Name] = pc
 	}
+	ok = true
 	return n, nil
 }
 

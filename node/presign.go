@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -363,8 +364,15 @@ func (n *Node) signPresigned(ctx context.Context, e *presignEntry, req SignReque
 			cancel(ownErr)
 		}
 	})
+	var lostMu sync.Mutex
+	var lostBy []string // members that answered they hold no half
 	_, _ = n.forEachPeer(ctx, e.quorum, func(ctx context.Context, p *peerConn) error {
 		if _, err := p.client.FinishPresign(ctx, fr, failFast); err != nil {
+			if status.Code(err) == codes.NotFound {
+				lostMu.Lock()
+				lostBy = append(lostBy, p.name)
+				lostMu.Unlock()
+			}
 			cancel(&memberError{member: p.name, err: err})
 			return err
 		}
@@ -379,8 +387,13 @@ func (n *Node) signPresigned(ctx context.Context, e *presignEntry, req SignReque
 	// (it restarted: nobody else finished) and this half sent no more than
 	// its round-5 commitment; otherwise the edge must come back with a
 	// fresh request.
+	//
+	// A member that lost its half says so twice: it answers FinishPresign
+	// with NotFound, and refuses this half's round-5 message as an unknown
+	// session. Either may arrive first, so either counts.
 	var me *memberError
-	lost := errors.As(context.Cause(ctx), &me) && status.Code(me.err) == codes.NotFound
+	errors.As(context.Cause(ctx), &me)
+	lost := len(lostBy) > 0 || strings.Contains(ownErr.Error(), ErrUnknownSession.Error())
 	if claims != nil {
 		if lost && e.ps.SentRound() <= 5 {
 			n.verifier.Release(*claims)
@@ -388,10 +401,11 @@ func (n *Node) signPresigned(ctx context.Context, e *presignEntry, req SignReque
 			ownErr = fmt.Errorf("%w: %w", errAuthoritySpent, ownErr)
 		}
 	}
+	if lost {
+		// Not to blame: it restarted and is fine now.
+		return nil, nil, errors.Join(fmt.Errorf("members %v hold no half of presignature %s", lostBy, e.id), ownErr)
+	}
 	if me != nil {
-		if lost {
-			return nil, nil, errors.Join(me, spentIf(ownErr))
-		}
 		return nil, []string{me.member}, errors.Join(me, spentIf(ownErr))
 	}
 	var se *tss.SessionError

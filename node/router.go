@@ -50,8 +50,8 @@ type session struct {
 	// registered, ready, until it is finished or expires.
 	keep    bool
 	created time.Time
-	run    func(ctx context.Context) (*peerwire.RunResponse, error)
-	expiry *time.Timer
+	run     func(ctx context.Context) (*peerwire.RunResponse, error)
+	expiry  *time.Timer
 
 	mu    sync.Mutex
 	state sessionState

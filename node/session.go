@@ -83,7 +83,7 @@ func (n *Node) admit(coordinator string, req *peerwire.PrepareRequest) error {
 		return fmt.Errorf("%w: %d sessions already live on %s", ErrOverloaded, active, n.cfg.Name)
 	}
 	if mine >= n.cfg.MaxSessionsPerPeer {
-		return fmt.Errorf("%w: %s: %d sessions from %s already live here (max_sessions_per_peer %d)", ErrOverloaded, errBusyPeer, mine, coordinator, n.cfg.MaxSessionsPerPeer)
+		return fmt.Errorf("%w: %w: %d sessions from %s already live here (max_sessions_per_peer %d)", ErrOverloaded, errBusyPeer, mine, coordinator, n.cfg.MaxSessionsPerPeer)
 	}
 	return nil
 }
