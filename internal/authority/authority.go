@@ -74,6 +74,17 @@ type Signer struct {
 
 // Sign makes the authority for one request.
 func (s *Signer) Sign(req Request) ([]byte, error) {
+	a, err := s.make(func(ts int64, id [16]byte) []byte { return signedMessage(req, ts, id) })
+	if err != nil {
+		return nil, fmt.Errorf("sign request authority: %w", err)
+	}
+	return a, nil
+}
+
+// make signs message(time, random id) with the identity key and encodes
+// the result in the wire format; request authorities and admin statements
+// differ only in the message.
+func (s *Signer) make(message func(ts int64, id [16]byte) []byte) ([]byte, error) {
 	now := time.Now
 	if s.Now != nil {
 		now = s.Now
@@ -83,7 +94,7 @@ func (s *Signer) Sign(req Request) ([]byte, error) {
 		return nil, err
 	}
 	ts := now().UnixMilli()
-	msg := signedMessage(req, ts, id)
+	msg := message(ts, id)
 	var sig []byte
 	var err error
 	if _, ok := s.Key.Public().(ed25519.PublicKey); ok {
@@ -93,7 +104,7 @@ func (s *Signer) Sign(req Request) ([]byte, error) {
 		sig, err = s.Key.Sign(rand.Reader, d[:], crypto.SHA256)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("sign request authority: %w", err)
+		return nil, err
 	}
 	var b cryptobyte.Builder
 	b.AddUint8(version)

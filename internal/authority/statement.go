@@ -1,17 +1,12 @@
 package authority
 
 import (
-	"crypto"
-	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
-
-	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/tkeyless/tkeyless/internal/pki"
 )
@@ -49,34 +44,11 @@ func (s *Signer) SignStatement(st Statement) ([]byte, error) {
 	if st.Kind == "" || len(st.Kind) > 255 {
 		return nil, errors.New("statement kind must be 1 to 255 bytes")
 	}
-	now := time.Now
-	if s.Now != nil {
-		now = s.Now
-	}
-	var id [16]byte
-	if _, err := rand.Read(id[:]); err != nil {
-		return nil, err
-	}
-	ts := now().UnixMilli()
-	msg := statementMessage(st, ts, id)
-	var sig []byte
-	var err error
-	if _, ok := s.Key.Public().(ed25519.PublicKey); ok {
-		sig, err = s.Key.Sign(rand.Reader, msg, crypto.Hash(0))
-	} else {
-		d := sha256.Sum256(msg)
-		sig, err = s.Key.Sign(rand.Reader, d[:], crypto.SHA256)
-	}
+	a, err := s.make(func(ts int64, id [16]byte) []byte { return statementMessage(st, ts, id) })
 	if err != nil {
 		return nil, fmt.Errorf("sign %s statement: %w", st.Kind, err)
 	}
-	var b cryptobyte.Builder
-	b.AddUint8(version)
-	b.AddUint64(uint64(ts))
-	b.AddBytes(id[:])
-	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(s.Cert.Raw) })
-	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(sig) })
-	return b.Bytes()
+	return a, nil
 }
 
 // Freshness says how VerifyStatement treats a statement's time.
