@@ -37,7 +37,8 @@ func (v *Verifier) Open(path string) error {
 	loadErr := v.loadLocked(path)
 	if loadErr != nil {
 		_ = os.Rename(path, path+".corrupt")
-		v.notBefore = v.now()
+		// Authority times are whole milliseconds.
+		v.notBefore = v.now().Truncate(time.Millisecond)
 	}
 	// Rewrite the live ids, then append from there.
 	tmp := path + ".tmp"
