@@ -118,6 +118,15 @@ func (n *Node) keySuspended(id tss.KeyID) error {
 	return nil
 }
 
+// keyRefused says why this node does not sign with key now: an admin
+// disabled it, or its abort budget here is spent.
+func (n *Node) keyRefused(id tss.KeyID) error {
+	if n.keyDisabled(id) {
+		return fmt.Errorf("key %s: %w", id, ErrKeyDisabled)
+	}
+	return n.keySuspended(id)
+}
+
 // resumeKey starts key's budget afresh (an admin's decision).
 func (n *Node) resumeKey(key, by string) (*peerwire.ResumeKeyResponse, error) {
 	if _, err := tss.ParseKeyID(key); err != nil {

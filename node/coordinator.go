@@ -63,10 +63,7 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 	if !ok {
 		return nil, fmt.Errorf("key %s: %w", req.Key, ErrUnknownKey)
 	}
-	if n.keyDisabled(req.Key) {
-		return nil, fmt.Errorf("key %s: %w", req.Key, ErrKeyDisabled)
-	}
-	if err := n.keySuspended(req.Key); err != nil {
+	if err := n.keyRefused(req.Key); err != nil {
 		return nil, err
 	}
 	if err := tss.CheckDigest(req.Hash, req.Digest); err != nil {

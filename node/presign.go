@@ -45,10 +45,7 @@ func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *pe
 	if !ok {
 		return fmt.Errorf("key %s: this node holds no share", keyID)
 	}
-	if n.keyDisabled(keyID) {
-		return fmt.Errorf("key %s: %w", keyID, ErrKeyDisabled)
-	}
-	if err := n.keySuspended(keyID); err != nil {
+	if err := n.keyRefused(keyID); err != nil {
 		return err
 	}
 	if !slices.Contains(req.Quorum, n.cfg.Name) || !slices.Contains(req.Quorum, coordinator) {

@@ -529,7 +529,7 @@ func (n *Node) runReshare(ctx context.Context, pr *peerwire.PrepareRequest, keyI
 // confirmation (it may have finished all the same). It returns nil and why
 // when there is no proof.
 func (n *Node) reshareProof(ctx context.Context, session peerwire.SessionID, req *peerwire.ReshareRequest, results map[string]*peerwire.RunResponse) (*peerwire.FinishReshareRequest, error) {
-	var confs []peerwire.ReshareConfirmation
+	confs := map[string]peerwire.ReshareConfirmation{}
 	for _, m := range req.NewParties {
 		var c *peerwire.ReshareConfirmation
 		if r := results[m]; r != nil {
@@ -545,10 +545,9 @@ func (n *Node) reshareProof(ctx context.Context, session peerwire.SessionID, req
 		if c == nil {
 			return nil, fmt.Errorf("new member %s did not confirm a new share", m)
 		}
-		confs = append(confs, *c)
+		confs[m] = *c
 	}
-	fin := &peerwire.FinishReshareRequest{Version: peerwire.Version, Session: session, Key: req.Key, Commit: true,
-		NewParties: slices.Clone(req.NewParties), NewThreshold: req.NewThreshold, Fingerprint: confs[0].Fingerprint, Confirmations: confs}
+	fin := assembleCommit(session, req.Key, req.NewParties, req.NewThreshold, confs)
 	if err := n.checkCommit(fin, req.NewParties, req.NewThreshold); err != nil {
 		return nil, err
 	}
@@ -828,17 +827,8 @@ func (n *Node) resolvePending(ctx context.Context) {
 				confs[m] = *o.Confirmation
 			}
 		}
-		if commit == nil && len(confs) == len(p.NewParties) {
-			var list []peerwire.ReshareConfirmation
-			for _, m := range p.NewParties {
-				if c, ok := confs[m]; ok {
-					list = append(list, c)
-				}
-			}
-			if len(list) == len(p.NewParties) {
-				commit = &peerwire.FinishReshareRequest{Version: peerwire.Version, Session: p.Session, Key: keyID.String(), Commit: true,
-					NewParties: p.NewParties, NewThreshold: p.NewThreshold, Fingerprint: list[0].Fingerprint, Confirmations: list}
-			}
+		if commit == nil {
+			commit = assembleCommit(p.Session, keyID.String(), p.NewParties, p.NewThreshold, confs)
 		}
 		if commit == nil {
 			continue
@@ -849,4 +839,23 @@ func (n *Node) resolvePending(ctx context.Context) {
 		}
 		n.log.Info().Str("key", keyID.String()).Str("session", p.Session.String()).Msg("resharing outcome learned from the other members: committed")
 	}
+}
+
+// assembleCommit is the commit of a resharing made of its new members'
+// confirmations, or nil while one is missing. Whether it holds (one
+// fingerprint, valid signatures) is checkCommit's to say.
+func assembleCommit(session peerwire.SessionID, key string, newParties []string, newT int, confs map[string]peerwire.ReshareConfirmation) *peerwire.FinishReshareRequest {
+	var list []peerwire.ReshareConfirmation
+	for _, m := range newParties {
+		c, ok := confs[m]
+		if !ok {
+			return nil
+		}
+		list = append(list, c)
+	}
+	if len(list) == 0 {
+		return nil
+	}
+	return &peerwire.FinishReshareRequest{Version: peerwire.Version, Session: session, Key: key, Commit: true,
+		NewParties: slices.Clone(newParties), NewThreshold: newT, Fingerprint: list[0].Fingerprint, Confirmations: list}
 }

@@ -181,17 +181,22 @@ func (r *router) start(ctx context.Context, id peerwire.SessionID) (*peerwire.Ru
 	return resp, err
 }
 
-// abortWith aborts every session peer is a member of (it was convicted).
-func (r *router) abortWith(peer string, cause error) {
+// where returns the live sessions that match.
+func (r *router) where(match func(*session) bool) []*session {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	var hit []*session
 	for _, s := range r.sessions {
-		if slices.Contains(s.members, peer) {
+		if match(s) {
 			hit = append(hit, s)
 		}
 	}
-	r.mu.Unlock()
-	for _, s := range hit {
+	return hit
+}
+
+// abortWith aborts every session peer is a member of (it was convicted).
+func (r *router) abortWith(peer string, cause error) {
+	for _, s := range r.where(func(s *session) bool { return slices.Contains(s.members, peer) }) {
 		s.party.Abort(&tss.SessionError{Culprits: []string{peer}, Err: cause})
 		r.abort(s.id)
 	}
@@ -201,15 +206,7 @@ func (r *router) abortWith(peer string, cause error) {
 // coordinators): the key was disabled or reshared, so they can never be
 // finished.
 func (r *router) abortPresigns(key string, cause error) {
-	r.mu.Lock()
-	var hit []*session
-	for _, s := range r.sessions {
-		if s.kind == peerwire.KindPresign && s.key == key {
-			hit = append(hit, s)
-		}
-	}
-	r.mu.Unlock()
-	for _, s := range hit {
+	for _, s := range r.where(func(s *session) bool { return s.kind == peerwire.KindPresign && s.key == key }) {
 		s.party.Abort(&tss.SessionError{Err: cause})
 	}
 }
@@ -219,17 +216,13 @@ func (r *router) abortPresigns(key string, cause error) {
 // hold has lost some it had (it restarted, or dropped them): those would
 // otherwise wait out their lifetime here, and keep it from refilling.
 func (r *router) evictOldestPresign(coordinator, key string) bool {
-	r.mu.Lock()
-	var oldest *session
-	for _, s := range r.sessions {
-		if s.kind == peerwire.KindPresign && s.coordinator == coordinator && s.key == key && (oldest == nil || s.created.Before(oldest.created)) {
-			oldest = s
-		}
-	}
-	r.mu.Unlock()
-	if oldest == nil {
+	held := r.where(func(s *session) bool {
+		return s.kind == peerwire.KindPresign && s.coordinator == coordinator && s.key == key
+	})
+	if len(held) == 0 {
 		return false
 	}
+	oldest := slices.MinFunc(held, func(a, b *session) int { return a.created.Compare(b.created) })
 	oldest.party.Abort(&tss.SessionError{Err: fmt.Errorf("presignature evicted: %s asked for a new one beyond this node's presign.depth", coordinator)})
 	r.abort(oldest.id)
 	return true

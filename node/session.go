@@ -65,7 +65,7 @@ var errBusyPeer = errors.New("coordinator already has its share of this node's s
 // admit decides whether this node has room for one more session from
 // coordinator, before it looks at what the session is. No member it would
 // share the session with may be convicted here. Sessions that compute
-// (all but ready presignatures, which prepareSign bounds by presign.depth)
+// (all but presignatures, which preparePresign bounds by presign.depth)
 // are bounded in all (max_sessions) and per coordinator
 // (max_sessions_per_peer), so one node flooding Prepares fills its own
 // share of this node, never the others'.
@@ -121,10 +121,7 @@ func (n *Node) checkSignRequest(coordinator string, id peerwire.SessionID, req *
 	if !ok {
 		return nil, nil, fmt.Errorf("key %s: this node holds no share", keyID)
 	}
-	if n.keyDisabled(keyID) {
-		return nil, nil, fmt.Errorf("key %s: %w", keyID, ErrKeyDisabled)
-	}
-	if err := n.keySuspended(keyID); err != nil {
+	if err := n.keyRefused(keyID); err != nil {
 		return nil, nil, err
 	}
 	if !slices.Contains(req.Quorum, n.cfg.Name) || !slices.Contains(req.Quorum, coordinator) {

@@ -22,7 +22,13 @@ import (
 // dialNode connects to a node's peer endpoint with this node's identity
 // (operator commands run on a node, with its configuration).
 func dialNode(cfg node.Config, name, addr string) (*peerwire.Client, func(), error) {
-	tc, err := pki.MutualTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
+	return dialAs(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key, name, addr)
+}
+
+// dialAs connects to a node's peer endpoint with the identity in certPath
+// and keyPath.
+func dialAs(caPath, certPath, keyPath, name, addr string) (*peerwire.Client, func(), error) {
+	tc, err := pki.MutualTLS(caPath, certPath, keyPath)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/tkeyless/tkeyless/internal/authority"
 	"github.com/tkeyless/tkeyless/internal/peerwire"
@@ -67,21 +65,10 @@ func (a *adminFlags) statement(st authority.Statement) ([]byte, error) {
 
 // dial connects to a node's peer endpoint as the admin.
 func (a *adminFlags) dial(cfg node.Config, name, addr string) (*peerwire.Client, func(), error) {
-	pair, err := a.pair()
-	if err != nil {
+	if _, err := a.pair(); err != nil {
 		return nil, nil, err
 	}
-	pool, err := pki.LoadPool(cfg.TLS.CA)
-	if err != nil {
-		return nil, nil, err
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: name}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{})))
-	if err != nil {
-		return nil, nil, err
-	}
-	return peerwire.NewClient(conn), func() { conn.Close() }, nil
+	return dialAs(cfg.TLS.CA, a.cert, a.key, name, addr)
 }
 
 // clusterNodes is this node and its configured peers.

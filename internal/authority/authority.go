@@ -205,30 +205,19 @@ func (v *Verifier) Verify(a []byte, req Request) (Claims, error) {
 	if err != nil {
 		return Claims{}, err
 	}
-	cert, err := x509.ParseCertificate(d.cert)
-	if err != nil {
-		return Claims{}, fmt.Errorf("request authority: certificate: %w", err)
-	}
 	now := v.now()
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: v.Roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return Claims{}, fmt.Errorf("request authority: certificate not issued by the cluster CA: %w", err)
-	}
-	id, err := pki.IdentityOf(cert)
+	id, cert, err := v.identityIn(d, now)
 	if err != nil {
 		return Claims{}, fmt.Errorf("request authority: %w", err)
 	}
 	if id.Role != pki.RoleEdge && id.Role != pki.RoleAdmin {
 		return Claims{}, fmt.Errorf("request authority: %s %q may not request signatures", id.Role, id.Name)
 	}
-	msg := signedMessage(req, d.ts, d.id)
-	if !verifySig(cert.PublicKey, msg, d.sig) {
+	if !verifySig(cert.PublicKey, signedMessage(req, d.ts, d.id), d.sig) {
 		return Claims{}, fmt.Errorf("request authority: signature by %q does not cover this request (key, operation or digest differ)", id.Name)
 	}
 	t := time.UnixMilli(d.ts)
-	if skew := now.Sub(t); skew > v.window() || skew < -v.window() {
-		return Claims{}, fmt.Errorf("request authority from %q is %s old, outside the %s window", id.Name, skew.Truncate(time.Millisecond), v.window())
-	}
-	if err := v.admissible(t); err != nil {
+	if err := v.current(t, now); err != nil {
 		return Claims{}, fmt.Errorf("request authority from %q: %w", id.Name, err)
 	}
 	v.mu.Lock()
@@ -237,6 +226,32 @@ func (v *Verifier) Verify(a []byte, req Request) (Claims, error) {
 		return Claims{}, fmt.Errorf("request authority from %q: request id %x already used: replay", id.Name, d.id)
 	}
 	return Claims{Identity: id, RequestID: d.id, Time: t}, nil
+}
+
+// identityIn returns the identity whose certificate d carries, checked to
+// be issued by the cluster CA and valid at time at.
+func (v *Verifier) identityIn(d *decoded, at time.Time) (pki.Identity, *x509.Certificate, error) {
+	cert, err := x509.ParseCertificate(d.cert)
+	if err != nil {
+		return pki.Identity{}, nil, fmt.Errorf("certificate: %w", err)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: v.Roots, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return pki.Identity{}, nil, fmt.Errorf("certificate not issued by the cluster CA: %w", err)
+	}
+	id, err := pki.IdentityOf(cert)
+	if err != nil {
+		return pki.Identity{}, nil, err
+	}
+	return id, cert, nil
+}
+
+// current checks that something made at t may still be acted on at now:
+// within the window, and not before the node could vouch for its ids.
+func (v *Verifier) current(t, now time.Time) error {
+	if skew := now.Sub(t); skew > v.window() || skew < -v.window() {
+		return fmt.Errorf("made %s ago, outside the %s window", skew.Truncate(time.Millisecond), v.window())
+	}
+	return v.admissible(t)
 }
 
 // ErrReplay is returned for a request id already used.

@@ -2,7 +2,6 @@ package authority
 
 import (
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -72,20 +71,13 @@ func (v *Verifier) VerifyStatement(a []byte, st Statement, fresh Freshness) (Cla
 	if err != nil {
 		return Claims{}, fmt.Errorf("%s statement: %w", st.Kind, err)
 	}
-	cert, err := x509.ParseCertificate(d.cert)
-	if err != nil {
-		return Claims{}, fmt.Errorf("%s statement: certificate: %w", st.Kind, err)
-	}
 	t := time.UnixMilli(d.ts)
 	now := v.now()
 	at := now
 	if fresh == Standing {
 		at = t
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: v.Roots, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return Claims{}, fmt.Errorf("%s statement: certificate not issued by the cluster CA: %w", st.Kind, err)
-	}
-	id, err := pki.IdentityOf(cert)
+	id, cert, err := v.identityIn(d, at)
 	if err != nil {
 		return Claims{}, fmt.Errorf("%s statement: %w", st.Kind, err)
 	}
@@ -99,10 +91,7 @@ func (v *Verifier) VerifyStatement(a []byte, st Statement, fresh Freshness) (Cla
 	if fresh == Standing {
 		return c, nil
 	}
-	if skew := now.Sub(t); skew > v.window() || skew < -v.window() {
-		return Claims{}, fmt.Errorf("%s statement from %q is %s old, outside the %s window", st.Kind, id.Name, skew.Truncate(time.Millisecond), v.window())
-	}
-	if err := v.admissible(t); err != nil {
+	if err := v.current(t, now); err != nil {
 		return Claims{}, fmt.Errorf("%s statement from %q: %w", st.Kind, id.Name, err)
 	}
 	if err := v.MarkUsed(c); err != nil {
