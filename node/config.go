@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -30,10 +31,25 @@ type Config struct {
 	// (Prometheus) and /status (JSON) over plain HTTP: bind it to a
 	// private address.
 	HTTPListen string `yaml:"http_listen"`
-	// MaxQueue bounds the signing requests this node coordinates at once;
-	// past it a request fails at once with "overloaded" and the edge tries
-	// another signer (default 64).
+	// MaxQueue bounds the signing requests this node coordinates at once,
+	// waiting for a session slot or running; past it a request fails at
+	// once with "overloaded" and the edge tries another signer (default 64).
 	MaxQueue int `yaml:"max_queue"`
+	// MaxConcurrentSessions bounds the signing sessions computing on this
+	// node at once, coordinated or joined (default: the number of CPUs).
+	// Requests this node coordinates beyond it wait in max_queue, in
+	// arrival order, fairly shared between identities; sessions it joins
+	// as a member never wait (their coordinator already waited), but delay
+	// its own queue. See admission.go.
+	MaxConcurrentSessions int `yaml:"max_concurrent_sessions"`
+	// MaxQueuePerIdentity bounds the requests any one edge (or admin)
+	// identity may have in progress here, waiting or running, so that one
+	// flooded or compromised edge cannot fill max_queue (default half of
+	// max_queue, at least 1).
+	MaxQueuePerIdentity int `yaml:"max_queue_per_identity"`
+	// IdentityQueue overrides max_queue_per_identity for named identities
+	// (certificate common names), e.g. a large edge: {edge-fra: 48}.
+	IdentityQueue map[string]int `yaml:"identity_queue"`
 	// MaxSessions bounds the sessions this node takes part in at once,
 	// coordinated or joined (default 128). Ready presignatures do not
 	// count: presign.depth bounds them.
@@ -200,6 +216,12 @@ func (c *Config) setDefaults() {
 	if c.MaxSessions == 0 {
 		c.MaxSessions = 128
 	}
+	if c.MaxConcurrentSessions == 0 {
+		c.MaxConcurrentSessions = runtime.NumCPU()
+	}
+	if c.MaxQueuePerIdentity == 0 {
+		c.MaxQueuePerIdentity = max(1, c.MaxQueue/2)
+	}
 	if c.MaxSessionsPerPeer == 0 {
 		c.MaxSessionsPerPeer = max(8, c.MaxSessions/(len(c.Peers)+1))
 	}
@@ -217,11 +239,25 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// identityQueueLimit is how many requests identity may have in progress
+// here.
+func (c *Config) identityQueueLimit(identity string) int {
+	if q, ok := c.IdentityQueue[identity]; ok {
+		return q
+	}
+	return c.MaxQueuePerIdentity
+}
+
 // Validate reports the first missing or inconsistent setting.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.MaxSessions < 0 || c.MaxSessionsPerPeer < 0 || c.MaxQueue < 0 {
-		errs = append(errs, errors.New("max_queue, max_sessions and max_sessions_per_peer must be positive"))
+	if c.MaxSessions < 0 || c.MaxSessionsPerPeer < 0 || c.MaxQueue < 0 || c.MaxConcurrentSessions < 0 || c.MaxQueuePerIdentity < 0 {
+		errs = append(errs, errors.New("max_queue, max_queue_per_identity, max_concurrent_sessions, max_sessions and max_sessions_per_peer must be positive"))
+	}
+	for id, q := range c.IdentityQueue {
+		if id == "" || q <= 0 {
+			errs = append(errs, fmt.Errorf("identity_queue %q: %d: want an identity and a positive number", id, q))
+		}
 	}
 	if c.AbortBudget < 0 {
 		errs = append(errs, fmt.Errorf("abort_budget %d: want at least 1", c.AbortBudget))

@@ -39,11 +39,15 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 	start := time.Now()
 	var quorums [][]string
 	var path string // "presign" or "full", once signing started
+	var tk *ticket
 	// One audit record per request, whatever its outcome: who asked to sign
-	// with which key, who signed, how long it took.
+	// with which key, who signed, how long it took, how long it waited for
+	// a session slot, its deadline and when it ended (so a log reader can
+	// check that no work went on past a deadline).
 	n.touchLive()
 	defer func() {
 		n.touchLive()
+		ended := time.Now()
 		ev := n.log.Info()
 		outcome := "signed"
 		switch {
@@ -51,13 +55,26 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 			ev, outcome = n.log.Warn().AnErr("err", err), "overloaded"
 		case errors.Is(err, errUnauthorized), errors.Is(err, ErrUnknownKey), errors.Is(err, ErrKeyDisabled), errors.Is(err, ErrKeySuspended):
 			ev, outcome = n.log.Warn().AnErr("err", err), "refused"
+		case err != nil && ctx.Err() != nil:
+			// The requester gave up (its connection went away) or the
+			// deadline passed: the session stopped on every member.
+			ev, outcome = n.log.Warn().AnErr("err", err), "cancelled"
+			n.metrics.cancelled.WithLabelValues("coordinator").Inc()
 		case err != nil:
 			ev, outcome = n.log.Warn().AnErr("err", err), "failed"
 		}
 		n.metrics.signRequests.WithLabelValues(outcome).Inc()
-		n.metrics.signDuration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
-		ev.Str("event", "sign").Str("key", req.Key.String()).Str("edge", req.Edge).Str("request", req.RequestID).
-			Interface("quorums", quorums).Str("path", path).Str("outcome", outcome).Dur("dur_ms", time.Since(start)).Msg("audit")
+		n.metrics.signDuration.WithLabelValues(outcome).Observe(ended.Sub(start).Seconds())
+		ev = ev.Str("event", "sign").Str("key", req.Key.String()).Str("edge", req.Edge).Str("request", req.RequestID).
+			Interface("quorums", quorums).Str("path", path).Str("outcome", outcome).Dur("dur_ms", ended.Sub(start)).
+			Int64("ended_unix_ms", ended.UnixMilli())
+		if tk != nil {
+			ev = ev.Dur("queue_ms", tk.waited())
+		}
+		if deadline, ok := ctx.Deadline(); ok {
+			ev = ev.Int64("deadline_unix_ms", deadline.UnixMilli()).Int64("past_deadline_ms", ended.Sub(deadline).Milliseconds())
+		}
+		ev.Msg("audit")
 	}()
 	share, ok := n.share(req.Key)
 	if !ok {
@@ -69,24 +86,28 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 	if err := tss.CheckDigest(req.Hash, req.Digest); err != nil {
 		return nil, err
 	}
-	select {
-	case n.queue <- struct{}{}:
-		n.metrics.queueDepth.Inc()
-		defer func() { <-n.queue; n.metrics.queueDepth.Dec() }()
-	default:
-		return nil, fmt.Errorf("%w: %d signing requests already in progress on %s", ErrOverloaded, cap(n.queue), n.cfg.Name)
-	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(n.cfg.SignTimeout))
 		defer cancel()
 	}
-	var excluded []string
-	var errs []error
 	// Presignatures serve only requests that carry the edge's own
 	// authority: then no signer, the coordinator included, chooses the
 	// digest a presignature signs (docs/presigning.md).
-	if n.cfg.Presign.Depth > 0 && len(req.Authority) > 0 {
+	presign := n.cfg.Presign.Depth > 0 && len(req.Authority) > 0
+	// A request a ready presignature can serve takes milliseconds: only one
+	// that will need a full session is judged against its deadline now.
+	var deadline time.Time
+	if !presign || n.pool.depth(req.Key) == 0 {
+		deadline, _ = ctx.Deadline()
+	}
+	if tk, err = n.admission.arrive(req.Edge, req.Key.String(), deadline); err != nil {
+		return nil, fmt.Errorf("sign key %s on %s: %w", req.Key, n.cfg.Name, err)
+	}
+	defer tk.leave()
+	var excluded []string
+	var errs []error
+	if presign {
 		usable := func(m string) bool {
 			return m == n.cfg.Name || (n.reachable(m) && !n.coolingDown(m) && !n.convicted(m))
 		}
@@ -124,6 +145,10 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 		}
 	}
 	path = "full"
+	// A full session computes on every member: wait for this node's turn.
+	if err := tk.wait(ctx); err != nil {
+		return nil, fmt.Errorf("sign key %s on %s: %w", req.Key, n.cfg.Name, err)
+	}
 	// noQuorum stays true while every failure is a member's (or no quorum
 	// is left to try): then the answer is ErrNoQuorum, not the last error.
 	noQuorum := true
@@ -139,6 +164,7 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 			for _, m := range quorum {
 				n.credit(m)
 			}
+			n.admission.observe(req.Key.String(), time.Since(attemptStart))
 			n.metrics.signPath.WithLabelValues(path).Observe(time.Since(attemptStart).Seconds())
 			return sig, nil
 		}
@@ -208,14 +234,18 @@ const (
 // left to try one.
 var ErrNoQuorum = errors.New("no quorum of the signer cluster could sign")
 
-// ErrOverloaded is returned when this node's queue of signing requests is
-// full; the edge should try another signer.
+// ErrOverloaded is returned when this node refuses a request it cannot
+// serve in time: its queue of signing requests, or the requester's share
+// of it, is full, or the deadline ends before a session could (see
+// admission.go); the edge should try another signer.
 var ErrOverloaded = errors.New("signer overloaded")
 
 func abortReason(err error, bad []string) string {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return "deadline"
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
 	case len(bad) > 0:
 		return "member"
 	default:
@@ -260,6 +290,7 @@ func (n *Node) runSessionCollect(ctx context.Context, pr *peerwire.PrepareReques
 // carries.
 func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, members []string, prepareSelf func() error, collect func(member string, r *peerwire.RunResponse)) (*peerwire.RunResponse, []string, error) {
 	self := n.cfg.Name
+	parent := ctx
 	defer n.track(members)()
 	if err := prepareSelf(); err != nil {
 		return nil, nil, fmt.Errorf("prepare on %s: %w", self, err)
@@ -286,6 +317,9 @@ func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, 
 		return err
 	}); err != nil {
 		n.sessions.abort(pr.Session)
+		if parent.Err() != nil {
+			return nil, nil, fmt.Errorf("prepare: %w: %w", context.Cause(parent), err)
+		}
 		return nil, bad, fmt.Errorf("prepare: %w", err)
 	}
 
@@ -316,6 +350,12 @@ func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, 
 		// This node's party verified the signature against the public key;
 		// a member failing after that changes nothing.
 		return own, nil, nil
+	}
+	// The requester gave up, the deadline passed, or a live request took
+	// a refill's slot: the session stopped on every member (their Run
+	// calls were cancelled with this one), and nobody is to blame.
+	if parent.Err() != nil {
+		return nil, nil, fmt.Errorf("session %s stopped: %w: %w", pr.Session, context.Cause(parent), ownErr)
 	}
 	// Blame whoever failed first: a member whose call broke cancels this
 	// node's party, whose own error would then only say "cancelled".

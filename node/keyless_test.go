@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -74,14 +75,17 @@ func testKeylessErrorCodes(t *testing.T, c *testCluster) {
 			return func() { _, _ = a.resumeKey(c.key.String(), "test") }
 		}},
 		{name: "the signer overloaded", cert: c.edge.Cert, signer: c.edge, want: protocol.ErrInternal, setup: func() func() {
-			n := 0
-			for len(a.queue) < cap(a.queue) {
-				a.queue <- struct{}{}
-				n++
+			var held []*ticket
+			for a.admission.inProgress() < a.cfg.MaxQueue {
+				tk, err := a.admission.arrive(fmt.Sprint("filler-", len(held)), c.key.String(), time.Time{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				held = append(held, tk)
 			}
 			return func() {
-				for range n {
-					<-a.queue
+				for _, tk := range held {
+					tk.leave()
 				}
 			}
 		}},

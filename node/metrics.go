@@ -23,6 +23,11 @@ type metrics struct {
 	convicted    *prometheus.GaugeVec
 	unattributed *prometheus.CounterVec
 	suspended    *prometheus.GaugeVec
+	queueLength  prometheus.Gauge
+	queueWait    prometheus.Histogram
+	computing    prometheus.Gauge
+	overloaded   *prometheus.CounterVec
+	cancelled    *prometheus.CounterVec
 }
 
 func newMetrics(sessions func() float64) *metrics {
@@ -51,7 +56,7 @@ func newMetrics(sessions func() float64) *metrics {
 		}, []string{"what"}),
 		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tkeyless_signer_queue_depth",
-			Help: "Signing requests this node is coordinating now.",
+			Help: "Signing requests this node is coordinating now, waiting for a session slot or running (bounded by max_queue).",
 		}),
 		peerUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tkeyless_signer_peer_up",
@@ -60,7 +65,7 @@ func newMetrics(sessions func() float64) *metrics {
 	}
 	m.presign = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tkeyless_signer_presign_total",
-		Help: "Presignature events: made, failed (to make), hit (a request used one), miss (pool empty), fallback (a member had lost its half; signed the full way), spent (a finish failed after its members used their halves; the edge retries with a fresh request).",
+		Help: "Presignature events: made, failed (to make), hit (a request used one), miss (pool empty), fallback (a member had lost its half; signed the full way), spent (a finish failed after its members used their halves; the edge retries with a fresh request), preempted (a refill gave its slot to a live request).",
 	}, []string{"event"})
 	m.presignDepth = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "tkeyless_signer_presign_pool_depth",
@@ -87,12 +92,33 @@ func newMetrics(sessions func() float64) *metrics {
 		Name: "tkeyless_signer_key_suspended",
 		Help: "1 while a key's abort budget is spent on this node and it does not sign here until an admin resumes it.",
 	}, []string{"key"})
+	m.queueLength = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tkeyless_signer_admission_queue_length",
+		Help: "Sessions waiting for a slot here (live requests and presignature refills).",
+	})
+	m.queueWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "tkeyless_signer_admission_queue_wait_seconds",
+		Help:    "Time a session waited for its slot here.",
+		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2, 5, 10},
+	})
+	m.computing = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tkeyless_signer_admission_computing",
+		Help: "Sessions computing here now, coordinated or joined (bounded by max_concurrent_sessions, plus joined ones).",
+	})
+	m.overloaded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tkeyless_signer_overloaded_total",
+		Help: "Signing requests refused at once as overloaded, by reason: queue_full (max_queue), identity (max_queue_per_identity), deadline (it could not finish in time).",
+	}, []string{"reason"})
+	m.cancelled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tkeyless_signer_sessions_cancelled_total",
+		Help: "Signing sessions that stopped because their requester gave up or their deadline passed, by this node's role (coordinator, member).",
+	}, []string{"role"})
 	m.sessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tkeyless_signer_sessions",
 		Help: "Sessions (coordinated or joined) live on this node.",
 	}, sessions)
 	m.reg.MustRegister(m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp, m.presign, m.presignDepth, m.signPath,
-		m.convictions, m.convicted, m.unattributed, m.suspended,
+		m.convictions, m.convicted, m.unattributed, m.suspended, m.queueLength, m.queueWait, m.computing, m.overloaded, m.cancelled,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

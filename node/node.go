@@ -58,8 +58,8 @@ type Node struct {
 	reshares    *reshareHistory
 	pool        *presignPool
 	lastLive    atomic.Int64 // unix nanoseconds of the last live signing activity
-	// queue counts the signing requests this node coordinates now.
-	queue chan struct{}
+	// admission queues the sessions this node computes (admission.go).
+	admission *admission
 }
 
 type peerConn struct {
@@ -110,10 +110,10 @@ func newNode(cfg Config, log zerolog.Logger, dial dialer) (*Node, error) {
 		peers:     map[string]*peerConn{},
 		sessions:  newRouter(30 * time.Second),
 		verifier:  &authority.Verifier{Roots: tlsConf.ClientCAs, Window: time.Duration(cfg.AuthorityWindow)},
-		queue:     make(chan struct{}, cfg.MaxQueue),
 		pool:      newPresignPool(),
 	}
 	n.metrics = newMetrics(func() float64 { return float64(n.sessions.count()) })
+	n.admission = newAdmission(cfg, n.metrics)
 	n.sessions.failed = n.sessionFailed
 	if err := n.verifier.Open(filepath.Join(cfg.DataDir, "request-ids")); err != nil {
 		// The verifier still works, refusing authorities made before now.

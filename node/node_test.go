@@ -36,9 +36,10 @@ func unitNodeWith(t testing.TB, cfg Config) *Node {
 	t.Helper()
 	n := &Node{
 		cfg: cfg, log: zerolog.Nop(), shares: map[tss.KeyID]*tss.Share{}, peers: map[string]*peerConn{},
-		sessions: newRouter(30 * time.Second), verifier: &authority.Verifier{}, queue: make(chan struct{}, cfg.MaxQueue), pool: newPresignPool(),
+		sessions: newRouter(30 * time.Second), verifier: &authority.Verifier{}, pool: newPresignPool(),
 	}
 	n.metrics = newMetrics(func() float64 { return float64(n.sessions.count()) })
+	n.admission = newAdmission(cfg, n.metrics)
 	n.sessions.failed = n.sessionFailed
 	var err error
 	if n.keyState, err = loadKeyStates(keyStatePath(cfg.DataDir), n.verifyKeyState); err != nil {

@@ -99,6 +99,10 @@ func (s *peerService) Prepare(ctx context.Context, req *peerwire.PrepareRequest)
 	if err := s.n.prepare(caller.Name, req); err != nil {
 		s.n.metrics.refused.WithLabelValues("prepare").Inc()
 		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", req.Session.String()).Str("kind", string(req.Kind)).Msg("refused to join session")
+		if errors.Is(err, ErrOverloaded) {
+			// Busy, not broken: the coordinator does not blame it.
+			return nil, status.Error(codes.ResourceExhausted, err.Error())
+		}
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return &peerwire.PrepareResponse{}, nil

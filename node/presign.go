@@ -79,6 +79,11 @@ func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *pe
 			cancel()
 			n.sessions.finish(s)
 		}()
+		if coordinator != n.cfg.Name {
+			// Rounds 1–4 compute until the half is ready; the
+			// coordinator holds a slot in its own queue for them.
+			defer n.admission.join()()
+		}
 		if err := ps.WaitReady(ctx); err != nil {
 			ps.Abort(&tss.SessionError{Err: fmt.Errorf("presign: %w", err)})
 			return nil, err
@@ -291,7 +296,7 @@ const refillIdle = 250 * time.Millisecond
 // idle reports whether no live signing is under way here, coordinated or
 // joined, nor was for refillIdle.
 func (n *Node) idle() bool {
-	return len(n.queue) == 0 && n.sessions.active() == 0 && time.Since(time.Unix(0, n.lastLive.Load())) > refillIdle
+	return n.admission.inProgress() == 0 && n.sessions.active() == 0 && time.Since(time.Unix(0, n.lastLive.Load())) > refillIdle
 }
 
 // touchLive records live signing activity.
@@ -307,6 +312,13 @@ func (n *Node) presignOne(ctx context.Context, key tss.KeyID) error {
 	if !ok {
 		return errors.New("no healthy quorum")
 	}
+	// Behind every live request in the queue; a live request that would
+	// wait takes the slot back (the context ends with errPreempted).
+	ctx, slot, err := n.admission.acquirePresign(ctx)
+	if err != nil {
+		return err
+	}
+	defer slot.release()
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(n.cfg.SignTimeout))
 	defer cancel()
 	pr := &peerwire.PrepareRequest{

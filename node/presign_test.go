@@ -41,8 +41,11 @@ func TestPresignRules(t *testing.T) {
 	// presignature does: a does not refill while it is held (a refill
 	// would displace, on b, the half about to be finished).
 	busy := func() (done func()) {
-		a.queue <- struct{}{}
-		return func() { <-a.queue }
+		tk, err := a.admission.arrive("busy", key.String(), time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tk.leave
 	}
 
 	t.Run("PoolFillsToDepth", func(t *testing.T) {

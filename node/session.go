@@ -76,6 +76,13 @@ func (n *Node) admit(coordinator string, req *peerwire.PrepareRequest) error {
 		}
 	}
 	if req.Kind == peerwire.KindPresign {
+		// A presignature never competes with live requests: a member
+		// with live work waiting, or every slot taken, refuses it (the
+		// coordinator itself took its slot from the queue, behind every
+		// live request).
+		if coordinator != n.cfg.Name && n.admission.busy() {
+			return fmt.Errorf("%w: live signing first: %s has no free session slot for a presignature", ErrOverloaded, n.cfg.Name)
+		}
 		return nil
 	}
 	active, mine, _ := n.sessions.load(coordinator, "")
@@ -157,7 +164,13 @@ func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerw
 	ss.SetStallFunc(n.stallTimeout)
 	return n.sessions.add(&session{
 		id: id, kind: peerwire.KindSign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ss,
-		run: func(ctx context.Context) (*peerwire.RunResponse, error) {
+		run: func(ctx context.Context) (resp *peerwire.RunResponse, err error) {
+			if coordinator != n.cfg.Name {
+				// The coordinator took its slot from its own queue; this
+				// node computes its part at once, and counts it.
+				defer n.admission.join()()
+				defer n.memberAudit(ctx, id, coordinator, req, time.Now(), &err)
+			}
 			// One authority yields at most one session past round 1 on
 			// this node: claim its request id before signing. A session
 			// that fails before this node's secrets went into any answer
@@ -185,6 +198,30 @@ func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerw
 			return &peerwire.RunResponse{Signature: sig}, nil
 		},
 	})
+}
+
+// memberAudit logs how this node's part in another coordinator's signing
+// session ended: with its deadline (the coordinator's, carried by the Run
+// call) and end time, a log reader can check that no member kept working
+// on a request its requester had given up on.
+func (n *Node) memberAudit(ctx context.Context, id peerwire.SessionID, coordinator string, req *peerwire.SignRequest, start time.Time, errp *error) {
+	ended := time.Now()
+	err := *errp
+	ev, outcome := n.log.Info(), "signed"
+	switch {
+	case err != nil && ctx.Err() != nil:
+		ev, outcome = n.log.Warn().AnErr("err", err), "cancelled"
+		n.metrics.cancelled.WithLabelValues("member").Inc()
+	case err != nil:
+		ev, outcome = n.log.Warn().AnErr("err", err), "failed"
+	}
+	ev = ev.Str("event", "member_sign").Str("key", req.Key).Str("session", id.String()).Str("coordinator", coordinator).
+		Str("edge", req.Edge).Str("request", req.RequestID).Str("outcome", outcome).Dur("dur_ms", ended.Sub(start)).
+		Int64("ended_unix_ms", ended.UnixMilli())
+	if deadline, ok := ctx.Deadline(); ok {
+		ev = ev.Int64("deadline_unix_ms", deadline.UnixMilli()).Int64("past_deadline_ms", ended.Sub(deadline).Milliseconds())
+	}
+	ev.Msg("audit")
 }
 
 func (n *Node) prepareKeygen(coordinator string, id peerwire.SessionID, req *peerwire.KeygenRequest) error {

@@ -15,7 +15,7 @@ import (
 // Status is this node's view of itself, its keys and its peers: what
 // `signer status` shows and /status serves.
 func (n *Node) Status() *peerwire.StatusResponse {
-	st := &peerwire.StatusResponse{Node: n.cfg.Name, Sessions: n.sessions.count(), Queue: len(n.queue), Peers: n.peerStatuses()}
+	st := &peerwire.StatusResponse{Node: n.cfg.Name, Sessions: n.sessions.count(), Queue: n.admission.inProgress(), Peers: n.peerStatuses()}
 	for _, id := range n.Keys() {
 		s, _ := n.share(id)
 		reach := 1 // this node
