@@ -7,10 +7,10 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -45,6 +45,28 @@ type testCluster struct {
 	admin *authority.Signer
 	edge  *authority.Signer
 	key   tss.KeyID
+	// logs holds each node's log lines (JSON), across restarts.
+	logs map[string]*lockedBuffer
+}
+
+// lockedBuffer is a log destination that tests read while nodes write.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+// lines returns the log lines written so far.
+func (l *lockedBuffer) lines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Split(strings.TrimSpace(string(l.b)), "\n")
 }
 
 // clusterOpts adjusts every node's configuration before it starts.
@@ -60,7 +82,7 @@ func newTestCluster(t testing.TB, names []string, opts ...clusterOpts) *testClus
 		t.Fatal(err)
 	}
 	c := &testCluster{t: t, dir: dir, ca: ca, nodes: map[string]*Node{}, cfgs: map[string]Config{}, lis: map[string]*bufconn.Listener{},
-		stop: map[string]context.CancelFunc{}, done: map[string]chan error{}}
+		stop: map[string]context.CancelFunc{}, done: map[string]chan error{}, logs: map[string]*lockedBuffer{}}
 	c.admin = c.identity("admin", pki.RoleAdmin)
 	c.edge = c.identity("edge", pki.RoleEdge)
 	for i, name := range names {
@@ -148,7 +170,10 @@ func (c *testCluster) listener(name string) *bufconn.Listener {
 func (c *testCluster) start(name string) {
 	c.t.Helper()
 	peerL := c.listener(name)
-	n, err := newNode(c.cfgs[name], zerolog.New(io.Discard), c.dial)
+	if c.logs[name] == nil {
+		c.logs[name] = &lockedBuffer{}
+	}
+	n, err := newNode(c.cfgs[name], zerolog.New(c.logs[name]).Level(zerolog.InfoLevel), c.dial)
 	if err != nil {
 		c.t.Fatalf("node %s: %v", name, err)
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tkeyless/tkeyless/internal/peerwire"
 	"github.com/tkeyless/tkeyless/tss"
@@ -295,6 +297,8 @@ func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, 
 	if err := prepareSelf(); err != nil {
 		return nil, nil, fmt.Errorf("prepare on %s: %w", self, err)
 	}
+	var busyMu sync.Mutex
+	var busy []string // members that refused as overloaded
 	if bad, err := n.forEachPeer(ctx, members, func(ctx context.Context, p *peerConn) error {
 		// A member that cannot even prepare within this time is treated as
 		// down, leaving the rest of the deadline for another quorum.
@@ -314,11 +318,21 @@ func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, 
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		_, err := p.client.Prepare(ctx, pr, grpc.WaitForReady(true))
+		if status.Code(err) == codes.ResourceExhausted {
+			busyMu.Lock()
+			busy = append(busy, p.name)
+			busyMu.Unlock()
+		}
 		return err
 	}); err != nil {
 		n.sessions.abort(pr.Session)
 		if parent.Err() != nil {
 			return nil, nil, fmt.Errorf("prepare: %w: %w", context.Cause(parent), err)
+		}
+		if len(busy) == len(bad) {
+			// Busy, not broken: nobody is blamed, and the requester hears
+			// "overloaded" (an edge tries another signer).
+			return nil, nil, fmt.Errorf("prepare: %w: members %v have no room: %w", ErrOverloaded, busy, err)
 		}
 		return nil, bad, fmt.Errorf("prepare: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -208,8 +209,13 @@ func (n *Node) memberAudit(ctx context.Context, id peerwire.SessionID, coordinat
 	ended := time.Now()
 	err := *errp
 	ev, outcome := n.log.Info(), "signed"
+	// The coordinator refusing this party's message as an unknown session
+	// means it ended the session first: its requester gave up, and the
+	// cancellation of this node's Run call is on its way.
+	var me *memberError
+	coordinatorGone := errors.As(err, &me) && me.member == coordinator && strings.Contains(me.Error(), ErrUnknownSession.Error())
 	switch {
-	case err != nil && ctx.Err() != nil:
+	case err != nil && (ctx.Err() != nil || coordinatorGone):
 		ev, outcome = n.log.Warn().AnErr("err", err), "cancelled"
 		n.metrics.cancelled.WithLabelValues("member").Inc()
 	case err != nil:
