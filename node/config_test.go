@@ -3,6 +3,7 @@ package node
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +26,9 @@ func TestConfigDefaults(t *testing.T) {
 		{"stall_timeout", cfg.StallTimeout, Duration(2 * time.Second)},
 		{"max_queue", cfg.MaxQueue, 64},
 		{"max_sessions", cfg.MaxSessions, 128},
+		{"max_concurrent_sessions (the CPU count)", cfg.MaxConcurrentSessions, runtime.NumCPU()},
+		{"max_queue_per_identity (max_queue / 2)", cfg.MaxQueuePerIdentity, 32},
+		{"identity_queue (an identity without an override)", cfg.identityQueueLimit("edge"), 32},
 		{"max_sessions_per_peer (max_sessions / nodes)", cfg.MaxSessionsPerPeer, 128 / 3},
 		{"abort_budget", cfg.AbortBudget, 10},
 		{"authority_window", cfg.AuthorityWindow, Duration(30 * time.Second)},
@@ -41,6 +45,13 @@ func TestConfigDefaults(t *testing.T) {
 	small.setDefaults()
 	if small.MaxSessionsPerPeer != 8 {
 		t.Errorf("max_sessions_per_peer with max_sessions 16 and 3 nodes = %d, want the floor of 8", small.MaxSessionsPerPeer)
+	}
+
+	over := Config{MaxQueue: 8, IdentityQueue: map[string]int{"big": 6}}
+	over.setDefaults()
+	if over.MaxQueuePerIdentity != 4 || over.identityQueueLimit("big") != 6 || over.identityQueueLimit("small") != 4 {
+		t.Errorf("max_queue 8, identity_queue {big: 6}: per identity %d, big %d, small %d; want 4, 6, 4",
+			over.MaxQueuePerIdentity, over.identityQueueLimit("big"), over.identityQueueLimit("small"))
 	}
 
 	set := Config{SignTimeout: Duration(time.Second), MaxQueue: 3, MaxSessionsPerPeer: 5, AbortBudget: 1, Presign: PresignConfig{Depth: 2, MaxAge: Duration(time.Minute)}}
@@ -72,6 +83,8 @@ func TestConfigValidate(t *testing.T) {
 		{"no tls key", func(c *Config) { c.TLS.Key = "" }, "tls.ca, tls.cert and tls.key are required"},
 		{"negative max_sessions", func(c *Config) { c.MaxSessions = -1 }, "must be positive"},
 		{"negative max_queue", func(c *Config) { c.MaxQueue = -1 }, "must be positive"},
+		{"negative max_concurrent_sessions", func(c *Config) { c.MaxConcurrentSessions = -1 }, "must be positive"},
+		{"an identity_queue of zero", func(c *Config) { c.IdentityQueue = map[string]int{"edge": 0} }, `identity_queue "edge"`},
 		{"negative abort_budget", func(c *Config) { c.AbortBudget = -1 }, "abort_budget -1"},
 		{"presign.depth too deep", func(c *Config) { c.Presign.Depth = 65 }, "presign.depth 65"},
 		{"negative presign.depth", func(c *Config) { c.Presign.Depth = -1 }, "presign.depth -1"},
