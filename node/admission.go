@@ -79,18 +79,30 @@ type admission struct {
 	peak int
 
 	estMu sync.Mutex
-	est   map[string]time.Duration // key → moving average of full sessions
+	est   map[string]sessionEstimate // by key
+}
+
+// sessionEstimate is the moving average of full sessions with one key and
+// when it last changed.
+type sessionEstimate struct {
+	d  time.Duration
+	at time.Time
 }
 
 // estimateWeight is the weight of the newest session in the moving average:
 // about the last ten sessions count.
 const estimateWeight = 0.2
 
+// estimateStale is how long an estimate is trusted without a new session:
+// one from a slow moment that refused every request since would otherwise
+// never be measured again.
+const estimateStale = 30 * time.Second
+
 func newAdmission(cfg Config, m *metrics) *admission {
 	return &admission{
 		limit: cfg.MaxConcurrentSessions, maxQueue: cfg.MaxQueue, identityLimit: cfg.identityQueueLimit, metrics: m,
 		byIdentity: map[string]int{}, lastServed: map[string]uint64{}, presigns: map[*slot]context.CancelCauseFunc{},
-		est: map[string]time.Duration{},
+		est: map[string]sessionEstimate{},
 	}
 }
 
@@ -399,21 +411,24 @@ func (a *admission) dispatchLocked() {
 }
 
 // estimate is the expected duration of a full session with key here, 0
-// before the first one.
+// before the first one or when the last is older than estimateStale.
 func (a *admission) estimate(key string) time.Duration {
 	a.estMu.Lock()
 	defer a.estMu.Unlock()
-	return a.est[key]
+	e, ok := a.est[key]
+	if !ok || time.Since(e.at) > estimateStale {
+		return 0
+	}
+	return e.d
 }
 
 // observe adds a full session with key that took d to the estimate.
 func (a *admission) observe(key string, d time.Duration) {
 	a.estMu.Lock()
 	defer a.estMu.Unlock()
-	old, ok := a.est[key]
-	if !ok {
-		a.est[key] = d
-		return
+	e, ok := a.est[key]
+	if ok && time.Since(e.at) <= estimateStale {
+		d = time.Duration(float64(e.d) + estimateWeight*float64(d-e.d))
 	}
-	a.est[key] = time.Duration(float64(old) + estimateWeight*float64(d-old))
+	a.est[key] = sessionEstimate{d: d, at: time.Now()}
 }

@@ -156,6 +156,12 @@ func TestAdmissionRefusesWhatCannotFinish(t *testing.T) {
 	if _, err := a.arrive("edge", "k", time.Now().Add(2*time.Second)); err != nil {
 		t.Fatalf("2s left for a 400ms session: %v", err)
 	}
+	// An estimate nothing refreshed for estimateStale is not trusted: a
+	// request goes through and measures again.
+	a.est["k"] = sessionEstimate{d: time.Minute, at: time.Now().Add(-estimateStale - time.Second)}
+	if _, err := a.arrive("edge", "k", time.Now().Add(time.Second)); err != nil {
+		t.Fatalf("a stale estimate refused a request: %v", err)
+	}
 }
 
 // Presignature refills come after every live request, and one computing

@@ -269,6 +269,12 @@ func (n *Node) refillPresignatures(ctx context.Context) {
 			// sessions it joins for other coordinators.
 			for n.pool.depth(key) < target && n.idle() && ctx.Err() == nil {
 				if err := n.presignOne(ctx, key); err != nil {
+					if errors.Is(err, ErrOverloaded) || errors.Is(err, errPreempted) {
+						// Live signing here or on a member came first:
+						// nothing failed, refilling waits for the next lull.
+						n.log.Debug().Err(err).Str("key", key.String()).Msg("presignature yielded to live signing")
+						break
+					}
 					failures++
 					n.metrics.presign.WithLabelValues("failed").Inc()
 					// Each failure pauses refilling a little longer (up to
