@@ -19,7 +19,7 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 LDFLAGS     := -X $(VERSION_PKG).release=$(VERSION) -X $(VERSION_PKG).commit=$(GIT_COMMIT) \
                -X $(VERSION_PKG).dirty=$(GIT_DIRTY) -X $(VERSION_PKG).date=$(GIT_DATE)
 
-.PHONY: all build demo test test-short test-long fuzz bench bench-full vet fmt tools clean
+.PHONY: all build demo test test-short test-long fuzz bench bench-full wan-bench vet fmt tools clean
 
 all: build
 
@@ -69,6 +69,12 @@ bench: build
 ## bench-full: the whole matrix, concurrency 1–32.
 bench-full: build
 	$(GO) run ./loadtest matrix --full --bin $(BIN) --out docs/bench --markdown BENCHMARKS.md
+
+## wan-bench: full-handshake p50 per (t,n), full and presigned, at RTT 0, 1, 10, 30, 80 ms on every
+## edge–signer and signer–signer link (toxiproxy), beside the round-trip model → docs/bench/wan.md,
+## wan.json, wan.png (about 10 minutes on 2 cores).
+wan-bench: build
+	$(GO) run ./loadtest wan --bin $(BIN) --out docs/bench
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
