@@ -14,13 +14,21 @@ import (
 // edges, and the files they need. Close stops them.
 type Env struct{ e *env }
 
+// EnvOptions change how an Env's clusters are set up.
+type EnvOptions struct {
+	// PeerAddr, if not nil, rewrites the address at which each signer's
+	// configuration lists each other signer (from's view of to, listening
+	// on addr), e.g. to put a proxy on every directed link.
+	PeerAddr func(from, to, addr string) (string, error)
+	// SignerYAML is appended to every signer's configuration (top-level
+	// keys, each line ending in a newline).
+	SignerYAML string
+}
+
 // NewEnv prepares dir (which must exist) for processes run from the
 // binaries in bin, with the test pre-parameters of the repository at repo.
-// peerAddr, if not nil, rewrites the address at which each signer's
-// configuration lists each other signer (from's view of to, listening on
-// addr), e.g. to put a proxy on every directed link.
-func NewEnv(bin, repo, dir string, peerAddr func(from, to, addr string) (string, error)) *Env {
-	return &Env{e: &env{bin: bin, repo: repo, dir: dir, peerAddr: peerAddr}}
+func NewEnv(bin, repo, dir string, o EnvOptions) *Env {
+	return &Env{e: &env{bin: bin, repo: repo, dir: dir, peerAddr: o.PeerAddr, signerYAML: o.SignerYAML}}
 }
 
 // Close stops every process (SIGINT, then SIGKILL after 5 s).

@@ -39,6 +39,8 @@ type env struct {
 	// peer endpoint listens on addr: another harness (loadtest/internal/wan)
 	// puts a proxy there.
 	peerAddr func(from, to, addr string) (string, error)
+	// signerYAML, if set, is appended to every signer's configuration.
+	signerYAML string
 }
 
 func (e *env) close() {
@@ -220,7 +222,7 @@ func (e *env) startCluster(ctx context.Context, t, n, presignDepth int) (*signer
 		var cfg strings.Builder
 		fmt.Fprintf(&cfg, "name: %s\ndata_dir: %s\npeer_listen: %s\nkeyless_listen: %s\nhttp_listen: %s\n", name, name, addrs[3*i], addrs[3*i+1], addrs[3*i+2])
 		fmt.Fprintf(&cfg, "tls: {ca: pki/ca.pem, cert: pki/%s.pem, key: pki/%s-key.pem}\nsecrets: {key_file: %s.key}\n", name, name, name)
-		fmt.Fprintf(&cfg, "presign: {depth: %d}\nsign_timeout: 60s\npeers:\n", presignDepth)
+		fmt.Fprintf(&cfg, "presign: {depth: %d}\nsign_timeout: 60s\n%speers:\n", presignDepth, e.signerYAML)
 		for j, o := range names {
 			if j == i {
 				continue

@@ -138,16 +138,52 @@ func (n *Network) Close() {
 	}
 }
 
-// HalfOpen makes the link swallow everything To sends back from now on,
-// while the connection stays open and From's bytes still arrive: what a
-// peer behind a dead NAT mapping or a one-way route failure looks like.
-// Nothing is reset, so only a deadline notices.
-func (l *Link) HalfOpen() error {
-	return l.set("half_open", "timeout", "downstream", map[string]any{"timeout": 0})
+// Direction is one way along a link.
+type Direction string
+
+const (
+	// Forward is what From sends to To (toxiproxy's "upstream").
+	Forward Direction = "upstream"
+	// Back is what To answers From (toxiproxy's "downstream").
+	Back Direction = "downstream"
+)
+
+// HalfOpen makes the link swallow, in direction dir, every byte after the
+// next afterBytes, while the connection stays open and the other direction
+// still flows: what a one-way route failure or a dead NAT mapping looks
+// like mid-session. Nothing is reset, so only a deadline notices.
+func (l *Link) HalfOpen(dir Direction, afterBytes int64) error {
+	return l.set("half_open_"+string(dir), halfOpenType, string(dir), map[string]any{"after_bytes": afterBytes})
 }
 
-// Heal undoes HalfOpen.
-func (l *Link) Heal() error { return l.remove("half_open") }
+// Heal undoes HalfOpen in both directions.
+func (l *Link) Heal() error {
+	for _, dir := range []Direction{Forward, Back} {
+		if err := l.remove("half_open_" + string(dir)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Mute half-opens every link of class around node so that, after
+// afterBytes more on each, nothing node sends arrives anywhere, while
+// everything sent to it still does.
+func (n *Network) Mute(class Class, node string, afterBytes int64) error {
+	for _, l := range n.Links(class) {
+		var err error
+		switch node {
+		case l.From:
+			err = l.HalfOpen(Forward, afterBytes)
+		case l.To:
+			err = l.HalfOpen(Back, afterBytes)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // shape applies s to both directions of l: half the RTT each way.
 func (l *Link) shape(s Shape) error {
@@ -188,7 +224,10 @@ func (l *Link) remove(name string) error {
 	return l.proxy.Toxics.RemoveToxic(context.Background(), name)
 }
 
-const lossType = "tcp_loss"
+const (
+	lossType     = "tcp_loss"
+	halfOpenType = "half_open"
+)
 
 // lossToxic holds a chunk back one retransmission timeout with the given
 // probability: toxiproxy sits above TCP, so a lost segment is seen as the
@@ -221,4 +260,35 @@ func (t *lossToxic) Pipe(stub *toxics.ToxicStub) {
 	}
 }
 
-func init() { toxics.Register(lossType, new(lossToxic)) }
+// halfOpenToxic passes AfterBytes bytes, then swallows everything and
+// never closes: the other side waits for bytes that do not come.
+type halfOpenToxic struct {
+	AfterBytes int64 `json:"after_bytes"`
+}
+
+func (t *halfOpenToxic) Pipe(stub *toxics.ToxicStub) {
+	passed := int64(0)
+	for {
+		select {
+		case <-stub.Interrupt:
+			return
+		case c := <-stub.Input:
+			if c == nil {
+				stub.Close()
+				return
+			}
+			if room := t.AfterBytes - passed; room > 0 {
+				if int64(len(c.Data)) > room {
+					c.Data = c.Data[:room]
+				}
+				passed += int64(len(c.Data))
+				stub.Output <- c
+			}
+		}
+	}
+}
+
+func init() {
+	toxics.Register(lossType, new(lossToxic))
+	toxics.Register(halfOpenType, new(halfOpenToxic))
+}
