@@ -31,12 +31,14 @@ build:
 demo: build
 	@BIN=$(BIN) DEMO=$(DEMO) ./examples/local-cluster/run.sh
 
-## tools: what the integration tests drive besides Go: curl, openssl, and headless Chromium with
-## certutil (to trust a test CA). A test whose tool could not be installed is skipped, saying so.
+## tools: what the integration tests drive besides Go: curl, openssl, headless Chromium with
+## certutil (to trust a test CA), and systemd-analyze (to check examples/systemd; the systemd
+## package installs without running systemd). A test whose tool could not be installed is
+## skipped, saying so.
 tools:
-	@command -v curl >/dev/null && command -v openssl >/dev/null && command -v chromium >/dev/null && command -v certutil >/dev/null || { \
-	  echo "installing curl, openssl, chromium and libnss3-tools"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl openssl chromium libnss3-tools >/dev/null) || \
+	@command -v curl >/dev/null && command -v openssl >/dev/null && command -v chromium >/dev/null && command -v certutil >/dev/null && command -v systemd-analyze >/dev/null || { \
+	  echo "installing curl, openssl, chromium, libnss3-tools and systemd"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl openssl chromium libnss3-tools systemd >/dev/null) || \
 	  echo "warning: could not install them all; their subtests will be skipped"; }
 
 ## test: everything CI runs (well under 20 minutes on 2 cores).
