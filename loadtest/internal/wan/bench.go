@@ -275,7 +275,7 @@ func (r *Results) Markdown() string {
 	b.WriteString("Every process ran on this machine; every edge → signer and signer → signer link went through its own toxiproxy proxy ")
 	b.WriteString("adding the RTT (half each way, no jitter, no loss). The client ↔ edge link is loopback. ")
 	b.WriteString("**model** = p50 at RTT 0 + round trips × RTT, the round trips counted in `loadtest/internal/wan/model.go` ")
-	b.WriteString("(keyless request, Prepare, Run, one one-way trip per GG18 round, one more per broadcast round when three sign, Run answers). ")
+	b.WriteString("(keyless request, Prepare, Run, one round trip per GG18 round — a member awaits each message's acknowledgement before it sends the next —, half a trip more per broadcast round when three sign, for the echo, Run answers). ")
 	b.WriteString("A 2-of-n quorum signs with two members, so (1,2) and (1,3) cost the same trips.\n\n![p50 against RTT](wan.png)\n\n")
 	var rtts []time.Duration
 	for _, p := range r.Points {

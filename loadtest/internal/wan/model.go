@@ -3,18 +3,25 @@ package wan
 // The round-trip model: how many network round trips one full handshake
 // waits for in sequence, counted from node/ and tss/ as they are. Only
 // links the harness shapes count (edge ↔ signer, signer ↔ signer); the
-// client ↔ edge link is loopback. A half is one one-way trip.
+// client ↔ edge link is loopback.
 //
-//	edge → coordinator → edge   the keyless request and its answer   1
-//	Prepare to every member     a unary call, awaited                1     (full path only)
-//	Run (FinishPresign)         reaches the members                  0.5
-//	each GG18 signing round     one one-way trip, rounds in order    0.5 × 9 (full) or × 5 (presigned: 5–9)
-//	each broadcast round, 3+    members wait for the third member's  0.5 × 8 (full: rounds 1, 3–9) or × 5 (presigned)
-//	  members                   echo before using a broadcast
-//	Run answers                 the coordinator waits for them all   0.5
+//	edge → coordinator → edge    the keyless request and its answer     1
+//	Prepare to every member      a unary call, awaited                  1     (full path only)
+//	Run (FinishPresign)          reaches the members                    0.5
+//	each GG18 signing round      1: a member sends a round's message    1 × 9 (full) or × 5 (presigned: 5–9)
+//	                             with a unary Deliver and awaits its
+//	                             answer before sending the next one
+//	                             (tss/session.go sendLoop, node/session.go
+//	                             outbox), so a round costs the message's
+//	                             trip and the acknowledgement's
+//	each broadcast round, with   members wait for the third member's    0.5 × 8 (full: rounds 1, 3–9) or × 5 (presigned)
+//	  three members              echo before using a broadcast
+//	Run answers                  the coordinator waits for them all     0.5
 //
-// Signing computes between the trips; the model adds the measured p50 at
-// RTT 0 for that, so model(RTT) = p50(0) + Rounds × RTT.
+// Without the awaited acknowledgement a round would cost half a trip
+// (the message's way only): that is the largest saving the protocol
+// allows. Signing computes between the trips; the model adds the measured
+// p50 at RTT 0 for that, so model(RTT) = p50(0) + Rounds × RTT.
 const (
 	gg18Rounds          = 9
 	gg18BroadcastRounds = 8 // every signing round but round 2 carries a broadcast
@@ -25,7 +32,7 @@ const (
 	prepareRoundTrip    = 1.0
 	runRequestOneWay    = 0.5
 	runResponseOneWay   = 0.5
-	roundOneWay         = 0.5
+	roundTrip           = 1.0 // a round's Deliver and its answer
 	echoOneWay          = 0.5
 )
 
@@ -41,7 +48,7 @@ func Rounds(t, n int, presigned bool) float64 {
 	} else {
 		r += prepareRoundTrip
 	}
-	r += float64(rounds) * roundOneWay
+	r += float64(rounds) * roundTrip
 	if quorum >= echoQuorum {
 		r += float64(broadcasts) * echoOneWay
 	}
