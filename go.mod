@@ -6,6 +6,7 @@ replace github.com/agl/ed25519 => github.com/binance-chain/edwards25519 v0.0.0-2
 
 require (
 	filippo.io/age v1.3.2
+	github.com/Shopify/toxiproxy/v2 v2.12.0
 	github.com/bnb-chain/tss-lib/v2 v2.0.2
 	github.com/caddyserver/certmagic v0.25.6
 	github.com/cloudflare/cfssl v1.6.5
@@ -50,7 +51,6 @@ require (
 	github.com/Azure/go-autorest/autorest/validation v0.3.1 // indirect
 	github.com/Azure/go-autorest/logger v0.2.1 // indirect
 	github.com/Azure/go-autorest/tracing v0.6.0 // indirect
-	github.com/Shopify/toxiproxy/v2 v2.12.0 // indirect
 	github.com/ThalesIgnite/crypto11 v1.2.5 // indirect
 	github.com/agl/ed25519 v0.0.0-20200225211852-fd4d107ace12 // indirect
 	github.com/ajstarks/svgo v0.0.0-20211024235047-1546f124cd8b // indirect
