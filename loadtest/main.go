@@ -230,7 +230,7 @@ cores; --full sweeps concurrency up to 32.`,
 }
 
 func wanCmd() *cobra.Command {
-	var bin, out string
+	var bin, out, render string
 	var rtts []time.Duration
 	var requests int
 	var quick bool
@@ -245,6 +245,14 @@ and the plot wan.png/wan.svg into --out. Run it from the repository root after
 make build (make wan-bench does both).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if render != "" {
+				res, err := wan.Render(render, out)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "%d points redrawn into %s\n", len(res.Points), out)
+				return nil
+			}
 			o := wan.Default()
 			if len(rtts) > 0 {
 				o.RTTs = rtts
@@ -282,5 +290,6 @@ make build (make wan-bench does both).`,
 	cmd.Flags().DurationSliceVar(&rtts, "rtt", nil, "only these RTTs, e.g. 0,10ms,80ms (0 is the model's reference)")
 	cmd.Flags().IntVar(&requests, "requests", 0, "full handshakes per point (default 3)")
 	cmd.Flags().BoolVar(&quick, "quick", false, "a smoke test: (1,2) only, RTT 0 and 10 ms, 2 requests per point")
+	cmd.Flags().StringVar(&render, "render", "", "measure nothing: apply the current model to this wan.json and redraw the outputs")
 	return cmd
 }

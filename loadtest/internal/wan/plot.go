@@ -22,13 +22,18 @@ func (r *Results) plot(base string) (err error) {
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("Full-handshake p50 across a WAN (%s, %d cores)", r.Machine.Date.Format("2006-01-02"), r.Machine.Cores)
 	p.X.Label.Text = "RTT on every edge–signer and signer–signer link (ms)"
-	p.Y.Label.Text = "p50 (ms)"
-	p.Legend.Top, p.Legend.Left = true, true
+	p.Y.Label.Text = "p50 (ms, log scale)"
+	// Log: the full path costs seconds of CPU, the presigned one tens of
+	// milliseconds; on one linear axis the latter is a flat line.
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Legend.Top, p.Legend.Left = false, false
+	p.Legend.YOffs = vg.Points(20)
 	for i, g := range r.groups() {
 		var measured, model plotter.XYs
 		for _, pt := range g {
-			measured = append(measured, plotter.XY{X: ms(pt.RTT), Y: ms(pt.P50)})
-			model = append(model, plotter.XY{X: ms(pt.RTT), Y: ms(pt.Model)})
+			measured = append(measured, plotter.XY{X: ms(pt.RTT), Y: max(ms(pt.P50), 0.01)})
+			model = append(model, plotter.XY{X: ms(pt.RTT), Y: max(ms(pt.Model), 0.01)})
 		}
 		name := fmt.Sprintf("(%d,%d) %s", g[0].T, g[0].N, pathName(g[0].Presigned))
 		l, s, err := plotter.NewLinePoints(measured)
