@@ -25,6 +25,7 @@ import (
 
 	"github.com/tkeyless/tkeyless/loadtest/internal/load"
 	"github.com/tkeyless/tkeyless/loadtest/internal/matrix"
+	"github.com/tkeyless/tkeyless/loadtest/internal/wan"
 )
 
 func main() {
@@ -129,7 +130,7 @@ Only loopback targets are accepted unless --allow-remote is given.`,
 	f.StringVar(&jsonOut, "json", "", "also write the report as JSON to this file")
 	f.BoolVar(&noProgress, "no-progress", false, "no progress bar (it is off anyway when stderr is not a terminal)")
 	_ = cmd.MarkFlagRequired("url")
-	cmd.AddCommand(matrixCmd())
+	cmd.AddCommand(matrixCmd(), wanCmd())
 	return cmd
 }
 
@@ -225,5 +226,70 @@ cores; --full sweeps concurrency up to 32.`,
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep each configuration's directory (configs, process logs) for inspection")
 	cmd.Flags().StringVar(&render, "render", "", "measure nothing: redraw the outputs from this results.json")
 	cmd.Flags().StringVar(&markdown, "markdown", "BENCHMARKS.md", "also write the Markdown summary here, with plot links into --out (empty: only in --out)")
+	return cmd
+}
+
+func wanCmd() *cobra.Command {
+	var bin, out, render string
+	var rtts []time.Duration
+	var requests int
+	var quick bool
+	cmd := &cobra.Command{
+		Use:   "wan",
+		Short: "Full-handshake p50 across a simulated WAN, per (t,n), full and presigned, beside the round-trip model",
+		Long: `wan starts, on this machine, a signer cluster and an edge for each (t,n) and
+path (full GG18, presigned), with every edge → signer and signer → signer link
+through its own toxiproxy proxy (in this process), and measures full
+handshakes one at a time at each RTT. It writes wan.md (the table), wan.json
+and the plot wan.png/wan.svg into --out. Run it from the repository root after
+make build (make wan-bench does both).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if render != "" {
+				res, err := wan.Render(render, out)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "%d points redrawn into %s\n", len(res.Points), out)
+				return nil
+			}
+			o := wan.Default()
+			if len(rtts) > 0 {
+				o.RTTs = rtts
+			}
+			if requests > 0 {
+				o.Requests = requests
+			}
+			if quick {
+				o.Thresholds, o.RTTs, o.Requests = [][2]int{{1, 2}}, []time.Duration{0, 10 * time.Millisecond}, 2
+			}
+			repo, err := os.Getwd()
+			if err != nil {
+				return err
+			}
+			if _, err := os.Stat(filepath.Join(repo, "tss", "testdata", "preparams")); err != nil {
+				return errors.New("run wan from the repository root (it needs tss/testdata/preparams)")
+			}
+			if bin, err = filepath.Abs(bin); err != nil {
+				return err
+			}
+			if _, err := os.Stat(filepath.Join(bin, "signer")); err != nil {
+				return fmt.Errorf("%s/signer not found: run make build first", bin)
+			}
+			o.Bin, o.Repo, o.Out, o.Log = bin, repo, out, os.Stderr
+			res, err := wan.Bench(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "%d points written to %s\n", len(res.Points), out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&bin, "bin", "bin", "directory with the signer and edge binaries")
+	cmd.Flags().StringVar(&out, "out", "docs/bench", "directory for wan.md, wan.json and the plots")
+	cmd.Flags().DurationSliceVar(&rtts, "rtt", nil, "only these RTTs, e.g. 0,10ms,80ms (0 is the model's reference)")
+	cmd.Flags().IntVar(&requests, "requests", 0, "full handshakes per point (default 3)")
+	cmd.Flags().BoolVar(&quick, "quick", false, "a smoke test: (1,2) only, RTT 0 and 10 ms, 2 requests per point")
+	cmd.Flags().StringVar(&render, "render", "", "measure nothing: apply the current model to this wan.json and redraw the outputs")
 	return cmd
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tkeyless/tkeyless/internal/cli"
+	"github.com/tkeyless/tkeyless/internal/version"
 )
 
 func main() { cli.Run("edge", rootCmd()) }
@@ -37,6 +38,7 @@ baseline for load tests, a key file. Resumed handshakes need no signature.
   edge serve --cert site.pem --signer keyless://127.0.0.1:7201,127.0.0.1:7202 \
       --keyless-cert edge.pem --keyless-key edge-key.pem --keyless-ca ca.pem \
       --static ./www`,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tkeyless/tkeyless/internal/cli"
+	"github.com/tkeyless/tkeyless/internal/version"
 )
 
 func main() { cli.Run("signer", rootCmd()) }
@@ -36,6 +37,7 @@ A first cluster, step by step (see README.md and examples/):
   signer serve --config a.yaml                    # on every node
   signer keygen --config a.yaml --threshold 1     # once, from any node
   signer csr --public-key KEY.pub.pem --name example.com ...`,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

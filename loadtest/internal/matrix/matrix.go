@@ -207,7 +207,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Point, *Warm, error)
 		}
 		signer = "keyless://" + joinComma(cluster.keyless)
 	}
-	addr, err := e.startEdge(ctx, "site", certPath, signer)
+	addr, err := e.startEdge(ctx, "site", certPath, signer, 0)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -35,6 +35,12 @@ type env struct {
 	dir   string
 	procs []*exec.Cmd
 	stops []func()
+	// peerAddr, if set, says where signer from reaches signer to, whose
+	// peer endpoint listens on addr: another harness (loadtest/internal/wan)
+	// puts a proxy there.
+	peerAddr func(from, to, addr string) (string, error)
+	// signerYAML, if set, is appended to every signer's configuration.
+	signerYAML string
 }
 
 func (e *env) close() {
@@ -193,6 +199,7 @@ func plainKey(path string) (*ecdsa.PrivateKey, error) {
 
 // signerCluster is a running (t,n) cluster with one key.
 type signerCluster struct {
+	names   []string
 	keyless []string // keyless endpoints
 	http    []string // /status endpoints
 	pubPath string
@@ -207,7 +214,7 @@ func (e *env) startCluster(ctx context.Context, t, n, presignDepth int) (*signer
 	if err != nil {
 		return nil, err
 	}
-	c := &signerCluster{}
+	c := &signerCluster{names: names}
 	for i, name := range names {
 		if _, err := e.cli(ctx, "pki", "issue", "--dir", "pki", "--name", name, "--role", "node"); err != nil {
 			return nil, err
@@ -215,11 +222,18 @@ func (e *env) startCluster(ctx context.Context, t, n, presignDepth int) (*signer
 		var cfg strings.Builder
 		fmt.Fprintf(&cfg, "name: %s\ndata_dir: %s\npeer_listen: %s\nkeyless_listen: %s\nhttp_listen: %s\n", name, name, addrs[3*i], addrs[3*i+1], addrs[3*i+2])
 		fmt.Fprintf(&cfg, "tls: {ca: pki/ca.pem, cert: pki/%s.pem, key: pki/%s-key.pem}\nsecrets: {key_file: %s.key}\n", name, name, name)
-		fmt.Fprintf(&cfg, "presign: {depth: %d}\nsign_timeout: 60s\npeers:\n", presignDepth)
+		fmt.Fprintf(&cfg, "presign: {depth: %d}\nsign_timeout: 60s\n%speers:\n", presignDepth, e.signerYAML)
 		for j, o := range names {
-			if j != i {
-				fmt.Fprintf(&cfg, "  - {name: %s, addr: %s}\n", o, addrs[3*j])
+			if j == i {
+				continue
 			}
+			addr := addrs[3*j]
+			if e.peerAddr != nil {
+				if addr, err = e.peerAddr(name, o, addr); err != nil {
+					return nil, fmt.Errorf("route %s to %s: %w", name, o, err)
+				}
+			}
+			fmt.Fprintf(&cfg, "  - {name: %s, addr: %s}\n", o, addr)
 		}
 		if err := os.WriteFile(filepath.Join(e.dir, name+".yaml"), []byte(cfg.String()), 0o600); err != nil {
 			return nil, err
@@ -275,8 +289,8 @@ func (c *signerCluster) presignReady(depth int) bool {
 }
 
 // startEdge runs an edge for certPath with the given --signer and returns
-// its address.
-func (e *env) startEdge(ctx context.Context, name, certPath, signer string) (string, error) {
+// its address. signTimeout 0 means 60 s.
+func (e *env) startEdge(ctx context.Context, name, certPath, signer string, signTimeout time.Duration) (string, error) {
 	addrs, err := freePorts(1)
 	if err != nil {
 		return "", err
@@ -291,7 +305,10 @@ func (e *env) startEdge(ctx context.Context, name, certPath, signer string) (str
 	// Deadlines far above a signature's cost: at high concurrency on two
 	// cores a full handshake queues for seconds, and the point is to
 	// measure that, not to fail it.
-	args := []string{"serve", "--listen", addrs[0], "--cert", certPath, "--signer", signer, "--static", site, "--log-level", "warn", "--sign-timeout", "60s"}
+	if signTimeout == 0 {
+		signTimeout = 60 * time.Second
+	}
+	args := []string{"serve", "--listen", addrs[0], "--cert", certPath, "--signer", signer, "--static", site, "--log-level", "warn", "--sign-timeout", signTimeout.String()}
 	if strings.HasPrefix(signer, "keyless://") {
 		args = append(args, "--keyless-cert", "pki/edge.pem", "--keyless-key", "pki/edge-key.pem", "--keyless-ca", "pki/ca.pem")
 	}
