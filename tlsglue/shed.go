@@ -1,0 +1,299 @@
+package tlsglue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Defaults of ShedPolicy, documented in cmd/edge's --help.
+const (
+	// DefaultClientRate and DefaultClientBurst are the full-handshake budget of one client
+	// prefix: a browser opening a page makes one full handshake and resumes the rest, a
+	// busy NAT a few per second; a flood from one prefix gets this much and no more.
+	DefaultClientRate  = 2.0
+	DefaultClientBurst = 10
+	// DefaultIPv4Prefix and DefaultIPv6Prefix group client addresses into one budget: an
+	// attacker holds a /24 or a /64 as easily as one address.
+	DefaultIPv4Prefix = 24
+	DefaultIPv6Prefix = 64
+	// DefaultMaxClients bounds the prefixes tracked at once, so a flood from many addresses
+	// cannot grow the edge's memory without bound.
+	DefaultMaxClients = 65536
+)
+
+// ShedReason says why a handshake was shed, as a metric label.
+type ShedReason string
+
+const (
+	// ShedClientBudget: the client's prefix spent its full-handshake budget.
+	ShedClientBudget ShedReason = "client_budget"
+	// ShedQueueFull: every signing slot is busy and the queue for them is full.
+	ShedQueueFull ShedReason = "queue_full"
+	// ShedDeadline: the handshake could not get a slot while enough of its deadline was left
+	// for a signature (as long as signatures take now).
+	ShedDeadline ShedReason = "deadline"
+)
+
+// ShedError is the error of a handshake shed before any signer was asked.
+type ShedError struct {
+	Reason ShedReason
+	Client netip.Prefix // the budget's prefix, for ShedClientBudget
+}
+
+func (e *ShedError) Error() string {
+	switch e.Reason {
+	case ShedClientBudget:
+		return fmt.Sprintf("shed: client %s is over its full-handshake budget", e.Client)
+	case ShedQueueFull:
+		return "shed: every signing slot is busy and the queue is full"
+	}
+	return "shed: no signing slot free in time for the handshake's deadline"
+}
+
+// ErrShed matches every ShedError with errors.Is.
+var ErrShed = errors.New("shed")
+
+// Is makes errors.Is(err, ErrShed) true for a ShedError.
+func (e *ShedError) Is(target error) bool { return target == ErrShed }
+
+// ShedPolicy is the edge's admission control for full handshakes: each costs the signer
+// cluster one threshold signature (hundreds of milliseconds of CPU on each quorum member)
+// against microseconds for the client, so what the cluster cannot serve in time is refused
+// at once, before any signer is asked. Resumed handshakes make no signature and never meet it.
+//
+// The zero value sheds nothing.
+type ShedPolicy struct {
+	// MaxInFlight caps the signatures this edge has asked for and not yet received; 0: no cap.
+	// Beyond it a handshake waits in arrival order for a slot.
+	MaxInFlight int
+	// MaxQueue caps the handshakes waiting for a slot; beyond it they are shed at once.
+	// 0 with a MaxInFlight: as many as MaxInFlight.
+	MaxQueue int
+
+	// ClientRate is the full handshakes per second one client prefix may start, ClientBurst
+	// how many it may start at once after a quiet spell. ClientRate 0: no per-client budget.
+	ClientRate  float64
+	ClientBurst int
+	// IPv4Prefix and IPv6Prefix are the prefix lengths a client address is grouped by
+	// (0: DefaultIPv4Prefix, DefaultIPv6Prefix; 32 and 128 for one budget per address).
+	IPv4Prefix, IPv6Prefix int
+	// Allow lists client prefixes without a budget (health checkers, a known proxy); they
+	// still take signing slots like anyone.
+	Allow []netip.Prefix
+	// MaxClients bounds the prefixes tracked (0: DefaultMaxClients). When that many are
+	// tracked and none is idle, new prefixes share one overflow budget.
+	MaxClients int
+}
+
+// Shedder applies a ShedPolicy. Make one with NewShedder, one per edge process, and share it
+// between configurations: its slots are the edge's.
+type Shedder struct {
+	p        ShedPolicy
+	slots    chan struct{} // nil: no cap
+	queued   atomic.Int64
+	inFlight atomic.Int64
+	// signNanos is a moving average of how long a signature takes once it has a slot, so a
+	// waiting handshake gives up as soon as what is left of its deadline would not suffice.
+	signNanos atomic.Int64
+
+	mu        sync.Mutex
+	clients   map[netip.Prefix]*rate.Limiter
+	overflow  *rate.Limiter
+	lastSweep time.Time // a full table is swept at most once a second
+}
+
+// NewShedder checks p and returns its Shedder.
+func NewShedder(p ShedPolicy) (*Shedder, error) {
+	switch {
+	case p.MaxInFlight < 0:
+		return nil, fmt.Errorf("shed policy: max in flight %d: want 0 (no cap) or more", p.MaxInFlight)
+	case p.MaxQueue < 0:
+		return nil, fmt.Errorf("shed policy: max queue %d: want 0 or more", p.MaxQueue)
+	case p.ClientRate < 0:
+		return nil, fmt.Errorf("shed policy: client rate %g: want 0 (no budget) or more", p.ClientRate)
+	case p.ClientRate > 0 && p.ClientBurst < 1:
+		return nil, fmt.Errorf("shed policy: client burst %d: want at least 1 with a client rate", p.ClientBurst)
+	case p.IPv4Prefix < 0 || p.IPv4Prefix > 32:
+		return nil, fmt.Errorf("shed policy: IPv4 prefix /%d: want 1 to 32", p.IPv4Prefix)
+	case p.IPv6Prefix < 0 || p.IPv6Prefix > 128:
+		return nil, fmt.Errorf("shed policy: IPv6 prefix /%d: want 1 to 128", p.IPv6Prefix)
+	case p.MaxClients < 0:
+		return nil, fmt.Errorf("shed policy: max clients %d: want 0 (the default) or more", p.MaxClients)
+	}
+	if p.IPv4Prefix == 0 {
+		p.IPv4Prefix = DefaultIPv4Prefix
+	}
+	if p.IPv6Prefix == 0 {
+		p.IPv6Prefix = DefaultIPv6Prefix
+	}
+	if p.MaxClients == 0 {
+		p.MaxClients = DefaultMaxClients
+	}
+	s := &Shedder{p: p, clients: map[netip.Prefix]*rate.Limiter{}}
+	if p.MaxInFlight > 0 {
+		if s.p.MaxQueue == 0 {
+			s.p.MaxQueue = p.MaxInFlight
+		}
+		s.slots = make(chan struct{}, p.MaxInFlight)
+	}
+	if p.ClientRate > 0 {
+		s.overflow = rate.NewLimiter(rate.Limit(p.ClientRate), p.ClientBurst)
+	}
+	return s, nil
+}
+
+// Policy returns the policy in force, defaults filled in.
+func (s *Shedder) Policy() ShedPolicy { return s.p }
+
+// InFlight is the number of signatures asked for and not yet answered.
+func (s *Shedder) InFlight() int { return int(s.inFlight.Load()) }
+
+// Queued is the number of handshakes waiting for a signing slot.
+func (s *Shedder) Queued() int { return int(s.queued.Load()) }
+
+// Admit decides whether a full handshake from remote may ask for a signature. It returns at once
+// when the client is over its budget or the queue is full, and otherwise when a slot is free
+// (waited is the time spent waiting) or no longer worth waiting for. On success the caller must
+// call release when the signature is done, with whether it succeeded.
+func (s *Shedder) Admit(ctx context.Context, remote net.Addr) (release func(ok bool), waited time.Duration, err error) {
+	if s.p.ClientRate > 0 {
+		if pfx, ok := s.prefix(remote); ok && !s.allowed(pfx) {
+			if !s.limiter(pfx).Allow() {
+				return nil, 0, &ShedError{Reason: ShedClientBudget, Client: pfx}
+			}
+		}
+	}
+	if s.slots == nil {
+		s.inFlight.Add(1)
+		return func(bool) { s.inFlight.Add(-1) }, 0, nil
+	}
+	start := time.Now()
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		if s.queued.Add(1) > int64(s.p.MaxQueue) {
+			s.queued.Add(-1)
+			return nil, 0, &ShedError{Reason: ShedQueueFull}
+		}
+		err := s.wait(ctx)
+		s.queued.Add(-1)
+		if err != nil {
+			return nil, time.Since(start), err
+		}
+	}
+	waited = time.Since(start)
+	s.inFlight.Add(1)
+	got := time.Now()
+	return func(ok bool) {
+		if ok {
+			s.observe(time.Since(got))
+		}
+		s.inFlight.Add(-1)
+		<-s.slots
+	}, waited, nil
+}
+
+// wait blocks for a slot (channel senders are served in arrival order) until the handshake's
+// deadline less the expected signing time.
+func (s *Shedder) wait(ctx context.Context) error {
+	var giveUp <-chan time.Time
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl) - time.Duration(s.signNanos.Load())
+		if left <= 0 {
+			return &ShedError{Reason: ShedDeadline}
+		}
+		t := time.NewTimer(left)
+		defer t.Stop()
+		giveUp = t.C
+	}
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	case <-giveUp:
+		return &ShedError{Reason: ShedDeadline}
+	case <-ctx.Done():
+		return &ShedError{Reason: ShedDeadline}
+	}
+}
+
+// observe folds one signing time into the moving average (weight 1/8: a few signatures
+// follow a change of load).
+func (s *Shedder) observe(d time.Duration) {
+	for {
+		old := s.signNanos.Load()
+		next := int64(d)
+		if old != 0 {
+			next = old + (int64(d)-old)/8
+		}
+		if s.signNanos.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// prefix is the budget a client address belongs to.
+func (s *Shedder) prefix(remote net.Addr) (netip.Prefix, bool) {
+	var ip netip.Addr
+	switch a := remote.(type) {
+	case *net.TCPAddr:
+		ip = a.AddrPort().Addr()
+	case nil:
+		return netip.Prefix{}, false
+	default:
+		ap, err := netip.ParseAddrPort(remote.String())
+		if err != nil {
+			return netip.Prefix{}, false
+		}
+		ip = ap.Addr()
+	}
+	ip = ip.Unmap()
+	bits := s.p.IPv6Prefix
+	if ip.Is4() {
+		bits = s.p.IPv4Prefix
+	}
+	pfx, err := ip.Prefix(bits)
+	return pfx, err == nil
+}
+
+func (s *Shedder) allowed(pfx netip.Prefix) bool {
+	for _, a := range s.p.Allow {
+		if a.Contains(pfx.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// limiter returns the prefix's bucket, making one if needed. When the table is full, idle
+// buckets (full again, so forgetting them changes nothing) are dropped; if none is idle, the
+// prefix shares the overflow bucket, so a flood from many prefixes is bounded in memory and,
+// beyond the table, in rate too.
+func (s *Shedder) limiter(pfx netip.Prefix) *rate.Limiter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l, ok := s.clients[pfx]; ok {
+		return l
+	}
+	if now := time.Now(); len(s.clients) >= s.p.MaxClients && now.Sub(s.lastSweep) >= time.Second {
+		s.lastSweep = now
+		for k, l := range s.clients {
+			if l.TokensAt(now) >= float64(s.p.ClientBurst) {
+				delete(s.clients, k)
+			}
+		}
+	}
+	if len(s.clients) >= s.p.MaxClients {
+		return s.overflow
+	}
+	l := rate.NewLimiter(rate.Limit(s.p.ClientRate), s.p.ClientBurst)
+	s.clients[pfx] = l
+	return l
+}
