@@ -165,7 +165,7 @@ func (s *Shedder) Queued() int { return int(s.queued.Load()) }
 // call release when the signature is done, with whether it succeeded.
 func (s *Shedder) Admit(ctx context.Context, remote net.Addr) (release func(ok bool), waited time.Duration, err error) {
 	if s.p.ClientRate > 0 {
-		if pfx, ok := s.prefix(remote); ok && !s.allowed(pfx) {
+		if ip, pfx, ok := s.prefix(remote); ok && !s.allowed(ip) {
 			if !s.limiter(pfx).Allow() {
 				return nil, 0, &ShedError{Reason: ShedClientBudget, Client: pfx}
 			}
@@ -239,18 +239,18 @@ func (s *Shedder) observe(d time.Duration) {
 	}
 }
 
-// prefix is the budget a client address belongs to.
-func (s *Shedder) prefix(remote net.Addr) (netip.Prefix, bool) {
+// prefix is a client's address and the prefix of its budget.
+func (s *Shedder) prefix(remote net.Addr) (netip.Addr, netip.Prefix, bool) {
 	var ip netip.Addr
 	switch a := remote.(type) {
 	case *net.TCPAddr:
 		ip = a.AddrPort().Addr()
 	case nil:
-		return netip.Prefix{}, false
+		return ip, netip.Prefix{}, false
 	default:
 		ap, err := netip.ParseAddrPort(remote.String())
 		if err != nil {
-			return netip.Prefix{}, false
+			return ip, netip.Prefix{}, false
 		}
 		ip = ap.Addr()
 	}
@@ -260,12 +260,12 @@ func (s *Shedder) prefix(remote net.Addr) (netip.Prefix, bool) {
 		bits = s.p.IPv4Prefix
 	}
 	pfx, err := ip.Prefix(bits)
-	return pfx, err == nil
+	return ip, pfx, err == nil
 }
 
-func (s *Shedder) allowed(pfx netip.Prefix) bool {
+func (s *Shedder) allowed(ip netip.Addr) bool {
 	for _, a := range s.p.Allow {
-		if a.Contains(pfx.Addr()) {
+		if a.Contains(ip) {
 			return true
 		}
 	}

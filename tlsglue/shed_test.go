@@ -57,6 +57,12 @@ func TestShedClientBudget(t *testing.T) {
 			want:   []bool{true, true, true, true, false},
 		},
 		{
+			name:   "an allowed address inside a budgeted prefix",
+			policy: ShedPolicy{ClientRate: noRefill, ClientBurst: 1, Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.9/32")}},
+			admits: []string{"10.0.0.9:1", "10.0.0.9:2", "10.0.0.1:3", "10.0.0.2:4"},
+			want:   []bool{true, true, true, false},
+		},
+		{
 			name:   "a full table puts new prefixes on one shared budget",
 			policy: ShedPolicy{ClientRate: noRefill, ClientBurst: 1, MaxClients: 1},
 			admits: []string{"10.0.0.1:1", "10.0.1.1:2", "10.0.2.1:3"},
