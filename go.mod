@@ -6,6 +6,7 @@ replace github.com/agl/ed25519 => github.com/binance-chain/edwards25519 v0.0.0-2
 
 require (
 	filippo.io/age v1.3.2
+	github.com/HdrHistogram/hdrhistogram-go v1.1.2
 	github.com/bnb-chain/tss-lib/v2 v2.0.2
 	github.com/caddyserver/certmagic v0.25.6
 	github.com/cloudflare/cfssl v1.6.5

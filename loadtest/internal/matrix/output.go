@@ -73,7 +73,7 @@ func (r *Results) write(dir string) error {
 		if err := r.plot(dir, resume, "latency", "mean response time (ms)", func(p Point) float64 { return ms(p.Report.Total.Mean) }); err != nil {
 			return err
 		}
-		if err := r.plot(dir, resume, "throughput", "throughput (requests/s)", func(p Point) float64 { return p.Report.Throughput }); err != nil {
+		if err := r.plot(dir, resume, "throughput", "throughput (requests/s)", func(p Point) float64 { return p.Report.Goodput }); err != nil {
 			return err
 		}
 	}
@@ -95,7 +95,7 @@ func (r *Results) writeCSV(path string) error {
 		_ = w.Write([]string{p.Config.Name, fmt.Sprint(p.Config.T), fmt.Sprint(p.Config.N), fmt.Sprint(p.Config.Presign), fmt.Sprint(p.Concurrency), fmt.Sprint(p.Resume),
 			fmt.Sprint(rp.Requests), fmt.Sprint(rp.Successes), fmt.Sprint(rp.Errors), fmt.Sprint(rp.Full), fmt.Sprint(rp.Resumed),
 			f2(ms(rp.Total.Mean)), f2(ms(rp.Total.P50)), f2(ms(rp.Total.P95)), f2(ms(rp.Total.P99)), f2(ms(rp.Total.Max)),
-			f2(ms(rp.FullTotal.P50)), f2(ms(rp.ResumedTotal.P50)), f2(rp.Throughput),
+			f2(ms(rp.FullTotal.P50)), f2(ms(rp.ResumedTotal.P50)), f2(rp.Goodput),
 			f2(p.P50VsLocal), f2(p.P50VsGokeyless), f2(p.RateVsLocal), f2(p.RateVsGokeyless)})
 	}
 	w.Flush()
@@ -222,7 +222,7 @@ func (r *Results) Markdown(plotDir string) string {
 			rp := p.Report
 			fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %.3g | %.3g | %.3g | %.3g |\n",
 				p.Config.Name, p.Concurrency, rp.Successes, rp.Errors, rp.Full, rp.Resumed, ms(rp.Total.Mean), ms(rp.Total.P50), ms(rp.Total.P95),
-				ms(rp.Total.P99), ms(rp.Total.Max), rp.Throughput, p.P50VsLocal, p.P50VsGokeyless, p.RateVsLocal, p.RateVsGokeyless)
+				ms(rp.Total.P99), ms(rp.Total.Max), rp.Goodput, p.P50VsLocal, p.P50VsGokeyless, p.RateVsLocal, p.RateVsGokeyless)
 		}
 		b.WriteString("\n")
 	}
