@@ -261,12 +261,12 @@ type worker struct {
 	o      Options
 	dialer net.Dialer
 	addr   string
-	host  string
-	path  string
-	cache tls.ClientSessionCache
-	first bool
-	conn  *tls.Conn
-	br    *bufio.Reader
+	host   string
+	path   string
+	cache  tls.ClientSessionCache
+	first  bool
+	conn   *tls.Conn
+	br     *bufio.Reader
 }
 
 func (w *worker) close() {
@@ -415,12 +415,12 @@ func Summarize(ds []time.Duration) Stats {
 // results.json) is one schema with stable snake_case names. Latencies are
 // of successful requests only.
 type Report struct {
-	Mode        string         `json:"mode"`                  // "closed" or "open"
-	Concurrency int            `json:"concurrency"`           // closed: in flight; open: bound on outstanding
-	Rate        float64        `json:"rate_rps,omitempty"`    // open: arrivals per second asked for
-	Arrival     string         `json:"arrival,omitempty"`     // open: constant or poisson
-	Source      string         `json:"source,omitempty"`      // local address connections came from
-	Requests    int            `json:"requests"`              // arrivals (open) or requests made (closed)
+	Mode        string         `json:"mode"`               // "closed" or "open"
+	Concurrency int            `json:"concurrency"`        // closed: in flight; open: bound on outstanding
+	Rate        float64        `json:"rate_rps,omitempty"` // open: arrivals per second asked for
+	Arrival     string         `json:"arrival,omitempty"`  // open: constant or poisson
+	Source      string         `json:"source,omitempty"`   // local address connections came from
+	Requests    int            `json:"requests"`           // arrivals (open) or requests made (closed)
 	Successes   int            `json:"successes"`
 	Errors      int            `json:"errors"`
 	ByCause     map[string]int `json:"errors_by_cause,omitempty"`
