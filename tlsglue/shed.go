@@ -40,7 +40,13 @@ const (
 	// ShedDeadline: the handshake could not get a slot while enough of its deadline was left
 	// for a signature (as long as signatures take now).
 	ShedDeadline ShedReason = "deadline"
+	// ShedClientShare: the client's prefix already holds its share of the signing slots and
+	// queue, so others always find room.
+	ShedClientShare ShedReason = "client_share"
 )
+
+// ShedReasons are every ShedReason, for metrics.
+var ShedReasons = []ShedReason{ShedClientBudget, ShedClientShare, ShedQueueFull, ShedDeadline}
 
 // ShedError is the error of a handshake shed before any signer was asked.
 type ShedError struct {
@@ -54,6 +60,8 @@ func (e *ShedError) Error() string {
 		return fmt.Sprintf("shed: client %s is over its full-handshake budget", e.Client)
 	case ShedQueueFull:
 		return "shed: every signing slot is busy and the queue is full"
+	case ShedClientShare:
+		return fmt.Sprintf("shed: client %s holds its share of the signing slots and queue", e.Client)
 	}
 	return "shed: no signing slot free in time for the handshake's deadline"
 }
@@ -91,6 +99,10 @@ type ShedPolicy struct {
 	// MaxClients bounds the prefixes tracked (0: DefaultMaxClients). When that many are
 	// tracked and none is idle, new prefixes share one overflow budget.
 	MaxClients int
+	// ClientShare caps the signatures one client prefix (not in Allow) may have in flight and
+	// queued together, so that a flood within its budget still leaves slots and queue room to
+	// everyone else. 0 with a MaxInFlight: half of MaxInFlight + MaxQueue.
+	ClientShare int
 }
 
 // Shedder applies a ShedPolicy. Make one with NewShedder, one per edge process, and share it
@@ -106,6 +118,7 @@ type Shedder struct {
 
 	mu        sync.Mutex
 	clients   map[netip.Prefix]*rate.Limiter
+	held      map[netip.Prefix]int // signatures in flight or queued, per prefix (ClientShare)
 	overflow  *rate.Limiter
 	lastSweep time.Time // a full table is swept at most once a second
 }
@@ -127,6 +140,8 @@ func NewShedder(p ShedPolicy) (*Shedder, error) {
 		return nil, fmt.Errorf("shed policy: IPv6 prefix /%d: want 1 to 128", p.IPv6Prefix)
 	case p.MaxClients < 0:
 		return nil, fmt.Errorf("shed policy: max clients %d: want 0 (the default) or more", p.MaxClients)
+	case p.ClientShare < 0:
+		return nil, fmt.Errorf("shed policy: client share %d: want 0 (the default) or more", p.ClientShare)
 	}
 	if p.IPv4Prefix == 0 {
 		p.IPv4Prefix = DefaultIPv4Prefix
@@ -137,10 +152,13 @@ func NewShedder(p ShedPolicy) (*Shedder, error) {
 	if p.MaxClients == 0 {
 		p.MaxClients = DefaultMaxClients
 	}
-	s := &Shedder{p: p, clients: map[netip.Prefix]*rate.Limiter{}}
+	s := &Shedder{p: p, clients: map[netip.Prefix]*rate.Limiter{}, held: map[netip.Prefix]int{}}
 	if p.MaxInFlight > 0 {
 		if s.p.MaxQueue == 0 {
 			s.p.MaxQueue = p.MaxInFlight
+		}
+		if s.p.ClientShare == 0 {
+			s.p.ClientShare = max(1, (s.p.MaxInFlight+s.p.MaxQueue)/2)
 		}
 		s.slots = make(chan struct{}, p.MaxInFlight)
 	}
@@ -164,17 +182,51 @@ func (s *Shedder) Queued() int { return int(s.queued.Load()) }
 // (waited is the time spent waiting) or no longer worth waiting for. On success the caller must
 // call release when the signature is done, with whether it succeeded.
 func (s *Shedder) Admit(ctx context.Context, remote net.Addr) (release func(ok bool), waited time.Duration, err error) {
-	if s.p.ClientRate > 0 {
-		if ip, pfx, ok := s.prefix(remote); ok && !s.allowed(ip) {
-			if !s.limiter(pfx).Allow() {
-				return nil, 0, &ShedError{Reason: ShedClientBudget, Client: pfx}
-			}
-		}
+	ip, pfx, known := s.prefix(remote)
+	limited := known && !s.allowed(ip)
+	if limited && s.p.ClientRate > 0 && !s.limiter(pfx).Allow() {
+		return nil, 0, &ShedError{Reason: ShedClientBudget, Client: pfx}
 	}
 	if s.slots == nil {
 		s.inFlight.Add(1)
 		return func(bool) { s.inFlight.Add(-1) }, 0, nil
 	}
+	unhold := func() {}
+	if limited {
+		if !s.hold(pfx) {
+			return nil, 0, &ShedError{Reason: ShedClientShare, Client: pfx}
+		}
+		unhold = func() { s.unhold(pfx) }
+	}
+	freeSlot, waited, err := s.takeSlot(ctx)
+	if err != nil {
+		unhold()
+		return nil, waited, err
+	}
+	return func(ok bool) { freeSlot(ok); unhold() }, waited, nil
+}
+
+// hold counts one more signature of pfx in flight or queued, if its share allows.
+func (s *Shedder) hold(pfx netip.Prefix) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[pfx] >= s.p.ClientShare {
+		return false
+	}
+	s.held[pfx]++
+	return true
+}
+
+func (s *Shedder) unhold(pfx netip.Prefix) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[pfx]--; s.held[pfx] <= 0 {
+		delete(s.held, pfx)
+	}
+}
+
+// takeSlot takes a signing slot, waiting in the queue if there is room.
+func (s *Shedder) takeSlot(ctx context.Context) (release func(ok bool), waited time.Duration, err error) {
 	start := time.Now()
 	select {
 	case s.slots <- struct{}{}:

@@ -108,6 +108,7 @@ func TestShedPolicyRejects(t *testing.T) {
 		{IPv4Prefix: 33},
 		{IPv6Prefix: 129},
 		{MaxClients: -1},
+		{ClientShare: -1},
 	} {
 		if _, err := NewShedder(p); err == nil {
 			t.Errorf("NewShedder(%+v) accepted", p)
@@ -130,7 +131,7 @@ func waitQueued(t *testing.T, s *Shedder, n int) {
 // With every slot taken, a handshake waits in the queue while the queue has room, and is shed
 // at once when it has none; a released slot goes to the waiter.
 func TestShedInFlightAndQueue(t *testing.T) {
-	s, err := NewShedder(ShedPolicy{MaxInFlight: 1, MaxQueue: 1})
+	s, err := NewShedder(ShedPolicy{MaxInFlight: 1, MaxQueue: 1, ClientShare: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,6 +220,59 @@ func TestShedDeadline(t *testing.T) {
 		t.Errorf("shedding a hopeless handshake took %v; it must be at once", d)
 	}
 	release(true)
+}
+
+// One client prefix holds at most its share of slots and queue together: another client still
+// finds room, and the share comes back when a signature is done.
+func TestShedClientShare(t *testing.T) {
+	s, err := NewShedder(ShedPolicy{MaxInFlight: 2, MaxQueue: 2, Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.1/32")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Policy().ClientShare != 2 {
+		t.Fatalf("default client share %d, want half of 2 slots + 2 queued", s.Policy().ClientShare)
+	}
+	flood, visitor := tcpAddr("10.0.0.1:1"), tcpAddr("10.0.1.1:1")
+	r1, _, err1 := s.Admit(context.Background(), flood)
+	r2, _, err2 := s.Admit(context.Background(), tcpAddr("10.0.0.2:2")) // same /24
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	_, _, err = s.Admit(context.Background(), flood)
+	var se *ShedError
+	if !errors.As(err, &se) || se.Reason != ShedClientShare || se.Client != netip.MustParsePrefix("10.0.0.0/24") {
+		t.Fatalf("third from the flood's prefix: %v, want client_share", err)
+	}
+	b := make(chan error, 1)
+	go func() {
+		r, _, err := s.Admit(context.Background(), visitor)
+		if err == nil {
+			r(true)
+		}
+		b <- err
+	}()
+	waitQueued(t, s, 1) // the visitor queues: the flood holds every slot but not the queue
+	// An allowed address has no share.
+	go func() {
+		r, _, err := s.Admit(context.Background(), tcpAddr("192.0.2.1:1"))
+		if err == nil {
+			r(true)
+		}
+		b <- err
+	}()
+	waitQueued(t, s, 2)
+	r1(true)
+	r2(true)
+	for range 2 {
+		if err := <-b; err != nil {
+			t.Fatalf("queued: %v", err)
+		}
+	}
+	r3, _, err := s.Admit(context.Background(), flood)
+	if err != nil {
+		t.Fatalf("the flood's prefix after its signatures are done: %v", err)
+	}
+	r3(true)
 }
 
 // Over real TLS: a client over its budget fails its next full handshake without the key source

@@ -58,7 +58,7 @@ func newEdgeMetrics(shed *tlsglue.Shedder) *edgeMetrics {
 		}),
 		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tkeyless_edge_handshakes_shed_total",
-			Help: "Full handshakes refused before any signer was asked, by reason (client_budget: the client's prefix is over its budget; queue_full: every signing slot busy and the queue full; deadline: no slot free in time).",
+			Help: "Full handshakes refused before any signer was asked, by reason (client_budget: the client's prefix is over its budget; client_share: it holds its share of slots and queue; queue_full: every signing slot busy and the queue full; deadline: no slot free in time).",
 		}, []string{"reason"}),
 		queueTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tkeyless_edge_sign_queue_seconds",
@@ -66,7 +66,7 @@ func newEdgeMetrics(shed *tlsglue.Shedder) *edgeMetrics {
 			Buckets: []float64{.0001, .001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}),
 	}
-	for _, r := range []tlsglue.ShedReason{tlsglue.ShedClientBudget, tlsglue.ShedQueueFull, tlsglue.ShedDeadline} {
+	for _, r := range tlsglue.ShedReasons {
 		m.shed.WithLabelValues(string(r)) // every reason shows from the start, at 0
 	}
 	m.reg.MustRegister(m.shed, m.queueTime,
@@ -88,7 +88,7 @@ func (m *edgeMetrics) sign(ev tlsglue.SignEvent) {
 	var shed *tlsglue.ShedError
 	if errors.As(ev.Err, &shed) {
 		m.shed.WithLabelValues(string(shed.Reason)).Inc()
-		if shed.Reason != tlsglue.ShedClientBudget { // the others waited, or tried to
+		if shed.Reason == tlsglue.ShedDeadline { // the others did not wait
 			m.queueTime.Observe(ev.Queued.Seconds())
 		}
 		return

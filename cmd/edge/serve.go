@@ -86,7 +86,9 @@ edge sheds what it cannot serve, at once and before any signer is asked:
   - at most --max-signing signatures are in flight (default: 2 per signer
     endpoint, as each signer runs about as many sessions as it has cores);
     beyond that up to --max-signing-queue handshakes wait in arrival order,
-    each only as long as its --sign-timeout still leaves time for a signature.
+    each only as long as its --sign-timeout still leaves time for a signature;
+  - one client prefix holds at most --client-share of those slots and queue
+    together (default: half), so a flood leaves room to every other client.
 Resumed handshakes make no signature and are never shed. While it sheds, /healthz
 answers 200 "overloaded": a flood is no reason for a load balancer to eject it.
 

@@ -26,6 +26,7 @@ type shedFlags struct {
 	ipv6Prefix  int
 	allow       []string
 	maxClients  int
+	clientShare int
 }
 
 func (s *shedFlags) register(f *pflag.FlagSet) {
@@ -36,6 +37,7 @@ func (s *shedFlags) register(f *pflag.FlagSet) {
 	f.IntVar(&s.ipv4Prefix, "client-ipv4-prefix", tlsglue.DefaultIPv4Prefix, "IPv4 clients share a budget per prefix of this length (32: one per address)")
 	f.IntVar(&s.ipv6Prefix, "client-ipv6-prefix", tlsglue.DefaultIPv6Prefix, "IPv6 clients share a budget per prefix of this length (128: one per address)")
 	f.StringArrayVar(&s.allow, "client-allow", nil, "a client address or prefix (CIDR) with no full-handshake budget, e.g. a health checker; repeat it")
+	f.IntVar(&s.clientShare, "client-share", 0, "signatures one client prefix may have in flight and queued together, so a flood within its budget leaves room to others (0: half of --max-signing + --max-signing-queue)")
 	f.IntVar(&s.maxClients, "max-clients", tlsglue.DefaultMaxClients, "client prefixes tracked at once; beyond them (none idle) new prefixes share one budget")
 }
 
@@ -49,6 +51,7 @@ func (s *shedFlags) shedder(ref keyRef) (*tlsglue.Shedder, error) {
 		IPv4Prefix:  s.ipv4Prefix,
 		IPv6Prefix:  s.ipv6Prefix,
 		MaxClients:  s.maxClients,
+		ClientShare: s.clientShare,
 	}
 	if p.MaxInFlight == 0 {
 		if ref.scheme == "file" {

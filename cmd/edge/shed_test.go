@@ -75,7 +75,7 @@ func TestShedFlags(t *testing.T) {
 	}
 	p := sh.Policy()
 	want := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("10.0.0.1/32")}
-	if p.MaxInFlight != 3*signingSlotsPerSigner || p.MaxQueue != p.MaxInFlight || p.ClientRate != 5 || p.ClientBurst != tlsglue.DefaultClientBurst ||
+	if p.MaxInFlight != 3*signingSlotsPerSigner || p.MaxQueue != p.MaxInFlight || p.ClientShare != p.MaxInFlight || p.ClientRate != 5 || p.ClientBurst != tlsglue.DefaultClientBurst ||
 		p.IPv4Prefix != 32 || p.IPv6Prefix != tlsglue.DefaultIPv6Prefix || len(p.Allow) != 2 || p.Allow[0] != want[0] || p.Allow[1] != want[1] {
 		t.Errorf("policy = %+v", p)
 	}
@@ -87,6 +87,7 @@ func TestShedFlags(t *testing.T) {
 		{"--client-ipv6-prefix", "129"},
 		{"--max-signing", "-1"},
 		{"--client-burst", "0"},
+		{"--client-share", "-1"},
 	} {
 		if _, err := parseShedFlags(t, bad...).shedder(ref); err == nil {
 			t.Errorf("%v accepted", bad)
