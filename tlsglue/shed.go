@@ -99,6 +99,12 @@ type ShedPolicy struct {
 	// MaxClients bounds the prefixes tracked (0: DefaultMaxClients). When that many are
 	// tracked and none is idle, new prefixes share one overflow budget.
 	MaxClients int
+	// TargetLatency is how long a signature should take once it has a slot. The number of
+	// slots adapts (additive increase, multiplicative decrease) between 1 and MaxInFlight so
+	// that signatures stay under it: more in flight than the signers can run at once makes
+	// every signature slower until none finishes before its deadline, while the throughput
+	// stays the same. 0: a fixed MaxInFlight.
+	TargetLatency time.Duration
 	// ClientShare caps the signatures one client prefix (not in Allow) may have in flight and
 	// queued together, so that a flood within its budget still leaves slots and queue room to
 	// everyone else. 0 with a MaxInFlight: half of MaxInFlight + MaxQueue.
@@ -109,12 +115,18 @@ type ShedPolicy struct {
 // between configurations: its slots are the edge's.
 type Shedder struct {
 	p        ShedPolicy
-	slots    chan struct{} // nil: no cap
 	queued   atomic.Int64
 	inFlight atomic.Int64
 	// signNanos is a moving average of how long a signature takes once it has a slot, so a
 	// waiting handshake gives up as soon as what is left of its deadline would not suffice.
 	signNanos atomic.Int64
+
+	// The signing slots: at most limit in flight (adapted between 1 and MaxInFlight), the
+	// rest waiting in arrival order.
+	slotMu  sync.Mutex
+	limit   float64
+	active  int
+	waiters []chan struct{} // closed when granted a slot
 
 	mu        sync.Mutex
 	clients   map[netip.Prefix]*rate.Limiter
@@ -140,6 +152,8 @@ func NewShedder(p ShedPolicy) (*Shedder, error) {
 		return nil, fmt.Errorf("shed policy: IPv6 prefix /%d: want 1 to 128", p.IPv6Prefix)
 	case p.MaxClients < 0:
 		return nil, fmt.Errorf("shed policy: max clients %d: want 0 (the default) or more", p.MaxClients)
+	case p.TargetLatency < 0:
+		return nil, fmt.Errorf("shed policy: target latency %v: want 0 (fixed slots) or more", p.TargetLatency)
 	case p.ClientShare < 0:
 		return nil, fmt.Errorf("shed policy: client share %d: want 0 (the default) or more", p.ClientShare)
 	}
@@ -160,7 +174,10 @@ func NewShedder(p ShedPolicy) (*Shedder, error) {
 		if s.p.ClientShare == 0 {
 			s.p.ClientShare = max(1, (s.p.MaxInFlight+s.p.MaxQueue)/2)
 		}
-		s.slots = make(chan struct{}, p.MaxInFlight)
+		s.limit = float64(p.MaxInFlight)
+		if p.TargetLatency > 0 {
+			s.limit = max(1, float64(p.MaxInFlight)/2) // it grows as fast signatures show room
+		}
 	}
 	if p.ClientRate > 0 {
 		s.overflow = rate.NewLimiter(rate.Limit(p.ClientRate), p.ClientBurst)
@@ -177,6 +194,14 @@ func (s *Shedder) InFlight() int { return int(s.inFlight.Load()) }
 // Queued is the number of handshakes waiting for a signing slot.
 func (s *Shedder) Queued() int { return int(s.queued.Load()) }
 
+// Slots is the number of signatures allowed in flight now (adapted with TargetLatency), 0 if
+// there is no cap.
+func (s *Shedder) Slots() int {
+	s.slotMu.Lock()
+	defer s.slotMu.Unlock()
+	return int(s.limit)
+}
+
 // Admit decides whether a full handshake from remote may ask for a signature. It returns at once
 // when the client is over its budget or the queue is full, and otherwise when a slot is free
 // (waited is the time spent waiting) or no longer worth waiting for. On success the caller must
@@ -187,7 +212,7 @@ func (s *Shedder) Admit(ctx context.Context, remote net.Addr) (release func(ok b
 	if limited && s.p.ClientRate > 0 && !s.limiter(pfx).Allow() {
 		return nil, 0, &ShedError{Reason: ShedClientBudget, Client: pfx}
 	}
-	if s.slots == nil {
+	if s.p.MaxInFlight == 0 {
 		s.inFlight.Add(1)
 		return func(bool) { s.inFlight.Add(-1) }, 0, nil
 	}
@@ -228,15 +253,20 @@ func (s *Shedder) unhold(pfx netip.Prefix) {
 // takeSlot takes a signing slot, waiting in the queue if there is room.
 func (s *Shedder) takeSlot(ctx context.Context) (release func(ok bool), waited time.Duration, err error) {
 	start := time.Now()
-	select {
-	case s.slots <- struct{}{}:
-	default:
-		if s.queued.Add(1) > int64(s.p.MaxQueue) {
-			s.queued.Add(-1)
+	s.slotMu.Lock()
+	if s.active < int(s.limit) && len(s.waiters) == 0 {
+		s.active++
+		s.slotMu.Unlock()
+	} else {
+		if len(s.waiters) >= s.p.MaxQueue {
+			s.slotMu.Unlock()
 			return nil, 0, &ShedError{Reason: ShedQueueFull}
 		}
-		err := s.wait(ctx)
-		s.queued.Add(-1)
+		granted := make(chan struct{})
+		s.waiters = append(s.waiters, granted)
+		s.queued.Add(1)
+		s.slotMu.Unlock()
+		err := s.wait(ctx, granted)
 		if err != nil {
 			return nil, time.Since(start), err
 		}
@@ -245,34 +275,70 @@ func (s *Shedder) takeSlot(ctx context.Context) (release func(ok bool), waited t
 	s.inFlight.Add(1)
 	got := time.Now()
 	return func(ok bool) {
+		d := time.Since(got)
 		if ok {
-			s.observe(time.Since(got))
+			s.observe(d)
 		}
 		s.inFlight.Add(-1)
-		<-s.slots
+		s.slotMu.Lock()
+		defer s.slotMu.Unlock()
+		s.active--
+		s.adapt(ok, d)
+		s.grant()
 	}, waited, nil
 }
 
-// wait blocks for a slot (channel senders are served in arrival order) until the handshake's
-// deadline less the expected signing time.
-func (s *Shedder) wait(ctx context.Context) error {
+// wait blocks until granted is closed, or until the handshake's deadline less the expected
+// signing time.
+func (s *Shedder) wait(ctx context.Context, granted chan struct{}) error {
 	var giveUp <-chan time.Time
 	if dl, ok := ctx.Deadline(); ok {
-		left := time.Until(dl) - time.Duration(s.signNanos.Load())
-		if left <= 0 {
-			return &ShedError{Reason: ShedDeadline}
-		}
-		t := time.NewTimer(left)
+		t := time.NewTimer(time.Until(dl) - time.Duration(s.signNanos.Load()))
 		defer t.Stop()
 		giveUp = t.C
 	}
 	select {
-	case s.slots <- struct{}{}:
+	case <-granted:
 		return nil
 	case <-giveUp:
-		return &ShedError{Reason: ShedDeadline}
 	case <-ctx.Done():
-		return &ShedError{Reason: ShedDeadline}
+	}
+	s.slotMu.Lock()
+	defer s.slotMu.Unlock()
+	for i, w := range s.waiters {
+		if w == granted {
+			s.waiters = append(s.waiters[:i], s.waiters[i+1:]...)
+			s.queued.Add(-1)
+			return &ShedError{Reason: ShedDeadline}
+		}
+	}
+	// Granted while giving up: hand the slot on.
+	s.active--
+	s.grant()
+	return &ShedError{Reason: ShedDeadline}
+}
+
+// grant gives free slots to the oldest waiters. slotMu is held.
+func (s *Shedder) grant() {
+	for s.active < int(s.limit) && len(s.waiters) > 0 {
+		w := s.waiters[0]
+		s.waiters = s.waiters[1:]
+		s.queued.Add(-1)
+		s.active++
+		close(w)
+	}
+}
+
+// adapt moves the slot limit after a signature that took d: up by one per limit's worth of
+// fast signatures, down by a tenth on a slow or failed one. slotMu is held.
+func (s *Shedder) adapt(ok bool, d time.Duration) {
+	if s.p.TargetLatency <= 0 {
+		return
+	}
+	if ok && d <= s.p.TargetLatency {
+		s.limit = min(float64(s.p.MaxInFlight), s.limit+1/s.limit)
+	} else {
+		s.limit = max(1, s.limit*0.9)
 	}
 }
 

@@ -322,3 +322,58 @@ func TestShedOverTLS(t *testing.T) {
 		})
 	}
 }
+
+// The slot limit falls on slow or failed signatures, never below one, and climbs back on fast
+// ones, never above MaxInFlight; a raised limit lets waiters in.
+func TestShedAdaptiveSlots(t *testing.T) {
+	s, err := NewShedder(ShedPolicy{MaxInFlight: 8, TargetLatency: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Slots() != 4 {
+		t.Fatalf("starting slots %d, want half of 8", s.Slots())
+	}
+	s.slotMu.Lock()
+	for range 50 {
+		s.adapt(false, time.Second)
+	}
+	s.slotMu.Unlock()
+	if s.Slots() != 1 {
+		t.Fatalf("slots after slow signatures %d, want 1", s.Slots())
+	}
+	client := tcpAddr("10.0.0.1:1")
+	release, _, err := s.Admit(context.Background(), client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make(chan error, 1)
+	go func() {
+		r, _, err := s.Admit(context.Background(), tcpAddr("10.0.1.1:1"))
+		if err == nil {
+			r(true)
+		}
+		b <- err
+	}()
+	waitQueued(t, s, 1)
+	s.slotMu.Lock()
+	for range 100 {
+		s.adapt(true, time.Millisecond)
+	}
+	s.grant()
+	s.slotMu.Unlock()
+	if err := <-b; err != nil {
+		t.Fatalf("waiter after the limit rose: %v", err)
+	}
+	if s.Slots() != 8 {
+		t.Fatalf("slots after fast signatures %d, want the cap 8", s.Slots())
+	}
+	release(true)
+
+	fixed, _ := NewShedder(ShedPolicy{MaxInFlight: 3})
+	fixed.slotMu.Lock()
+	fixed.adapt(false, time.Hour)
+	fixed.slotMu.Unlock()
+	if fixed.Slots() != 3 {
+		t.Errorf("without a target latency the slots moved to %d", fixed.Slots())
+	}
+}

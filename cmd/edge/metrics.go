@@ -75,6 +75,10 @@ func newEdgeMetrics(shed *tlsglue.Shedder) *edgeMetrics {
 			Help: "Handshake signatures asked of the signers and not yet answered.",
 		}, func() float64 { return float64(shed.InFlight()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tkeyless_edge_signing_slots",
+			Help: "Signatures allowed in flight now: --max-signing, less while signatures take longer than --sign-latency-target.",
+		}, func() float64 { return float64(shed.Slots()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tkeyless_edge_signatures_queued",
 			Help: "Full handshakes waiting for a signing slot.",
 		}, func() float64 { return float64(shed.Queued()) }))

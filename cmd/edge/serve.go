@@ -84,7 +84,10 @@ edge sheds what it cannot serve, at once and before any signer is asked:
     --client-rate full handshakes per second, --client-burst at once; prefixes
     in --client-allow have no budget;
   - at most --max-signing signatures are in flight (default: 2 per signer
-    endpoint, as each signer runs about as many sessions as it has cores);
+    endpoint, as each signer runs about as many sessions as it has cores),
+    fewer while signatures take longer than --sign-latency-target (the slots
+    adapt: more in flight than the signers can run makes every signature
+    slower, until none finishes before its deadline);
     beyond that up to --max-signing-queue handshakes wait in arrival order,
     each only as long as its --sign-timeout still leaves time for a signature;
   - one client prefix holds at most --client-share of those slots and queue
@@ -219,7 +222,7 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		}
 	}
 
-	shed, err := o.shed.shedder(ref)
+	shed, err := o.shed.shedder(ref, o.signTimeout)
 	if err != nil {
 		return err
 	}

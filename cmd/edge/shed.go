@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -27,10 +28,12 @@ type shedFlags struct {
 	allow       []string
 	maxClients  int
 	clientShare int
+	target      time.Duration
 }
 
 func (s *shedFlags) register(f *pflag.FlagSet) {
 	f.IntVar(&s.maxSigning, "max-signing", 0, fmt.Sprintf("signatures in flight at once on this edge; beyond them handshakes queue (0: %d per signer endpoint; %d per core with a file:// key)", signingSlotsPerSigner, 4*signingSlotsPerSigner))
+	f.DurationVar(&s.target, "sign-latency-target", 0, "how long a signature should take; the signing slots shrink below --max-signing while signatures take longer, and grow back while they are faster (0: a quarter of --sign-timeout)")
 	f.IntVar(&s.maxQueue, "max-signing-queue", 0, "full handshakes that may wait for a signing slot; beyond them one is shed at once (0: as many as --max-signing)")
 	f.Float64Var(&s.clientRate, "client-rate", tlsglue.DefaultClientRate, "full handshakes per second one client prefix may start (0: no per-client budget)")
 	f.IntVar(&s.clientBurst, "client-burst", tlsglue.DefaultClientBurst, "full handshakes one client prefix may start at once after a quiet spell")
@@ -41,8 +44,9 @@ func (s *shedFlags) register(f *pflag.FlagSet) {
 	f.IntVar(&s.maxClients, "max-clients", tlsglue.DefaultMaxClients, "client prefixes tracked at once; beyond them (none idle) new prefixes share one budget")
 }
 
-// shedder builds the policy, with --max-signing's default from the signers in ref.
-func (s *shedFlags) shedder(ref keyRef) (*tlsglue.Shedder, error) {
+// shedder builds the policy, with --max-signing's default from the signers in ref and
+// --sign-latency-target's from the handshake deadline.
+func (s *shedFlags) shedder(ref keyRef, signTimeout time.Duration) (*tlsglue.Shedder, error) {
 	p := tlsglue.ShedPolicy{
 		MaxInFlight: s.maxSigning,
 		MaxQueue:    s.maxQueue,
@@ -52,6 +56,12 @@ func (s *shedFlags) shedder(ref keyRef) (*tlsglue.Shedder, error) {
 		IPv6Prefix:  s.ipv6Prefix,
 		MaxClients:  s.maxClients,
 		ClientShare: s.clientShare,
+		// A quarter: the keyless client gives its first signer two thirds of the deadline
+		// before it fails over, and a handshake may also have queued for a slot.
+		TargetLatency: s.target,
+	}
+	if p.TargetLatency == 0 {
+		p.TargetLatency = signTimeout / 4
 	}
 	if p.MaxInFlight == 0 {
 		if ref.scheme == "file" {

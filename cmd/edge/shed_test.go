@@ -69,14 +69,14 @@ func TestShedFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := parseShedFlags(t, "--client-allow", "192.0.2.9/24", "--client-allow", "::ffff:10.0.0.1", "--client-ipv4-prefix", "32", "--client-rate", "5")
-	sh, err := o.shedder(ref)
+	sh, err := o.shedder(ref, 8*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := sh.Policy()
 	want := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("10.0.0.1/32")}
 	if p.MaxInFlight != 3*signingSlotsPerSigner || p.MaxQueue != p.MaxInFlight || p.ClientShare != p.MaxInFlight || p.ClientRate != 5 || p.ClientBurst != tlsglue.DefaultClientBurst ||
-		p.IPv4Prefix != 32 || p.IPv6Prefix != tlsglue.DefaultIPv6Prefix || len(p.Allow) != 2 || p.Allow[0] != want[0] || p.Allow[1] != want[1] {
+		p.IPv4Prefix != 32 || p.TargetLatency != 2*time.Second || p.IPv6Prefix != tlsglue.DefaultIPv6Prefix || len(p.Allow) != 2 || p.Allow[0] != want[0] || p.Allow[1] != want[1] {
 		t.Errorf("policy = %+v", p)
 	}
 
@@ -88,8 +88,9 @@ func TestShedFlags(t *testing.T) {
 		{"--max-signing", "-1"},
 		{"--client-burst", "0"},
 		{"--client-share", "-1"},
+		{"--sign-latency-target", "-1s"},
 	} {
-		if _, err := parseShedFlags(t, bad...).shedder(ref); err == nil {
+		if _, err := parseShedFlags(t, bad...).shedder(ref, 8*time.Second); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
 	}
