@@ -126,13 +126,20 @@ type Shedder struct {
 	slotMu  sync.Mutex
 	limit   float64
 	active  int
-	waiters []chan struct{} // closed when granted a slot
+	waiters []waiter
+	running map[netip.Prefix]int // signatures in flight per client prefix
 
 	mu        sync.Mutex
 	clients   map[netip.Prefix]*rate.Limiter
 	held      map[netip.Prefix]int // signatures in flight or queued, per prefix (ClientShare)
 	overflow  *rate.Limiter
 	lastSweep time.Time // a full table is swept at most once a second
+}
+
+// waiter is a handshake queued for a signing slot.
+type waiter struct {
+	granted chan struct{} // closed when granted a slot
+	client  netip.Prefix
 }
 
 // NewShedder checks p and returns its Shedder.
@@ -166,7 +173,7 @@ func NewShedder(p ShedPolicy) (*Shedder, error) {
 	if p.MaxClients == 0 {
 		p.MaxClients = DefaultMaxClients
 	}
-	s := &Shedder{p: p, clients: map[netip.Prefix]*rate.Limiter{}, held: map[netip.Prefix]int{}}
+	s := &Shedder{p: p, clients: map[netip.Prefix]*rate.Limiter{}, held: map[netip.Prefix]int{}, running: map[netip.Prefix]int{}}
 	if p.MaxInFlight > 0 {
 		if s.p.MaxQueue == 0 {
 			s.p.MaxQueue = p.MaxInFlight
@@ -176,7 +183,10 @@ func NewShedder(p ShedPolicy) (*Shedder, error) {
 		}
 		s.limit = float64(p.MaxInFlight)
 		if p.TargetLatency > 0 {
-			s.limit = max(1, float64(p.MaxInFlight)/2) // it grows as fast signatures show room
+			// Start with one slot, as TCP starts with a small window: more in flight than the
+			// signers can run at once costs every handshake its deadline, and fast signatures
+			// show room within a few.
+			s.limit = 1
 		}
 	}
 	if p.ClientRate > 0 {
@@ -223,7 +233,7 @@ func (s *Shedder) Admit(ctx context.Context, remote net.Addr) (release func(ok b
 		}
 		unhold = func() { s.unhold(pfx) }
 	}
-	freeSlot, waited, err := s.takeSlot(ctx)
+	freeSlot, waited, err := s.takeSlot(ctx, pfx)
 	if err != nil {
 		unhold()
 		return nil, waited, err
@@ -250,12 +260,13 @@ func (s *Shedder) unhold(pfx netip.Prefix) {
 	}
 }
 
-// takeSlot takes a signing slot, waiting in the queue if there is room.
-func (s *Shedder) takeSlot(ctx context.Context) (release func(ok bool), waited time.Duration, err error) {
+// takeSlot takes a signing slot for client, waiting in the queue if there is room.
+func (s *Shedder) takeSlot(ctx context.Context, client netip.Prefix) (release func(ok bool), waited time.Duration, err error) {
 	start := time.Now()
 	s.slotMu.Lock()
 	if s.active < int(s.limit) && len(s.waiters) == 0 {
 		s.active++
+		s.running[client]++
 		s.slotMu.Unlock()
 	} else {
 		if len(s.waiters) >= s.p.MaxQueue {
@@ -263,10 +274,10 @@ func (s *Shedder) takeSlot(ctx context.Context) (release func(ok bool), waited t
 			return nil, 0, &ShedError{Reason: ShedQueueFull}
 		}
 		granted := make(chan struct{})
-		s.waiters = append(s.waiters, granted)
+		s.waiters = append(s.waiters, waiter{granted, client})
 		s.queued.Add(1)
 		s.slotMu.Unlock()
-		err := s.wait(ctx, granted)
+		err := s.wait(ctx, granted, client)
 		if err != nil {
 			return nil, time.Since(start), err
 		}
@@ -282,7 +293,7 @@ func (s *Shedder) takeSlot(ctx context.Context) (release func(ok bool), waited t
 		s.inFlight.Add(-1)
 		s.slotMu.Lock()
 		defer s.slotMu.Unlock()
-		s.active--
+		s.free(client)
 		s.adapt(ok, d)
 		s.grant()
 	}, waited, nil
@@ -290,7 +301,7 @@ func (s *Shedder) takeSlot(ctx context.Context) (release func(ok bool), waited t
 
 // wait blocks until granted is closed, or until the handshake's deadline less the expected
 // signing time.
-func (s *Shedder) wait(ctx context.Context, granted chan struct{}) error {
+func (s *Shedder) wait(ctx context.Context, granted chan struct{}, client netip.Prefix) error {
 	var giveUp <-chan time.Time
 	if dl, ok := ctx.Deadline(); ok {
 		t := time.NewTimer(time.Until(dl) - time.Duration(s.signNanos.Load()))
@@ -306,26 +317,47 @@ func (s *Shedder) wait(ctx context.Context, granted chan struct{}) error {
 	s.slotMu.Lock()
 	defer s.slotMu.Unlock()
 	for i, w := range s.waiters {
-		if w == granted {
+		if w.granted == granted {
 			s.waiters = append(s.waiters[:i], s.waiters[i+1:]...)
 			s.queued.Add(-1)
 			return &ShedError{Reason: ShedDeadline}
 		}
 	}
 	// Granted while giving up: hand the slot on.
-	s.active--
+	s.free(client)
 	s.grant()
 	return &ShedError{Reason: ShedDeadline}
 }
 
-// grant gives free slots to the oldest waiters. slotMu is held.
+// grant gives free slots to waiters: first to those whose client has the fewest signatures
+// in flight and queued, and among them the oldest. A flood's queued handshakes therefore
+// do not make another client wait behind them. slotMu is held.
 func (s *Shedder) grant() {
 	for s.active < int(s.limit) && len(s.waiters) > 0 {
-		w := s.waiters[0]
-		s.waiters = s.waiters[1:]
+		load := make(map[netip.Prefix]int, len(s.waiters))
+		for _, w := range s.waiters {
+			load[w.client]++
+		}
+		next := 0
+		for i, w := range s.waiters {
+			if load[w.client]+s.running[w.client] < load[s.waiters[next].client]+s.running[s.waiters[next].client] {
+				next = i
+			}
+		}
+		w := s.waiters[next]
+		s.waiters = append(s.waiters[:next], s.waiters[next+1:]...)
 		s.queued.Add(-1)
 		s.active++
-		close(w)
+		s.running[w.client]++
+		close(w.granted)
+	}
+}
+
+// free returns client's slot. slotMu is held.
+func (s *Shedder) free(client netip.Prefix) {
+	s.active--
+	if s.running[client]--; s.running[client] <= 0 {
+		delete(s.running, client)
 	}
 }
 

@@ -330,8 +330,16 @@ func TestShedAdaptiveSlots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Slots() != 4 {
-		t.Fatalf("starting slots %d, want half of 8", s.Slots())
+	if s.Slots() != 1 {
+		t.Fatalf("starting slots %d, want 1", s.Slots())
+	}
+	s.slotMu.Lock()
+	for range 3 {
+		s.adapt(true, time.Millisecond)
+	}
+	s.slotMu.Unlock()
+	if s.Slots() != 2 {
+		t.Fatalf("slots after 3 fast signatures %d, want 2", s.Slots())
 	}
 	s.slotMu.Lock()
 	for range 50 {
@@ -375,5 +383,44 @@ func TestShedAdaptiveSlots(t *testing.T) {
 	fixed.slotMu.Unlock()
 	if fixed.Slots() != 3 {
 		t.Errorf("without a target latency the slots moved to %d", fixed.Slots())
+	}
+}
+
+// A slot freed while a flood and a visitor both wait goes to the visitor, whose client has
+// less in flight and queued, though the flood's handshakes queued first.
+func TestShedFairGrant(t *testing.T) {
+	s, err := NewShedder(ShedPolicy{MaxInFlight: 1, MaxQueue: 4, ClientShare: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flood, visitor := tcpAddr("10.0.0.1:1"), tcpAddr("10.0.1.1:1")
+	release, _, err := s.Admit(context.Background(), flood)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan string, 3)
+	admit := func(who string, a net.Addr) {
+		r, _, err := s.Admit(context.Background(), a)
+		if err != nil {
+			order <- who + ": " + err.Error()
+			return
+		}
+		order <- who
+		r(true)
+	}
+	go admit("flood", flood)
+	waitQueued(t, s, 1)
+	go admit("flood", flood)
+	waitQueued(t, s, 2)
+	go admit("visitor", visitor)
+	waitQueued(t, s, 3)
+	release(true)
+	if first := <-order; first != "visitor" {
+		t.Fatalf("first granted: %s, want the visitor", first)
+	}
+	for range 2 {
+		if got := <-order; got != "flood" {
+			t.Fatalf("then: %s, want the flood", got)
+		}
 	}
 }

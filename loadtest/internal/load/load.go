@@ -214,8 +214,7 @@ func Run(ctx context.Context, o Options, tick func()) ([]Sample, time.Duration, 
 			w := &worker{o: o, dialer: dialer, addr: addr, host: u.Host, path: path, cache: tls.NewLRUClientSessionCache(4)}
 			defer w.close()
 			if o.ResumePercent > 0 && !o.NoWarmup {
-				w.do(ctx)
-				w.close()
+				w.warmUp(ctx)
 			}
 			warm.Done()
 			<-startc
@@ -267,6 +266,19 @@ type worker struct {
 	first  bool
 	conn   *tls.Conn
 	br     *bufio.Reader
+}
+
+// warmUp makes the worker's unmeasured first full handshake, so that its
+// cache holds a session to resume; a loaded server may fail one, so it
+// tries up to three times.
+func (w *worker) warmUp(ctx context.Context) {
+	for range 3 {
+		s := w.do(ctx)
+		w.close()
+		if s.Err == "" || ctx.Err() != nil {
+			return
+		}
+	}
 }
 
 func (w *worker) close() {

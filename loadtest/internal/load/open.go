@@ -52,8 +52,7 @@ func runOpen(ctx context.Context, o Options, u *url.URL, dialer net.Dialer, tick
 	if o.ResumePercent > 0 && !o.NoWarmup {
 		w := newWorker()
 		w.first = false // a full handshake, whose ticket fills the cache
-		w.do(ctx)
-		w.close()
+		w.warmUp(ctx)
 	}
 
 	var mu sync.Mutex
