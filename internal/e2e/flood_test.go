@@ -175,6 +175,13 @@ func TestHandshakeFlood(t *testing.T) {
 		t.Fatalf("capacity run: %+v", capacity)
 	}
 	sessionTime := capacity.FullTotal.P50
+	// With one signature at a time, a visitor may wait for the flood's running signature and
+	// then needs its own: two signing times must fit in the deadline. A machine this busy with
+	// other work cannot show anything about shedding.
+	if perSignature := time.Duration(float64(time.Second) / capacity.Goodput); 2*perSignature > signTimeout {
+		t.Skipf("this machine signs only %.2f/s now (load from elsewhere): two signatures (%v) do not fit in the %v deadline",
+			capacity.Goodput, 2*perSignature, signTimeout)
+	}
 	t.Logf("unloaded: %.2f full handshakes/s (p50 %v, errors %v); resumed p50 %v over %d", capacity.Goodput, sessionTime, capacity.ByCause,
 		unloaded.ResumedTotal.P50, unloaded.ResumedTotal.N)
 
