@@ -157,7 +157,7 @@ Only loopback targets are accepted unless --allow-remote is given.`,
 }
 
 func matrixCmd() *cobra.Command {
-	var full, quick, keep bool
+	var full, quick, keep, overload, overloadOnly bool
 	var bin, out, markdown, render, thresholds string
 	var concurrency []int
 	var duration time.Duration
@@ -215,10 +215,17 @@ cores; --full sweeps concurrency up to 32.`,
 				return fmt.Errorf("%s/signer not found: run make build first", bin)
 			}
 			var res *matrix.Results
-			if render != "" {
+			switch {
+			case render != "":
 				res, err = matrix.Render(render, out)
-			} else {
+			case overloadOnly:
+				// Keep the closed-loop points of an earlier run; replace the sweep.
+				res, err = matrix.Overload(cmd.Context(), o, matrix.DefaultOverload(), filepath.Join(out, "results.json"))
+			default:
 				res, err = matrix.Run(cmd.Context(), o)
+				if err == nil && overload {
+					res, err = matrix.Overload(cmd.Context(), o, matrix.DefaultOverload(), filepath.Join(out, "results.json"))
+				}
 			}
 			if err != nil {
 				return err
@@ -246,6 +253,8 @@ cores; --full sweeps concurrency up to 32.`,
 	cmd.Flags().StringVar(&thresholds, "thresholds", "", `only these (t,n), e.g. "1,2;2,3"`)
 	cmd.Flags().IntSliceVar(&concurrency, "concurrency", nil, "only these concurrency levels, e.g. 1,8")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep each configuration's directory (configs, process logs) for inspection")
+	cmd.Flags().BoolVar(&overload, "overload", false, "also run the overload sweep: open-loop full handshakes at 0.5× to 10× the measured capacity of (1,2) and (2,3), with and without shedding (about 5 minutes more)")
+	cmd.Flags().BoolVar(&overloadOnly, "overload-only", false, "run only the overload sweep, keeping the other results in --out/results.json")
 	cmd.Flags().StringVar(&render, "render", "", "measure nothing: redraw the outputs from this results.json")
 	cmd.Flags().StringVar(&markdown, "markdown", "BENCHMARKS.md", "also write the Markdown summary here, with plot links into --out (empty: only in --out)")
 	return cmd

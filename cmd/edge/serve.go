@@ -92,7 +92,8 @@ edge sheds what it cannot serve, at once and before any signer is asked:
     each only as long as its --sign-timeout still leaves time for a signature;
   - one client prefix holds at most --client-share of those slots and queue
     together (default: half), so a flood leaves room to every other client.
-Resumed handshakes make no signature and are never shed. While it sheds, /healthz
+Resumed handshakes make no signature and are never shed (--shed=false turns all
+of this off). While it sheds, /healthz
 answers 200 "overloaded": a flood is no reason for a load balancer to eject it.
 
 The edge stops gracefully on SIGINT or SIGTERM: it stops accepting, lets open

@@ -19,6 +19,7 @@ const signingSlotsPerSigner = 2
 
 // shedFlags are the flags of the edge's admission control (tlsglue.ShedPolicy).
 type shedFlags struct {
+	on          bool
 	maxSigning  int
 	maxQueue    int
 	clientRate  float64
@@ -32,6 +33,7 @@ type shedFlags struct {
 }
 
 func (s *shedFlags) register(f *pflag.FlagSet) {
+	f.BoolVar(&s.on, "shed", true, "shed full handshakes the signers cannot serve in time (the flags below); --shed=false admits every one (a baseline for load tests, or when a proxy in front sheds)")
 	f.IntVar(&s.maxSigning, "max-signing", 0, fmt.Sprintf("signatures in flight at once on this edge; beyond them handshakes queue (0: %d per signer endpoint; %d per core with a file:// key)", signingSlotsPerSigner, 4*signingSlotsPerSigner))
 	f.DurationVar(&s.target, "sign-latency-target", 0, "how long a signature should take; the signing slots shrink below --max-signing while signatures take longer, and grow back while they are faster (0: a quarter of --sign-timeout)")
 	f.IntVar(&s.maxQueue, "max-signing-queue", 0, "full handshakes that may wait for a signing slot; beyond them one is shed at once (0: as many as --max-signing)")
@@ -47,6 +49,9 @@ func (s *shedFlags) register(f *pflag.FlagSet) {
 // shedder builds the policy, with --max-signing's default from the signers in ref and
 // --sign-latency-target's from the handshake deadline.
 func (s *shedFlags) shedder(ref keyRef, signTimeout time.Duration) (*tlsglue.Shedder, error) {
+	if !s.on {
+		return tlsglue.NewShedder(tlsglue.ShedPolicy{}) // counts in flight, sheds nothing
+	}
 	p := tlsglue.ShedPolicy{
 		MaxInFlight: s.maxSigning,
 		MaxQueue:    s.maxQueue,

@@ -80,6 +80,14 @@ func TestShedFlags(t *testing.T) {
 		t.Errorf("policy = %+v", p)
 	}
 
+	off, err := parseShedFlags(t, "--shed=false", "--client-rate", "5").shedder(ref, 8*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := off.Policy(); p.MaxInFlight != 0 || p.ClientRate != 0 {
+		t.Errorf("--shed=false: policy %+v sheds", p)
+	}
+
 	for _, bad := range [][]string{
 		{"--client-allow", "not-an-address"},
 		{"--client-allow", "10.0.0.0/33"},

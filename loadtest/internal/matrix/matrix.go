@@ -90,6 +90,9 @@ type Results struct {
 	} `json:"options"`
 	Points []Point `json:"points"`
 	Warm   []Warm  `json:"warm"`
+	// The overload sweep, if it ran.
+	OverloadOptions *OverloadOptions `json:"overload_options,omitempty"`
+	Overload        []OverloadPoint  `json:"overload,omitempty"`
 }
 
 // Run runs the matrix and writes its outputs into o.Out.

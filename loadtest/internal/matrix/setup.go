@@ -276,7 +276,7 @@ func (c *signerCluster) presignReady(depth int) bool {
 
 // startEdge runs an edge for certPath with the given --signer and returns
 // its address.
-func (e *env) startEdge(ctx context.Context, name, certPath, signer string) (string, error) {
+func (e *env) startEdge(ctx context.Context, name, certPath, signer string, extra ...string) (string, error) {
 	addrs, err := freePorts(1)
 	if err != nil {
 		return "", err
@@ -291,10 +291,12 @@ func (e *env) startEdge(ctx context.Context, name, certPath, signer string) (str
 	// Deadlines far above a signature's cost: at high concurrency on two
 	// cores a full handshake queues for seconds, and the point is to
 	// measure that, not to fail it.
-	args := []string{"serve", "--listen", addrs[0], "--cert", certPath, "--signer", signer, "--static", site, "--log-level", "warn", "--sign-timeout", "60s"}
+	// Shedding off: the closed-loop matrix measures queueing, not refusals.
+	args := []string{"serve", "--listen", addrs[0], "--cert", certPath, "--signer", signer, "--static", site, "--log-level", "warn", "--sign-timeout", "60s", "--shed=false"}
 	if strings.HasPrefix(signer, "keyless://") {
 		args = append(args, "--keyless-cert", "pki/edge.pem", "--keyless-key", "pki/edge-key.pem", "--keyless-ca", "pki/ca.pem")
 	}
+	args = append(args, extra...) // later flags win
 	if err := e.start("edge-"+name, "edge", args...); err != nil {
 		return "", err
 	}
