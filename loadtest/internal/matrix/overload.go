@@ -105,9 +105,10 @@ func overloadConfig(ctx context.Context, o Options, ov OverloadOptions, c Config
 	if err != nil {
 		return nil, err
 	}
-	capacity := load.Summary(samples, elapsed).Goodput
+	cr := load.Summary(samples, elapsed)
+	capacity := cr.Goodput
 	if capacity <= 0 {
-		return nil, fmt.Errorf("capacity run: no handshake succeeded")
+		return nil, fmt.Errorf("capacity run: no handshake succeeded: %v", cr.ByCause)
 	}
 	fmt.Fprintf(o.Log, "   capacity %.2f full handshakes/s\n", capacity)
 
