@@ -80,7 +80,8 @@ func (e *ShedError) Is(target error) bool { return target == ErrShed }
 // The zero value sheds nothing.
 type ShedPolicy struct {
 	// MaxInFlight caps the signatures this edge has asked for and not yet received; 0: no cap.
-	// Beyond it a handshake waits in arrival order for a slot.
+	// Beyond it a handshake waits for a slot: the client with the least in flight and queued
+	// first, then in arrival order.
 	MaxInFlight int
 	// MaxQueue caps the handshakes waiting for a slot; beyond it they are shed at once.
 	// 0 with a MaxInFlight: as many as MaxInFlight.
@@ -122,7 +123,7 @@ type Shedder struct {
 	signNanos atomic.Int64
 
 	// The signing slots: at most limit in flight (adapted between 1 and MaxInFlight), the
-	// rest waiting in arrival order.
+	// rest waiting (see grant).
 	slotMu  sync.Mutex
 	limit   float64
 	active  int

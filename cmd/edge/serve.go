@@ -88,13 +88,14 @@ edge sheds what it cannot serve, at once and before any signer is asked:
     fewer while signatures take longer than --sign-latency-target (the slots
     adapt: more in flight than the signers can run makes every signature
     slower, until none finishes before its deadline);
-    beyond that up to --max-signing-queue handshakes wait in arrival order,
-    each only as long as its --sign-timeout still leaves time for a signature;
+    beyond that up to --max-signing-queue handshakes wait (the client with the
+    least in flight and queued first, then in arrival order), each only as
+    long as its --sign-timeout still leaves time for a signature;
   - one client prefix holds at most --client-share of those slots and queue
     together (default: half), so a flood leaves room to every other client.
 Resumed handshakes make no signature and are never shed (--shed=false turns all
-of this off). While it sheds, /healthz
-answers 200 "overloaded": a flood is no reason for a load balancer to eject it.
+of this off). While it sheds, /healthz answers 200 "overloaded": a flood is no
+reason for a load balancer to eject the edge.
 
 The edge stops gracefully on SIGINT or SIGTERM: it stops accepting, lets open
 requests finish for up to --shutdown-timeout, then closes what is left.`,
