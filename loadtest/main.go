@@ -214,17 +214,24 @@ cores; --full sweeps concurrency up to 32.`,
 			if _, err := os.Stat(filepath.Join(bin, "signer")); err != nil {
 				return fmt.Errorf("%s/signer not found: run make build first", bin)
 			}
+			ov := matrix.DefaultOverload()
+			if thresholds != "" {
+				ov.Thresholds = o.Thresholds
+			}
+			if duration > 0 {
+				ov.Duration = duration
+			}
 			var res *matrix.Results
 			switch {
 			case render != "":
 				res, err = matrix.Render(render, out)
 			case overloadOnly:
 				// Keep the closed-loop points of an earlier run; replace the sweep.
-				res, err = matrix.Overload(cmd.Context(), o, matrix.DefaultOverload(), filepath.Join(out, "results.json"))
+				res, err = matrix.Overload(cmd.Context(), o, ov, filepath.Join(out, "results.json"))
 			default:
 				res, err = matrix.Run(cmd.Context(), o)
 				if err == nil && overload {
-					res, err = matrix.Overload(cmd.Context(), o, matrix.DefaultOverload(), filepath.Join(out, "results.json"))
+					res, err = matrix.Overload(cmd.Context(), o, ov, filepath.Join(out, "results.json"))
 				}
 			}
 			if err != nil {

@@ -342,7 +342,7 @@ func (r *Results) overloadMarkdown(b *strings.Builder, plotDir string) {
 		"**shedding**: the edge's defaults (adaptive signing slots, deadline-aware queue; the per-client budget off with `--client-allow 127.0.0.0/8`, "+
 		"since all load comes from one address: this is the many-sources case). **no shedding**: `--shed=false`, as before issue #14. "+
 		"Goodput is successful handshakes per second of the arrival window; latencies are of successful requests. "+
-		"Between points the sweep waits until one handshake signs within half the deadline again.\n\n", ov.Duration, ov.SignTimeout)
+		"Between points the sweep waits until one handshake signs within the deadline again.\n\n", ov.Duration, ov.SignTimeout)
 	fmt.Fprintf(b, "![overload goodput](%soverload-goodput.png)\n![overload latency](%soverload-latency.png)\n\n", plotDir, plotDir)
 	b.WriteString("| config | edge | capacity /s | offered | offered /s | ok | err | goodput /s | goodput ÷ at 1× | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	at1 := map[string]float64{}
