@@ -160,7 +160,7 @@ func matrixCmd() *cobra.Command {
 	var full, quick, keep, overload, overloadOnly bool
 	var bin, out, markdown, render, thresholds string
 	var concurrency []int
-	var duration time.Duration
+	var duration, overloadTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "matrix",
 		Short: "Sweep (t,n) × concurrency × resumption against local clusters and both baselines",
@@ -221,6 +221,9 @@ cores; --full sweeps concurrency up to 32.`,
 			if duration > 0 {
 				ov.Duration = duration
 			}
+			if overloadTimeout > 0 {
+				ov.SignTimeout = overloadTimeout
+			}
 			var res *matrix.Results
 			switch {
 			case render != "":
@@ -261,6 +264,7 @@ cores; --full sweeps concurrency up to 32.`,
 	cmd.Flags().IntSliceVar(&concurrency, "concurrency", nil, "only these concurrency levels, e.g. 1,8")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep each configuration's directory (configs, process logs) for inspection")
 	cmd.Flags().BoolVar(&overload, "overload", false, "also run the overload sweep: open-loop full handshakes at 0.5× to 10× the measured capacity of (1,2) and (2,3), with and without shedding (about 5 minutes more)")
+	cmd.Flags().DurationVar(&overloadTimeout, "overload-sign-timeout", 0, "the overload sweep's edge --sign-timeout (default 5s, the edge's default; raise it on a machine busy with other work)")
 	cmd.Flags().BoolVar(&overloadOnly, "overload-only", false, "run only the overload sweep, keeping the other results in --out/results.json")
 	cmd.Flags().StringVar(&render, "render", "", "measure nothing: redraw the outputs from this results.json")
 	cmd.Flags().StringVar(&markdown, "markdown", "BENCHMARKS.md", "also write the Markdown summary here, with plot links into --out (empty: only in --out)")
