@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/tkeyless/tkeyless/loadtest/internal/load"
@@ -161,7 +162,7 @@ func waitIdle(ctx context.Context, addr string, tlsCfg *tls.Config, timeout time
 
 // Overload runs the overload sweep and writes every output into o.Out with
 // the other results read from resultsPath (if it exists): their points are
-// kept, the sweep's are replaced.
+// kept, and so are the sweep's points for configurations not measured now.
 func Overload(ctx context.Context, o Options, ov OverloadOptions, resultsPath string) (*Results, error) {
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, err
@@ -172,9 +173,25 @@ func Overload(ctx context.Context, o Options, ov OverloadOptions, resultsPath st
 			return nil, fmt.Errorf("%s: %w", resultsPath, err)
 		}
 	}
-	res.Overload = nil
+	// Points of the configurations measured now are replaced; others kept.
+	var kept []OverloadPoint
+	thresholds := ov.Thresholds
+	for _, p := range res.Overload {
+		if !slices.Contains(ov.Thresholds, [2]int{p.Config.T, p.Config.N}) {
+			kept = append(kept, p)
+			if !slices.Contains(thresholds, [2]int{p.Config.T, p.Config.N}) {
+				thresholds = append(thresholds, [2]int{p.Config.T, p.Config.N})
+			}
+		}
+	}
+	if res.OverloadOptions != nil && (res.OverloadOptions.SignTimeout != ov.SignTimeout || res.OverloadOptions.Duration != ov.Duration) && len(kept) > 0 {
+		return nil, fmt.Errorf("%s has an overload sweep with another --duration or --overload-sign-timeout (%v, %v); use the same, or measure every configuration again",
+			resultsPath, res.OverloadOptions.Duration, res.OverloadOptions.SignTimeout)
+	}
+	res.Overload = kept
 	if err := RunOverload(ctx, o, ov, res); err != nil {
 		return nil, err
 	}
+	res.OverloadOptions.Thresholds = thresholds
 	return res, res.write(o.Out)
 }
