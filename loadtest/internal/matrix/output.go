@@ -337,6 +337,17 @@ func (r *Results) overloadMarkdown(b *strings.Builder, plotDir string) {
 	}
 	ov := r.OverloadOptions
 	b.WriteString("## Overload: goodput under a flood of full handshakes\n\n")
+	if m := ov.Machine; m != nil {
+		fmt.Fprintf(b, "Measured %s on %s, %d cores, %s, %s", m.Date.Format("2006-01-02 15:04 MST"), m.CPU, m.Cores, m.OS, m.Go)
+		if ov.LoadAverage != "" {
+			fmt.Fprintf(b, "; load average at the start %s (1, 5, 15 min)", ov.LoadAverage)
+			var load1 float64
+			if _, err := fmt.Sscan(ov.LoadAverage, &load1); err == nil && load1 > float64(m.Cores) {
+				b.WriteString(": above the core count, other work was competing for the CPU, and absolute figures are low")
+			}
+		}
+		b.WriteString(". ")
+	}
 	fmt.Fprintf(b, "Open loop (`loadtest --rate`, Poisson arrivals), every request a new connection and a full handshake, %v per point, "+
 		"offered at multiples of the capacity measured closed loop just before; `--sign-timeout %v`. "+
 		"**shedding**: the edge's defaults (adaptive signing slots, deadline-aware queue; the per-client budget off with `--client-allow 127.0.0.0/8`, "+

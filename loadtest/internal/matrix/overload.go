@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/tkeyless/tkeyless/loadtest/internal/load"
@@ -23,6 +24,10 @@ type OverloadOptions struct {
 	Factors     []float64     `json:"factors"`         // offered load as multiples of capacity
 	Duration    time.Duration `json:"duration_ns"`     // per point
 	SignTimeout time.Duration `json:"sign_timeout_ns"` // the edges' --sign-timeout
+	// Where and when the sweep ran, and the machine's load average then
+	// (other work on a shared machine slows every signature).
+	Machine     *Machine `json:"machine,omitempty"`
+	LoadAverage string   `json:"load_average,omitempty"`
 }
 
 // DefaultOverload is the sweep `loadtest matrix --overload` runs: about 5
@@ -43,6 +48,11 @@ type OverloadPoint struct {
 
 // RunOverload runs the overload sweep and adds its points to res.
 func RunOverload(ctx context.Context, o Options, ov OverloadOptions, res *Results) error {
+	m := thisMachine()
+	ov.Machine = &m
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		ov.LoadAverage = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
 	res.OverloadOptions = &ov
 	for _, tn := range ov.Thresholds {
 		c := Config{Name: fmt.Sprintf("tkeyless (%d,%d)", tn[0], tn[1]), Kind: "tkeyless", T: tn[0], N: tn[1]}
