@@ -41,7 +41,7 @@ const (
 	// for a signature (as long as signatures take now).
 	ShedDeadline ShedReason = "deadline"
 	// ShedClientShare: the client's prefix already holds its share of the signing slots and
-	// queue, so others always find room.
+	// queue, or half the queue, so others always find room.
 	ShedClientShare ShedReason = "client_share"
 )
 
@@ -234,7 +234,7 @@ func (s *Shedder) Admit(ctx context.Context, remote net.Addr) (release func(ok b
 		}
 		unhold = func() { s.unhold(pfx) }
 	}
-	freeSlot, waited, err := s.takeSlot(ctx, pfx)
+	freeSlot, waited, err := s.takeSlot(ctx, pfx, limited)
 	if err != nil {
 		unhold()
 		return nil, waited, err
@@ -261,8 +261,9 @@ func (s *Shedder) unhold(pfx netip.Prefix) {
 	}
 }
 
-// takeSlot takes a signing slot for client, waiting in the queue if there is room.
-func (s *Shedder) takeSlot(ctx context.Context, client netip.Prefix) (release func(ok bool), waited time.Duration, err error) {
+// takeSlot takes a signing slot for client, waiting in the queue if there is room (for a
+// limited client: in its half of the queue).
+func (s *Shedder) takeSlot(ctx context.Context, client netip.Prefix, limited bool) (release func(ok bool), waited time.Duration, err error) {
 	start := time.Now()
 	s.slotMu.Lock()
 	if s.active < int(s.limit) && len(s.waiters) == 0 {
@@ -273,6 +274,11 @@ func (s *Shedder) takeSlot(ctx context.Context, client netip.Prefix) (release fu
 		if len(s.waiters) >= s.p.MaxQueue {
 			s.slotMu.Unlock()
 			return nil, 0, &ShedError{Reason: ShedQueueFull}
+		}
+		if limited && s.queuedBy(client) >= max(1, s.p.MaxQueue/2) {
+			// Half the queue stays for other clients, whatever this one's share.
+			s.slotMu.Unlock()
+			return nil, 0, &ShedError{Reason: ShedClientShare, Client: client}
 		}
 		granted := make(chan struct{})
 		s.waiters = append(s.waiters, waiter{granted, client})
@@ -352,6 +358,17 @@ func (s *Shedder) grant() {
 		s.running[w.client]++
 		close(w.granted)
 	}
+}
+
+// queuedBy counts client's waiters. slotMu is held.
+func (s *Shedder) queuedBy(client netip.Prefix) int {
+	n := 0
+	for _, w := range s.waiters {
+		if w.client == client {
+			n++
+		}
+	}
+	return n
 }
 
 // free returns client's slot. slotMu is held.

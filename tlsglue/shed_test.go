@@ -424,3 +424,42 @@ func TestShedFairGrant(t *testing.T) {
 		}
 	}
 }
+
+// One client queues in at most half the queue, however large its share: the other half stays
+// free for everyone else.
+func TestShedHalfQueue(t *testing.T) {
+	s, err := NewShedder(ShedPolicy{MaxInFlight: 1, MaxQueue: 4, ClientShare: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flood := tcpAddr("10.0.0.1:1")
+	release, _, err := s.Admit(context.Background(), flood)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := make(chan error, 4)
+	admit := func(a net.Addr) {
+		r, _, err := s.Admit(context.Background(), a)
+		if err == nil {
+			r(true)
+		}
+		results <- err
+	}
+	go admit(flood)
+	waitQueued(t, s, 1)
+	go admit(flood)
+	waitQueued(t, s, 2)
+	var se *ShedError
+	if _, _, err := s.Admit(context.Background(), flood); !errors.As(err, &se) || se.Reason != ShedClientShare {
+		t.Fatalf("the flood's third queued handshake: %v, want client_share", err)
+	}
+	go admit(tcpAddr("10.0.1.1:1"))
+	go admit(tcpAddr("10.0.2.1:1"))
+	waitQueued(t, s, 4)
+	release(true)
+	for range 4 {
+		if err := <-results; err != nil {
+			t.Fatalf("queued: %v", err)
+		}
+	}
+}
