@@ -55,6 +55,22 @@ errors by cause.
 session (0: every connection is a full handshake). --keepalive reuses
 connections instead, which measures the web server more than TLS.
 
+By default the loop is closed: -c requests in flight, each started when the
+last ended, so the tester slows down with the server and hides overload.
+--rate N makes it open: N arrivals per second (--arrival constant or
+poisson), each a new connection, whatever the server does; -c then bounds
+the requests outstanding (default 1024; arrivals beyond it are errors
+"client: too many in flight"). Goodput is successful requests per second
+of the arrival window; latencies are of successful requests; percentiles
+come from an HDR histogram. --source 127.0.0.2 makes connections from that
+local address (any 127.x.y.z works on Linux loopback).
+
+--json writes the report with stable snake_case names: mode, concurrency,
+rate_rps, arrival, source, requests, successes, errors, errors_by_cause,
+full_handshakes, resumed_handshakes, reused_connections, tls_versions,
+elapsed_ns, offered_rps, goodput_rps, and total, full_total, resumed_total,
+connect, handshake, ttfb, each {n, mean_ns, p50_ns, p95_ns, p99_ns, max_ns}.
+
 Only loopback targets are accepted unless --allow-remote is given.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
@@ -81,6 +97,9 @@ Only loopback targets are accepted unless --allow-remote is given.`,
 				}
 			}
 			o.TLS = tc
+			if o.Rate > 0 && !cmd.Flags().Changed("concurrency") {
+				o.Concurrency = 1024
+			}
 			if _, err := load.CheckTarget(o.URL, o.AllowRemote); err != nil {
 				return err
 			}
@@ -101,6 +120,7 @@ Only loopback targets are accepted unless --allow-remote is given.`,
 				return err
 			}
 			r := load.Summary(samples, elapsed)
+			r.Describe(o)
 			r.Print(os.Stdout)
 			if jsonOut != "" {
 				b, _ := json.MarshalIndent(r, "", "  ")
@@ -116,7 +136,10 @@ Only loopback targets are accepted unless --allow-remote is given.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.URL, "url", "", "target, https://host:port/path")
-	f.IntVarP(&o.Concurrency, "concurrency", "c", 1, "requests in flight at once")
+	f.IntVarP(&o.Concurrency, "concurrency", "c", 1, "requests in flight at once (with --rate: at most this many outstanding, default 1024)")
+	f.Float64Var(&o.Rate, "rate", 0, "open loop: this many arrivals per second, each a new connection (0: closed loop at -c)")
+	f.StringVar(&o.Arrival, "arrival", load.ArrivalConstant, "with --rate: arrival process, constant (evenly spaced) or poisson")
+	f.StringVar(&o.Source, "source", "", "local IP address to connect from, e.g. 127.0.0.2 (default: the system's choice)")
 	f.DurationVarP(&o.Duration, "duration", "d", 10*time.Second, "stop after this long (0: only --requests)")
 	f.IntVarP(&o.Requests, "requests", "n", 0, "stop after this many requests (0: only --duration)")
 	f.IntVar(&o.ResumePercent, "resume", 0, "percent of connections that resume a cached TLS session (0–100)")
@@ -135,10 +158,10 @@ Only loopback targets are accepted unless --allow-remote is given.`,
 }
 
 func matrixCmd() *cobra.Command {
-	var full, quick, keep bool
+	var full, quick, keep, overload, overloadOnly bool
 	var bin, out, markdown, render, thresholds string
 	var concurrency []int
-	var duration time.Duration
+	var duration, overloadTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "matrix",
 		Short: "Sweep (t,n) × concurrency × resumption against local clusters and both baselines",
@@ -192,11 +215,28 @@ cores; --full sweeps concurrency up to 32.`,
 			if _, err := os.Stat(filepath.Join(bin, "signer")); err != nil {
 				return fmt.Errorf("%s/signer not found: run make build first", bin)
 			}
+			ov := matrix.DefaultOverload()
+			if thresholds != "" {
+				ov.Thresholds = o.Thresholds
+			}
+			if duration > 0 {
+				ov.Duration = duration
+			}
+			if overloadTimeout > 0 {
+				ov.SignTimeout = overloadTimeout
+			}
 			var res *matrix.Results
-			if render != "" {
+			switch {
+			case render != "":
 				res, err = matrix.Render(render, out)
-			} else {
+			case overloadOnly:
+				// Keep the closed-loop points of an earlier run; replace the sweep.
+				res, err = matrix.Overload(cmd.Context(), o, ov, filepath.Join(out, "results.json"))
+			default:
 				res, err = matrix.Run(cmd.Context(), o)
+				if err == nil && overload {
+					res, err = matrix.Overload(cmd.Context(), o, ov, filepath.Join(out, "results.json"))
+				}
 			}
 			if err != nil {
 				return err
@@ -224,6 +264,9 @@ cores; --full sweeps concurrency up to 32.`,
 	cmd.Flags().StringVar(&thresholds, "thresholds", "", `only these (t,n), e.g. "1,2;2,3"`)
 	cmd.Flags().IntSliceVar(&concurrency, "concurrency", nil, "only these concurrency levels, e.g. 1,8")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep each configuration's directory (configs, process logs) for inspection")
+	cmd.Flags().BoolVar(&overload, "overload", false, "also run the overload sweep: open-loop full handshakes at 0.5× to 10× the measured capacity of (1,2) and (2,3), with and without shedding (about 5 minutes more)")
+	cmd.Flags().DurationVar(&overloadTimeout, "overload-sign-timeout", 0, "the overload sweep's edge --sign-timeout (default 5s, the edge's default; raise it on a machine busy with other work)")
+	cmd.Flags().BoolVar(&overloadOnly, "overload-only", false, "run only the overload sweep, keeping the other results in --out/results.json")
 	cmd.Flags().StringVar(&render, "render", "", "measure nothing: redraw the outputs from this results.json")
 	cmd.Flags().StringVar(&markdown, "markdown", "BENCHMARKS.md", "also write the Markdown summary here, with plot links into --out (empty: only in --out)")
 	return cmd

@@ -75,8 +75,14 @@ type ServerOptions struct {
 	// context.Background.
 	Context context.Context
 
-	// OnSign, if set, is called after every signature a handshake asked for, with its outcome.
-	// It runs on the handshake's goroutine and must not block.
+	// Shed, if set, admits each signature a handshake needs (per-client budget, signatures in
+	// flight); a shed handshake fails at once, before the key source is asked. Resumed
+	// handshakes never reach it.
+	Shed *Shedder
+
+	// OnSign, if set, is called after every signature a handshake asked for, with its outcome
+	// (a shed one too: its Err is a *ShedError). It runs on the handshake's goroutine and must
+	// not block.
 	OnSign func(SignEvent)
 
 	// OnClientHello, if set, sees every ClientHello before the handshake goes on (the edge
@@ -91,8 +97,9 @@ type SignEvent struct {
 	ServerName string        // SNI the client sent, empty if none
 	Remote     string        // client address
 	Key        string        // SKI of the key, hex
-	Duration   time.Duration // time spent in Sign
-	Err        error         // nil when the signer returned a signature
+	Duration   time.Duration // time spent in Sign, Queued included
+	Queued     time.Duration // of it, time spent waiting for a signing slot (ServerOptions.Shed)
+	Err        error         // nil when the signer returned a signature; a *ShedError when shed
 }
 
 // ServerConfig returns the tls.Config for an edge: TLS 1.2 and 1.3, TLS 1.2 restricted to
@@ -138,6 +145,7 @@ func ReloadableServerConfig(opts ServerOptions) (*tls.Config, func(*Chain) error
 		keys:    opts.Keys,
 		timeout: timeout,
 		onSign:  opts.OnSign,
+		shed:    opts.Shed,
 	}
 	h.served.Store(&set)
 	cfg := &tls.Config{
@@ -239,6 +247,7 @@ type handshakeKeys struct {
 	keys    KeySource
 	timeout time.Duration
 	onSign  func(SignEvent)
+	shed    *Shedder // nil: admit every signature
 }
 
 var errHandshakeTimeout = errors.New("handshake timeout reached before the signature")
@@ -265,9 +274,17 @@ func (h *handshakeKeys) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certifi
 		h:      h,
 		served: served,
 		ctx:    ctx,
+		remote: remoteNetAddr(hello.Conn),
 		event:  SignEvent{ServerName: hello.ServerName, Remote: remoteAddr(hello.Conn), Key: served.ski},
 	}
 	return &cert, nil
+}
+
+func remoteNetAddr(c net.Conn) net.Addr {
+	if c == nil {
+		return nil
+	}
+	return c.RemoteAddr()
 }
 
 func remoteAddr(c net.Conn) string {
@@ -285,6 +302,7 @@ type handshakeSigner struct {
 	h      *handshakeKeys
 	served *servedChain
 	ctx    context.Context
+	remote net.Addr // the client, whose budget the signature is charged to
 	event  SignEvent
 }
 
@@ -293,11 +311,22 @@ func (s *handshakeSigner) Public() crypto.PublicKey { return s.served.pub }
 func (s *handshakeSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	start := time.Now()
 	var sig []byte
-	signer, err := s.h.keys.Signer(s.ctx, s.served.pub)
-	if err == nil {
-		sig, err = signer.Sign(rand, digest, opts)
+	var queued time.Duration
+	release := func(bool) {}
+	var err error
+	if s.h.shed != nil {
+		release, queued, err = s.h.shed.Admit(s.ctx, s.remote)
 	}
-	if err != nil {
+	if err == nil {
+		var signer crypto.Signer
+		signer, err = s.h.keys.Signer(s.ctx, s.served.pub)
+		if err == nil {
+			sig, err = signer.Sign(rand, digest, opts)
+		}
+		release(err == nil)
+	}
+	var shed *ShedError
+	if err != nil && !errors.As(err, &shed) {
 		if cause := context.Cause(s.ctx); cause != nil && !errors.Is(err, cause) {
 			err = fmt.Errorf("%w (%v)", err, cause)
 		}
@@ -307,7 +336,7 @@ func (s *handshakeSigner) Sign(rand io.Reader, digest []byte, opts crypto.Signer
 	}
 	if s.h.onSign != nil {
 		ev := s.event
-		ev.Duration, ev.Err = time.Since(start), err
+		ev.Duration, ev.Queued, ev.Err = time.Since(start), queued, err
 		s.h.onSign(ev)
 	}
 	return sig, err

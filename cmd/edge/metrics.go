@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 
@@ -21,9 +22,13 @@ type edgeMetrics struct {
 	signerErrors prometheus.Counter
 	reloads      *prometheus.CounterVec
 	certNotAfter prometheus.Gauge
+	shed         *prometheus.CounterVec
+	queueTime    prometheus.Histogram
 }
 
-func newEdgeMetrics() *edgeMetrics {
+// newEdgeMetrics makes the edge's series; shed (not nil) is read for the in-flight and queue
+// gauges.
+func newEdgeMetrics(shed *tlsglue.Shedder) *edgeMetrics {
 	m := &edgeMetrics{
 		reg: prometheus.NewRegistry(),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -51,7 +56,32 @@ func newEdgeMetrics() *edgeMetrics {
 			Name: "tkeyless_edge_certificate_not_after_seconds",
 			Help: "Expiry of the served leaf certificate, Unix seconds.",
 		}),
+		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tkeyless_edge_handshakes_shed_total",
+			Help: "Full handshakes refused before any signer was asked, by reason (client_budget: the client's prefix is over its budget; client_share: it holds its share of slots and queue; queue_full: every signing slot busy and the queue full; deadline: no slot free in time).",
+		}, []string{"reason"}),
+		queueTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tkeyless_edge_sign_queue_seconds",
+			Help:    "Time a full handshake waited for a signing slot (--max-signing), shed or not.",
+			Buckets: []float64{.0001, .001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
 	}
+	for _, r := range tlsglue.ShedReasons {
+		m.shed.WithLabelValues(string(r)) // every reason shows from the start, at 0
+	}
+	m.reg.MustRegister(m.shed, m.queueTime,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tkeyless_edge_signatures_in_flight",
+			Help: "Handshake signatures asked of the signers and not yet answered.",
+		}, func() float64 { return float64(shed.InFlight()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tkeyless_edge_signing_slots",
+			Help: "Signatures allowed in flight now: --max-signing, less while signatures take longer than --sign-latency-target.",
+		}, func() float64 { return float64(shed.Slots()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tkeyless_edge_signatures_queued",
+			Help: "Full handshakes waiting for a signing slot.",
+		}, func() float64 { return float64(shed.Queued()) }))
 	m.reg.MustRegister(m.handshakes, m.failures, m.signDuration, m.signerErrors, m.reloads, m.certNotAfter,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
@@ -59,6 +89,15 @@ func newEdgeMetrics() *edgeMetrics {
 
 // sign records one handshake signature (tlsglue.ServerOptions.OnSign).
 func (m *edgeMetrics) sign(ev tlsglue.SignEvent) {
+	var shed *tlsglue.ShedError
+	if errors.As(ev.Err, &shed) {
+		m.shed.WithLabelValues(string(shed.Reason)).Inc()
+		if shed.Reason == tlsglue.ShedDeadline { // the others did not wait
+			m.queueTime.Observe(ev.Queued.Seconds())
+		}
+		return
+	}
+	m.queueTime.Observe(ev.Queued.Seconds())
 	outcome := "ok"
 	if ev.Err != nil {
 		outcome = "error"

@@ -37,6 +37,7 @@ type serveOptions struct {
 	ticketRotation  time.Duration
 	ticketLifetime  time.Duration
 	shutdownTimeout time.Duration
+	shed            shedFlags
 }
 
 func serveCmd(g *globalFlags) *cobra.Command {
@@ -75,6 +76,26 @@ spend the CA's limits: at most one every 10 minutes, the interval doubling with
 each renewal failed in a row (up to 4 hours), none while one is under way; a
 refused request is logged with the time to ask again. Scheduled renewals are not
 limited.
+
+Every full handshake costs the signer cluster a threshold signature, so the
+edge sheds what it cannot serve, at once and before any signer is asked:
+  - each client prefix (--client-ipv4-prefix, --client-ipv6-prefix; /24 and /64
+    by default, as an attacker holds a /24 as easily as one address) may start
+    --client-rate full handshakes per second, --client-burst at once; prefixes
+    in --client-allow have no budget;
+  - at most --max-signing signatures are in flight (default: 2 per signer
+    endpoint, as each signer runs about as many sessions as it has cores),
+    fewer while signatures take longer than --sign-latency-target (the slots
+    adapt: more in flight than the signers can run makes every signature
+    slower, until none finishes before its deadline);
+    beyond that up to --max-signing-queue handshakes wait (the client with the
+    least in flight and queued first, then in arrival order), each only as
+    long as its --sign-timeout still leaves time for a signature;
+  - one client prefix holds at most --client-share of those slots and queue
+    together (default: half), so a flood leaves room to every other client.
+Resumed handshakes make no signature and are never shed (--shed=false turns all
+of this off). While it sheds, /healthz answers 200 "overloaded": a flood is no
+reason for a load balancer to eject the edge.
 
 The edge stops gracefully on SIGINT or SIGTERM: it stops accepting, lets open
 requests finish for up to --shutdown-timeout, then closes what is left.`,
@@ -116,6 +137,7 @@ requests finish for up to --shutdown-timeout, then closes what is left.`,
 	f.DurationVar(&o.ticketRotation, "ticket-rotation", tlsglue.DefaultTicketRotation, "with --ticket-secret: a new ticket key every this long, on every edge at once (clocks must agree to well within it)")
 	f.DurationVar(&o.ticketLifetime, "ticket-lifetime", tlsglue.DefaultTicketLifetime, "with --ticket-secret: a session this old, counted from its full handshake however often it resumed, is refused and the client does a full handshake")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long open requests may take to finish")
+	o.shed.register(f)
 	return cmd
 }
 
@@ -202,8 +224,12 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		}
 	}
 
+	shed, err := o.shed.shedder(ref, o.signTimeout)
+	if err != nil {
+		return err
+	}
 	health := &signHealth{log: logger}
-	metrics := newEdgeMetrics()
+	metrics := newEdgeMetrics(shed)
 	hlog := &handshakeLog{log: logger, failed: metrics.failures.Inc}
 	metrics.certNotAfter.Set(float64(chain.Leaf.NotAfter.Unix()))
 	tlsCfg, reload, err := tlsglue.ReloadableServerConfig(tlsglue.ServerOptions{
@@ -213,6 +239,7 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		HandshakeTimeout: o.signTimeout,
 		Tickets:          tickets,
 		Context:          ctx,
+		Shed:             shed,
 		OnSign: func(ev tlsglue.SignEvent) {
 			health.record(ev)
 			metrics.sign(ev)
@@ -266,7 +293,9 @@ func serve(ctx context.Context, o *serveOptions, logger zerolog.Logger) error {
 		names = append(names, leafNames(c.Leaf)...)
 	}
 	logger.Info().Str("addr", ln.Addr().String()).Str("key", ski).Strs("names", names).Int("chains", len(chains)).
-		Str("signer", ref.String()).Bool("shared_ticket_keys", secret != nil).Msg("edge ready")
+		Str("signer", ref.String()).Bool("shared_ticket_keys", secret != nil).
+		Int("max_signing", shed.Policy().MaxInFlight).Int("max_signing_queue", shed.Policy().MaxQueue).
+		Float64("client_rate", shed.Policy().ClientRate).Msg("edge ready")
 
 	// Every chain served from now on goes through the stapler, which
 	// fetches its OCSP staple.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -69,16 +71,24 @@ func reverseProxy(target *url.URL, log zerolog.Logger) http.Handler {
 // One failure is a slow handshake; several in a row mean this edge cannot reach its signers.
 const failuresBeforeUnhealthy = 5
 
-// signHealth follows handshake signatures: /healthz answers 503 once the last
-// failuresBeforeUnhealthy signatures all failed, and 200 "ok" otherwise (also before any
-// handshake: an idle edge is not a broken one). It has two views: public, on the HTTPS port,
-// says only that; detail, on the private --metrics-listen, adds the failures and the last
-// error, which names signer addresses and the key.
+// overloadedFor is how long after its last shed handshake the edge reports "overloaded".
+const overloadedFor = 10 * time.Second
+
+// signHealth follows handshake signatures: /healthz answers 503 "cannot sign" once the last
+// failuresBeforeUnhealthy signatures all failed; 200 "overloaded" when it shed a handshake in
+// the last overloadedFor (a flood: healthy, and a load balancer that ejected every flooded edge
+// would finish the attacker's work); and 200 "ok" otherwise (also before any handshake: an idle
+// edge is not a broken one). A shed handshake is not a failed signature. It has two views:
+// public, on the HTTPS port, says only that; detail, on the private --metrics-listen, adds the
+// failures and the last error, which names signer addresses and the key.
 type signHealth struct {
 	log      zerolog.Logger
 	mu       sync.Mutex
 	failures int   // consecutive failed signatures
 	lastErr  error // the latest failure
+	lastShed time.Time
+	shedErr  error // the latest shed, for the detail
+	now      func() time.Time
 }
 
 // record is the tlsglue.ServerOptions.OnSign hook.
@@ -87,6 +97,13 @@ func (h *signHealth) record(ev tlsglue.SignEvent) {
 		Dur("dur_ms", ev.Duration).AnErr("err", ev.Err).Msg("handshake signature")
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if errors.Is(ev.Err, tlsglue.ErrShed) {
+		if h.lastShed.IsZero() || h.clock().Sub(h.lastShed) >= overloadedFor {
+			h.log.Warn().Err(ev.Err).Msg("overloaded: shedding full handshakes")
+		}
+		h.lastShed, h.shedErr = h.clock(), ev.Err
+		return
+	}
 	if ev.Err == nil {
 		if h.failures >= failuresBeforeUnhealthy {
 			h.log.Info().Str("key", ev.Key).Msg("signatures succeed again; healthy")
@@ -101,19 +118,29 @@ func (h *signHealth) record(ev tlsglue.SignEvent) {
 	}
 }
 
-// public is /healthz for anyone who can reach the site: status only, "ok" (200) or "cannot
-// sign" (503). A load balancer needs no more, and the reason would tell the internet where the
-// signers are and which key they hold.
+func (h *signHealth) clock() time.Time {
+	if h.now != nil {
+		return h.now()
+	}
+	return time.Now()
+}
+
+// public is /healthz for anyone who can reach the site: status only, "ok" or "overloaded"
+// (200) or "cannot sign" (503). A load balancer needs no more, and the reason would tell the
+// internet where the signers are and which key they hold.
 func (h *signHealth) public() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		failures, _ := h.state()
+		failures, _, shedErr := h.state()
 		noStore(w)
-		if failures >= failuresBeforeUnhealthy {
+		switch {
+		case failures >= failuresBeforeUnhealthy:
 			w.WriteHeader(http.StatusServiceUnavailable)
 			io.WriteString(w, "cannot sign")
-			return
+		case shedErr != nil:
+			io.WriteString(w, "overloaded")
+		default:
+			io.WriteString(w, "ok")
 		}
-		io.WriteString(w, "ok")
 	})
 }
 
@@ -121,12 +148,14 @@ func (h *signHealth) public() http.Handler {
 // reason.
 func (h *signHealth) detail() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		failures, lastErr := h.state()
+		failures, lastErr, shedErr := h.state()
 		noStore(w)
 		switch {
 		case failures >= failuresBeforeUnhealthy:
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintf(w, "unhealthy: the last %d handshake signatures failed: %v\n", failures, lastErr)
+		case shedErr != nil:
+			fmt.Fprintf(w, "overloaded (healthy): full handshakes shed in the last %v, the latest: %v (see tkeyless_edge_handshakes_shed_total)\n", overloadedFor, shedErr)
 		case failures > 0:
 			fmt.Fprintf(w, "ok; the last %d handshake signatures failed (unhealthy at %d): %v\n", failures, failuresBeforeUnhealthy, lastErr)
 		default:
@@ -135,10 +164,15 @@ func (h *signHealth) detail() http.Handler {
 	})
 }
 
-func (h *signHealth) state() (failures int, lastErr error) {
+// state is the consecutive failures, the last failure, and the latest shed if the edge is
+// overloaded now.
+func (h *signHealth) state() (failures int, lastErr, shedErr error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.failures, h.lastErr
+	if !h.lastShed.IsZero() && h.clock().Sub(h.lastShed) < overloadedFor {
+		shedErr = h.shedErr
+	}
+	return h.failures, h.lastErr, shedErr
 }
 
 func noStore(w http.ResponseWriter) {

@@ -1,7 +1,12 @@
 // Package load is the load generator behind cmd loadtest: HTTPS requests to
-// one target at a fixed concurrency, each measured phase by phase (TCP
-// connect, TLS handshake, time to first byte, total), with a chosen share of
-// connections resuming an earlier TLS session.
+// one target, each measured phase by phase (TCP connect, TLS handshake, time
+// to first byte, total), with a chosen share of connections resuming an
+// earlier TLS session.
+//
+// Closed loop (the default) keeps a fixed number of requests in flight: it
+// slows down when the server does, which hides overload. Open loop (Rate > 0)
+// starts requests at a given arrival rate whatever the server does, as a
+// crowd of independent clients would, so goodput under overload shows.
 package load
 
 import (
@@ -16,11 +21,12 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // Options describe one load run.
@@ -53,7 +59,32 @@ type Options struct {
 	// handshake, so that the run measures the steady mix rather than the
 	// workers' first, necessarily full, handshakes.
 	NoWarmup bool
+
+	// Rate, when positive, makes the run open loop: requests arrive at this
+	// many per second (Arrival: evenly spaced or Poisson), each on a new
+	// connection, whether or not earlier ones have finished. Concurrency
+	// then bounds the requests outstanding at once (arrivals beyond it are
+	// counted as errors "client: too many in flight", so a collapsing
+	// server cannot exhaust the tester); Duration is required. Resumed
+	// connections offer a session from a cache shared by all arrivals.
+	Rate    float64
+	Arrival string // ArrivalConstant (default) or ArrivalPoisson
+
+	// Source, if set, is the local IP address connections come from, e.g.
+	// 127.0.0.2, so one run can flood from one address while another
+	// visits from a second.
+	Source string
 }
+
+// Arrival processes of an open-loop run.
+const (
+	ArrivalConstant = "constant"
+	ArrivalPoisson  = "poisson"
+)
+
+// errTooManyInFlight is the cause of an open-loop arrival the tester itself
+// dropped.
+const errTooManyInFlight = "client: too many in flight"
 
 // Sample is one request.
 type Sample struct {
@@ -131,6 +162,20 @@ func Run(ctx context.Context, o Options, tick func()) ([]Sample, time.Duration, 
 	if o.Timeout <= 0 {
 		o.Timeout = 10 * time.Second
 	}
+	var dialer net.Dialer
+	if o.Source != "" {
+		ip := net.ParseIP(o.Source)
+		if ip == nil {
+			return nil, 0, fmt.Errorf("source %q: want an IP address of this host, e.g. 127.0.0.2", o.Source)
+		}
+		dialer.LocalAddr = &net.TCPAddr{IP: ip}
+	}
+	if o.Rate > 0 {
+		return runOpen(ctx, o, u, dialer, tick)
+	}
+	if o.Rate < 0 {
+		return nil, 0, fmt.Errorf("rate %g: want arrivals per second, or 0 for a closed loop", o.Rate)
+	}
 	// issuing ends at the duration; requests in flight then still finish
 	// (within their own timeout), so a point whose requests take longer
 	// than its duration still measures them, and throughput counts them
@@ -166,11 +211,10 @@ func Run(ctx context.Context, o Options, tick func()) ([]Sample, time.Duration, 
 	var wg sync.WaitGroup
 	for range o.Concurrency {
 		wg.Go(func() {
-			w := &worker{o: o, addr: addr, host: u.Host, path: path, cache: tls.NewLRUClientSessionCache(4)}
+			w := &worker{o: o, dialer: dialer, addr: addr, host: u.Host, path: path, cache: tls.NewLRUClientSessionCache(4)}
 			defer w.close()
 			if o.ResumePercent > 0 && !o.NoWarmup {
-				w.do(ctx)
-				w.close()
+				w.warmUp(ctx)
 			}
 			warm.Done()
 			<-startc
@@ -213,14 +257,28 @@ func Run(ctx context.Context, o Options, tick func()) ([]Sample, time.Duration, 
 }
 
 type worker struct {
-	o     Options
-	addr  string
-	host  string
-	path  string
-	cache tls.ClientSessionCache
-	first bool
-	conn  *tls.Conn
-	br    *bufio.Reader
+	o      Options
+	dialer net.Dialer
+	addr   string
+	host   string
+	path   string
+	cache  tls.ClientSessionCache
+	first  bool
+	conn   *tls.Conn
+	br     *bufio.Reader
+}
+
+// warmUp makes the worker's unmeasured first full handshake, so that its
+// cache holds a session to resume; a loaded server may fail one, so it
+// tries up to three times.
+func (w *worker) warmUp(ctx context.Context) {
+	for range 3 {
+		s := w.do(ctx)
+		w.close()
+		if s.Err == "" || ctx.Err() != nil {
+			return
+		}
+	}
 }
 
 func (w *worker) close() {
@@ -245,8 +303,7 @@ func (w *worker) do(ctx context.Context) Sample {
 			cfg.ClientSessionCache = &recordingCache{into: w.cache}
 		}
 		w.first = true
-		d := net.Dialer{}
-		raw, err := d.DialContext(ctx, "tcp", w.addr)
+		raw, err := w.dialer.DialContext(ctx, "tcp", w.addr)
 		s.Connect = time.Since(s.Start)
 		if err != nil {
 			s.Err, s.Total = classify(err), time.Since(s.Start)
@@ -338,10 +395,16 @@ func classify(err error) string {
 	return msg
 }
 
-// Stats summarize a set of durations.
+// Stats summarize a set of durations. Percentiles come from an HDR
+// histogram (microsecond resolution, 3 significant digits, up to 10
+// minutes): exact enough for latency, in constant memory whatever the count.
 type Stats struct {
-	N                        int
-	Mean, P50, P95, P99, Max time.Duration
+	N    int           `json:"n"`
+	Mean time.Duration `json:"mean_ns"`
+	P50  time.Duration `json:"p50_ns"`
+	P95  time.Duration `json:"p95_ns"`
+	P99  time.Duration `json:"p99_ns"`
+	Max  time.Duration `json:"max_ns"`
 }
 
 // Summarize computes Stats over ds.
@@ -349,31 +412,56 @@ func Summarize(ds []time.Duration) Stats {
 	if len(ds) == 0 {
 		return Stats{}
 	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	var sum time.Duration
-	for _, d := range s {
-		sum += d
+	h := hdrhistogram.New(1, int64(10*time.Minute/time.Microsecond), 3)
+	var maxD time.Duration
+	for _, d := range ds {
+		_ = h.RecordValue(max(1, d.Microseconds())) // beyond 10 minutes: counted at the top
+		maxD = max(maxD, d)
 	}
-	q := func(p float64) time.Duration { return s[min(len(s)-1, int(p*float64(len(s))))] }
-	return Stats{N: len(s), Mean: sum / time.Duration(len(s)), P50: q(.50), P95: q(.95), P99: q(.99), Max: s[len(s)-1]}
+	us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+	return Stats{N: len(ds), Mean: time.Duration(h.Mean() * float64(time.Microsecond)),
+		P50: us(h.ValueAtQuantile(50)), P95: us(h.ValueAtQuantile(95)), P99: us(h.ValueAtQuantile(99)), Max: maxD}
 }
 
-// Report is what a run measured.
+// Report is what a run measured; its JSON (loadtest --json, the matrix's
+// results.json) is one schema with stable snake_case names. Latencies are
+// of successful requests only.
 type Report struct {
-	Requests   int            `json:"requests"`
-	Successes  int            `json:"successes"`
-	Errors     int            `json:"errors"`
-	ByCause    map[string]int `json:"errors_by_cause,omitempty"`
-	Full       int            `json:"full_handshakes"`
-	Resumed    int            `json:"resumed_handshakes"`
-	Reused     int            `json:"reused_connections"`
-	Versions   map[string]int `json:"tls_versions"`
-	Elapsed    time.Duration  `json:"elapsed_ns"`
-	Throughput float64        `json:"throughput_rps"` // successes per second
+	Mode        string         `json:"mode"`               // "closed" or "open"
+	Concurrency int            `json:"concurrency"`        // closed: in flight; open: bound on outstanding
+	Rate        float64        `json:"rate_rps,omitempty"` // open: arrivals per second asked for
+	Arrival     string         `json:"arrival,omitempty"`  // open: constant or poisson
+	Source      string         `json:"source,omitempty"`   // local address connections came from
+	Requests    int            `json:"requests"`           // arrivals (open) or requests made (closed)
+	Successes   int            `json:"successes"`
+	Errors      int            `json:"errors"`
+	ByCause     map[string]int `json:"errors_by_cause,omitempty"`
+	Full        int            `json:"full_handshakes"`
+	Resumed     int            `json:"resumed_handshakes"`
+	Reused      int            `json:"reused_connections"`
+	Versions    map[string]int `json:"tls_versions"`
+	Elapsed     time.Duration  `json:"elapsed_ns"`
+	Offered     float64        `json:"offered_rps"` // requests per second
+	Goodput     float64        `json:"goodput_rps"` // successes per second
 	// Total is the whole request; FullTotal and ResumedTotal split it by
 	// handshake kind; Connect, Handshake, TTFB are phases.
-	Total, FullTotal, ResumedTotal, Connect, Handshake, TTFB Stats
+	Total        Stats `json:"total"`
+	FullTotal    Stats `json:"full_total"`
+	ResumedTotal Stats `json:"resumed_total"`
+	Connect      Stats `json:"connect"`
+	Handshake    Stats `json:"handshake"`
+	TTFB         Stats `json:"ttfb"`
+}
+
+// Describe fills the report's description of the run from its options.
+func (r *Report) Describe(o Options) {
+	r.Mode, r.Concurrency, r.Source = "closed", o.Concurrency, o.Source
+	if o.Rate > 0 {
+		r.Mode, r.Rate, r.Arrival = "open", o.Rate, o.Arrival
+		if r.Arrival == "" {
+			r.Arrival = ArrivalConstant
+		}
+	}
 }
 
 // Summary builds the report of a run's samples.
@@ -406,7 +494,8 @@ func Summary(samples []Sample, elapsed time.Duration) Report {
 		}
 	}
 	if elapsed > 0 {
-		r.Throughput = float64(r.Successes) / elapsed.Seconds()
+		r.Goodput = float64(r.Successes) / elapsed.Seconds()
+		r.Offered = float64(r.Requests) / elapsed.Seconds()
 	}
 	r.Total, r.FullTotal, r.ResumedTotal = Summarize(total), Summarize(full), Summarize(resumed)
 	r.Connect, r.Handshake, r.TTFB = Summarize(connect), Summarize(handshake), Summarize(ttfb)
@@ -415,7 +504,16 @@ func Summary(samples []Sample, elapsed time.Duration) Report {
 
 // Print writes the report for people.
 func (r Report) Print(w io.Writer) {
-	fmt.Fprintf(w, "requests %d: %d ok, %d errors in %v — %.1f req/s\n", r.Requests, r.Successes, r.Errors, r.Elapsed.Round(time.Millisecond), r.Throughput)
+	if r.Mode == "open" {
+		fmt.Fprintf(w, "open loop, %s arrivals at %.1f/s (at most %d outstanding)", r.Arrival, r.Rate, r.Concurrency)
+	} else {
+		fmt.Fprintf(w, "closed loop, %d in flight", r.Concurrency)
+	}
+	if r.Source != "" {
+		fmt.Fprintf(w, ", from %s", r.Source)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "requests %d: %d ok, %d errors in %v — offered %.1f req/s, goodput %.1f req/s\n", r.Requests, r.Successes, r.Errors, r.Elapsed.Round(time.Millisecond), r.Offered, r.Goodput)
 	fmt.Fprintf(w, "handshakes: %d full, %d resumed, %d on reused connections; versions %v\n", r.Full, r.Resumed, r.Reused, r.Versions)
 	fmt.Fprintf(w, "%-16s %8s %10s %10s %10s %10s %10s\n", "", "n", "mean", "p50", "p95", "p99", "max")
 	for _, row := range []struct {

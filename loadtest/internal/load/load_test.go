@@ -60,7 +60,7 @@ func TestRunCountsAddUp(t *testing.T) {
 			t.Fatalf("100%% resumption: %d full handshakes after the warm-up, want 0", r.Full)
 		}
 		t.Logf("resume %d%% keep-alive %v: %d requests, %.0f req/s, %d full, %d resumed, %d reused; p50 %v",
-			tc.resume, tc.keepAlive, r.Requests, r.Throughput, r.Full, r.Resumed, r.Reused, r.Total.P50)
+			tc.resume, tc.keepAlive, r.Requests, r.Goodput, r.Full, r.Resumed, r.Reused, r.Total.P50)
 	}
 }
 

@@ -90,6 +90,9 @@ type Results struct {
 	} `json:"options"`
 	Points []Point `json:"points"`
 	Warm   []Warm  `json:"warm"`
+	// The overload sweep, if it ran.
+	OverloadOptions *OverloadOptions `json:"overload_options,omitempty"`
+	Overload        []OverloadPoint  `json:"overload,omitempty"`
 }
 
 // Run runs the matrix and writes its outputs into o.Out.
@@ -141,11 +144,11 @@ func (r *Results) ratios() {
 		p := &r.Points[i]
 		if l := find("local", p.Concurrency, p.Resume); l != nil {
 			p.P50VsLocal = div(float64(p.Report.Total.P50), float64(l.Report.Total.P50))
-			p.RateVsLocal = div(p.Report.Throughput, l.Report.Throughput)
+			p.RateVsLocal = div(p.Report.Goodput, l.Report.Goodput)
 		}
 		if g := find("gokeyless", p.Concurrency, p.Resume); g != nil {
 			p.P50VsGokeyless = div(float64(p.Report.Total.P50), float64(g.Report.Total.P50))
-			p.RateVsGokeyless = div(p.Report.Throughput, g.Report.Throughput)
+			p.RateVsGokeyless = div(p.Report.Goodput, g.Report.Goodput)
 		}
 	}
 }
@@ -223,13 +226,15 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Point, *Warm, error)
 	var pts []Point
 	for _, resume := range o.Resumptions {
 		for _, conc := range o.Concurrencies {
-			samples, elapsed, err := load.Run(ctx, load.Options{URL: target, Concurrency: conc, Duration: o.Duration, ResumePercent: resume, TLS: tlsCfg, Timeout: 90 * time.Second}, nil)
+			lo := load.Options{URL: target, Concurrency: conc, Duration: o.Duration, ResumePercent: resume, TLS: tlsCfg, Timeout: 90 * time.Second}
+			samples, elapsed, err := load.Run(ctx, lo, nil)
 			if err != nil {
 				return nil, nil, err
 			}
 			r := load.Summary(samples, elapsed)
+			r.Describe(lo)
 			fmt.Fprintf(o.Log, "   c=%-2d resume=%2d%%: %5d ok %3d err  p50 %8.2fms  %7.1f req/s  (%d full, %d resumed)\n",
-				conc, resume, r.Successes, r.Errors, ms(r.Total.P50), r.Throughput, r.Full, r.Resumed)
+				conc, resume, r.Successes, r.Errors, ms(r.Total.P50), r.Goodput, r.Full, r.Resumed)
 			if r.Errors > 0 {
 				fmt.Fprintf(o.Log, "        errors: %v\n", r.ByCause)
 			}

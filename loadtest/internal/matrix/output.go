@@ -73,7 +73,17 @@ func (r *Results) write(dir string) error {
 		if err := r.plot(dir, resume, "latency", "mean response time (ms)", func(p Point) float64 { return ms(p.Report.Total.Mean) }); err != nil {
 			return err
 		}
-		if err := r.plot(dir, resume, "throughput", "throughput (requests/s)", func(p Point) float64 { return p.Report.Throughput }); err != nil {
+		if err := r.plot(dir, resume, "throughput", "throughput (requests/s)", func(p Point) float64 { return p.Report.Goodput }); err != nil {
+			return err
+		}
+	}
+	if len(r.Overload) > 0 {
+		if err := r.plotOverload(dir, "goodput", "goodput (successful full handshakes/s)", false,
+			func(p OverloadPoint) []float64 { return []float64{p.Report.Goodput} }); err != nil {
+			return err
+		}
+		if err := r.plotOverload(dir, "latency", "p50 and p99 of successful handshakes (ms)", true,
+			func(p OverloadPoint) []float64 { return []float64{ms(p.Report.Total.P50), ms(p.Report.Total.P99)} }); err != nil {
 			return err
 		}
 	}
@@ -95,7 +105,7 @@ func (r *Results) writeCSV(path string) error {
 		_ = w.Write([]string{p.Config.Name, fmt.Sprint(p.Config.T), fmt.Sprint(p.Config.N), fmt.Sprint(p.Config.Presign), fmt.Sprint(p.Concurrency), fmt.Sprint(p.Resume),
 			fmt.Sprint(rp.Requests), fmt.Sprint(rp.Successes), fmt.Sprint(rp.Errors), fmt.Sprint(rp.Full), fmt.Sprint(rp.Resumed),
 			f2(ms(rp.Total.Mean)), f2(ms(rp.Total.P50)), f2(ms(rp.Total.P95)), f2(ms(rp.Total.P99)), f2(ms(rp.Total.Max)),
-			f2(ms(rp.FullTotal.P50)), f2(ms(rp.ResumedTotal.P50)), f2(rp.Throughput),
+			f2(ms(rp.FullTotal.P50)), f2(ms(rp.ResumedTotal.P50)), f2(rp.Goodput),
 			f2(p.P50VsLocal), f2(p.P50VsGokeyless), f2(p.RateVsLocal), f2(p.RateVsGokeyless)})
 	}
 	w.Flush()
@@ -222,10 +232,11 @@ func (r *Results) Markdown(plotDir string) string {
 			rp := p.Report
 			fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %.3g | %.3g | %.3g | %.3g |\n",
 				p.Config.Name, p.Concurrency, rp.Successes, rp.Errors, rp.Full, rp.Resumed, ms(rp.Total.Mean), ms(rp.Total.P50), ms(rp.Total.P95),
-				ms(rp.Total.P99), ms(rp.Total.Max), rp.Throughput, p.P50VsLocal, p.P50VsGokeyless, p.RateVsLocal, p.RateVsGokeyless)
+				ms(rp.Total.P99), ms(rp.Total.Max), rp.Goodput, p.P50VsLocal, p.P50VsGokeyless, p.RateVsLocal, p.RateVsGokeyless)
 		}
 		b.WriteString("\n")
 	}
+	r.overloadMarkdown(&b, plotDir)
 	b.WriteString("Raw data: `results.json`, `results.csv`. Reproduce: `make bench` (reduced matrix) or `go run ./loadtest matrix --full`.\n")
 	return b.String()
 }
@@ -242,4 +253,127 @@ func Render(jsonPath, dir string) (*Results, error) {
 		return nil, fmt.Errorf("%s: %w", jsonPath, err)
 	}
 	return &r, r.write(dir)
+}
+
+// plotOverload draws, per configuration and edge (shedding or not), one line
+// per value y gives (p50 then p99) against offered load as a multiple of
+// capacity.
+func (r *Results) plotOverload(dir, name, ylabel string, logY bool, y func(OverloadPoint) []float64) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("plot overload %s: %v", name, v)
+		}
+	}()
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("Overload: %s vs offered full handshakes (open loop, Poisson)", name)
+	p.X.Label.Text = "offered load (× measured capacity)"
+	p.Y.Label.Text = ylabel
+	p.X.Scale = plot.LogScale{}
+	var ticks []plot.Tick
+	if r.OverloadOptions != nil {
+		for _, f := range r.OverloadOptions.Factors {
+			ticks = append(ticks, plot.Tick{Value: f, Label: fmt.Sprintf("%g×", f)})
+		}
+	}
+	p.X.Tick.Marker = plot.ConstantTicks(ticks)
+	if logY {
+		p.Y.Scale = plot.LogScale{}
+		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	}
+	p.Legend.Top, p.Legend.Left = true, true
+	type key struct {
+		name string
+		i    int
+	}
+	var keys []key
+	lines := map[key]plotter.XYs{}
+	for _, pt := range r.Overload {
+		mode := "shedding"
+		if !pt.Shed {
+			mode = "no shedding"
+		}
+		for i, v := range y(pt) {
+			k := key{fmt.Sprintf("%s, %s", pt.Config.Name, mode), i}
+			if _, ok := lines[k]; !ok {
+				keys = append(keys, k)
+			}
+			if v <= 0 && logY {
+				v = 0.01
+			}
+			lines[k] = append(lines[k], plotter.XY{X: pt.Factor, Y: v})
+		}
+	}
+	for n, k := range keys {
+		l, s, err := plotter.NewLinePoints(lines[k])
+		if err != nil {
+			return err
+		}
+		l.Color, s.Color, s.Shape = plotutil.Color(n/len(y(r.Overload[0]))), plotutil.Color(n/len(y(r.Overload[0]))), plotutil.Shape(n)
+		l.Dashes = plotutil.Dashes(k.i)
+		label := k.name
+		if len(y(r.Overload[0])) > 1 {
+			label += []string{" p50", " p99"}[min(k.i, 1)]
+		}
+		p.Add(l, s)
+		p.Legend.Add(label, l, s)
+	}
+	if _, isLog := p.Y.Scale.(plot.LogScale); isLog && p.Y.Min == p.Y.Max {
+		p.Y.Min, p.Y.Max = p.Y.Min/2, p.Y.Max*2
+	}
+	p.Legend.TextStyle.Font.Size = vg.Points(8)
+	base := filepath.Join(dir, "overload-"+name)
+	for _, ext := range []string{".png", ".svg"} {
+		if err := p.Save(8*vg.Inch, 5*vg.Inch, base+ext); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// overloadMarkdown writes the overload sweep's section, if it ran.
+func (r *Results) overloadMarkdown(b *strings.Builder, plotDir string) {
+	if len(r.Overload) == 0 || r.OverloadOptions == nil {
+		return
+	}
+	ov := r.OverloadOptions
+	b.WriteString("## Overload: goodput under a flood of full handshakes\n\n")
+	if m := ov.Machine; m != nil {
+		fmt.Fprintf(b, "Measured %s on %s, %d cores, %s, %s", m.Date.Format("2006-01-02 15:04 MST"), m.CPU, m.Cores, m.OS, m.Go)
+		if ov.LoadAverage != "" {
+			fmt.Fprintf(b, "; load average at the start %s (1, 5, 15 min)", ov.LoadAverage)
+			var load1 float64
+			if _, err := fmt.Sscan(ov.LoadAverage, &load1); err == nil && load1 > float64(m.Cores) {
+				b.WriteString(": above the core count, other work was competing for the CPU, and absolute figures are low")
+			}
+		}
+		b.WriteString(". ")
+	}
+	fmt.Fprintf(b, "Open loop (`loadtest --rate`, Poisson arrivals), every request a new connection and a full handshake, %v per point, "+
+		"offered at multiples of the capacity measured closed loop just before; `--sign-timeout %v`. "+
+		"**shedding**: the edge's defaults (adaptive signing slots, deadline-aware queue; the per-client budget off with `--client-allow 127.0.0.0/8`, "+
+		"since all load comes from one address: this is the many-sources case). **no shedding**: `--shed=false`, as before issue #14. "+
+		"Goodput is successful handshakes per second of the arrival window; latencies are of successful requests. "+
+		"Between points the sweep waits until one handshake signs within the deadline again.\n\n", ov.Duration, ov.SignTimeout)
+	fmt.Fprintf(b, "![overload goodput](%soverload-goodput.png)\n![overload latency](%soverload-latency.png)\n\n", plotDir, plotDir)
+	b.WriteString("| config | edge | capacity /s | offered | offered /s | ok | err | goodput /s | goodput ÷ at 1× | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	at1 := map[string]float64{}
+	for _, p := range r.Overload {
+		if p.Factor == 1 {
+			at1[fmt.Sprint(p.Config.Name, p.Shed)] = p.Report.Goodput
+		}
+	}
+	for _, p := range r.Overload {
+		mode := "shedding"
+		if !p.Shed {
+			mode = "no shedding"
+		}
+		ratio := "–"
+		if g := at1[fmt.Sprint(p.Config.Name, p.Shed)]; g > 0 {
+			ratio = fmt.Sprintf("%.2f", p.Report.Goodput/g)
+		}
+		rp := p.Report
+		fmt.Fprintf(b, "| %s | %s | %.2f | %g× | %.1f | %d | %d | %.2f | %s | %.0f | %.0f |\n", p.Config.Name, mode, p.Capacity, p.Factor,
+			rp.Rate, rp.Successes, rp.Errors, rp.Goodput, ratio, ms(rp.Total.P50), ms(rp.Total.P99))
+	}
+	b.WriteString("\n")
 }

@@ -8,7 +8,8 @@ import (
 )
 
 // Rendering a real run (testdata: (2,3) and both baselines, measured at
-// one concurrency level) writes every output. One level once made the log
+// one concurrency level, and a made-up overload sweep of two points per
+// edge) writes every output. One level once made the log
 // axes degenerate and the plotting library panicked, losing the figures.
 func TestRenderOneConcurrency(t *testing.T) {
 	dir := t.TempDir()
@@ -17,13 +18,15 @@ func TestRenderOneConcurrency(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"results.json", "results.csv", "BENCHMARKS.md",
-		"latency-resume0.png", "latency-resume0.svg", "throughput-resume90.png", "throughput-resume90.svg"} {
+		"latency-resume0.png", "latency-resume0.svg", "throughput-resume90.png", "throughput-resume90.svg",
+		"overload-goodput.png", "overload-goodput.svg", "overload-latency.png", "overload-latency.svg"} {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s not written: %v", f, err)
 		}
 	}
 	md := r.Markdown("plots/")
-	for _, want := range []string{"tkeyless (2,3) presign", "gokeyless", "local key", "plots/latency-resume0.png"} {
+	for _, want := range []string{"tkeyless (2,3) presign", "gokeyless", "local key", "plots/latency-resume0.png",
+		"## Overload", "plots/overload-goodput.png", "| tkeyless (2,3) | shedding | 1.00 | 10× | 10.0 | 9 | 91 | 0.90 | 0.90 |", "| tkeyless (2,3) | no shedding | 1.00 | 10× | 10.0 | 0 | 100 | 0.00 | 0.00 |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("BENCHMARKS.md lacks %q", want)
 		}

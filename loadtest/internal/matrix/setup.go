@@ -289,8 +289,8 @@ func (c *signerCluster) presignReady(depth int) bool {
 }
 
 // startEdge runs an edge for certPath with the given --signer and returns
-// its address. signTimeout 0 means 60 s.
-func (e *env) startEdge(ctx context.Context, name, certPath, signer string, signTimeout time.Duration) (string, error) {
+// its address. signTimeout 0 means 60 s; extra flags come last, so they win.
+func (e *env) startEdge(ctx context.Context, name, certPath, signer string, signTimeout time.Duration, extra ...string) (string, error) {
 	addrs, err := freePorts(1)
 	if err != nil {
 		return "", err
@@ -308,10 +308,12 @@ func (e *env) startEdge(ctx context.Context, name, certPath, signer string, sign
 	if signTimeout == 0 {
 		signTimeout = 60 * time.Second
 	}
-	args := []string{"serve", "--listen", addrs[0], "--cert", certPath, "--signer", signer, "--static", site, "--log-level", "warn", "--sign-timeout", signTimeout.String()}
+	// Shedding off by default: the closed-loop matrix measures queueing, not refusals.
+	args := []string{"serve", "--listen", addrs[0], "--cert", certPath, "--signer", signer, "--static", site, "--log-level", "warn", "--sign-timeout", signTimeout.String(), "--shed=false"}
 	if strings.HasPrefix(signer, "keyless://") {
 		args = append(args, "--keyless-cert", "pki/edge.pem", "--keyless-key", "pki/edge-key.pem", "--keyless-ca", "pki/ca.pem")
 	}
+	args = append(args, extra...) // later flags win
 	if err := e.start("edge-"+name, "edge", args...); err != nil {
 		return "", err
 	}
