@@ -33,8 +33,7 @@ func dialAs(caPath, certPath, keyPath, name, addr string) (*peerwire.Client, fun
 		return nil, nil, err
 	}
 	tc.ServerName = name
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{})))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		return nil, nil, err
 	}
