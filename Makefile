@@ -59,6 +59,12 @@ bench: build
 bench-full: build
 	$(GO) run ./loadtest matrix --full --bin $(BIN) --out docs/bench --markdown BENCHMARKS.md
 
+## generate: the peer protocol's Go code (internal/peerwire/gen) from its .proto, with buf and
+## protoc-gen-go(-grpc) run as Go tools pinned in internal/peerwire/tools/go.mod (no protoc).
+.PHONY: generate
+generate:
+	cd internal/peerwire && "$$($(GO) -C tools tool -n buf)" generate
+
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...

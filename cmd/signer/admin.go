@@ -103,6 +103,9 @@ not answer is shown as down.`,
 				}
 				for _, p := range st.Peers {
 					state, detail := "up", fmt.Sprintf("%.1f ms", p.LatencyMS)
+					if p.Version > 0 {
+						detail += fmt.Sprintf(", protocol v%d", p.Version)
+					}
 					if !p.Up {
 						state = "DOWN"
 					}

@@ -91,6 +91,9 @@ func handle[M proto.Message, Req any, Resp any, W any](ctx context.Context, m M,
 	if err != nil {
 		return zero, err
 	}
+	if resp == nil {
+		return zero, status.Error(codes.Internal, "peer service answered nothing")
+	}
 	return to(resp), nil
 }
 
