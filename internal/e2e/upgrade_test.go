@@ -93,7 +93,8 @@ func peerVersions(t *testing.T, sn *signerNode) map[string]int {
 // while a client signs without pause. Each restart may cost the request
 // in flight on the restarted node, nothing more (the client fails over);
 // signing never stops; a mixed pair speaks 3 and an upgraded pair 4, and
-// every node coordinates a signature in each state of the cluster.
+// every node coordinates a signature in each state of the cluster. Last,
+// one node is rolled back to the plain build, and the cluster still signs.
 func TestRollingUpgrade(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
@@ -193,10 +194,11 @@ func TestRollingUpgrade(t *testing.T) {
 	progress("before the upgrade", 2)
 
 	upgraded := map[string]bool{}
-	for _, sn := range c.nodes {
+	restart := func(sn *signerNode, path string, isNext bool) {
+		t.Helper()
 		sn.proc.stop()
-		c.startNodeBinary(t, sn, next, nil)
-		upgraded[sn.name] = true
+		c.startNodeBinary(t, sn, path, nil)
+		upgraded[sn.name] = isNext
 		// Every node's link to every other settles at the highest version
 		// both ends speak: 4 between upgraded nodes, 3 otherwise.
 		waitFor(t, time.Minute, func() bool {
@@ -213,10 +215,19 @@ func TestRollingUpgrade(t *testing.T) {
 			}
 			return true
 		})
-		state := fmt.Sprintf("%d of 3 upgraded", len(upgraded))
+	}
+	for i, sn := range c.nodes {
+		restart(sn, next, true)
+		state := fmt.Sprintf("%d of 3 upgraded", i+1)
 		progress(state, 2)
 		everyCoordinates(state)
 	}
+	// An operator who rolls one node back (its peers have negotiated 4
+	// with it, and learn otherwise at their next call) keeps signing too.
+	restarts := len(c.nodes) + 1
+	restart(c.nodes[2], filepath.Join(binaries(t), "signer"), false)
+	progress("c rolled back", 2)
+	everyCoordinates("c rolled back")
 	close(stop)
 	<-done
 
@@ -225,8 +236,8 @@ func TestRollingUpgrade(t *testing.T) {
 	// A stopped node finishes its sessions before it exits and the client
 	// fails over to the others, so a restart costs at most the one request
 	// that raced it.
-	if fail > len(c.nodes) {
-		t.Errorf("%d signatures failed during %d restarts (want at most one each): %v", fail, len(c.nodes), log.errs)
+	if fail > restarts {
+		t.Errorf("%d signatures failed during %d restarts (want at most one each): %v", fail, restarts, log.errs)
 	}
 	// Signing never stopped: no gap between two signatures is as long as
 	// a node's restart plus a request's deadline.
