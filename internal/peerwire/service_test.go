@@ -391,3 +391,14 @@ func FuzzUnmarshalEnvelope(f *testing.F) {
 		}
 	})
 }
+
+// TestServiceName: node/ decides who may call what by method name, built
+// from ServiceName; it must be the generated service's.
+func TestServiceName(t *testing.T) {
+	if ServiceName != pb.PeerService_ServiceDesc.ServiceName {
+		t.Fatalf("ServiceName %q, generated service %q", ServiceName, pb.PeerService_ServiceDesc.ServiceName)
+	}
+	if pb.PeerService_Ping_FullMethodName != "/"+ServiceName+"/Ping" {
+		t.Fatalf("method names are not /ServiceName/Method: %s", pb.PeerService_Ping_FullMethodName)
+	}
+}
