@@ -3,6 +3,7 @@ package peerwire
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -16,8 +17,12 @@ import (
 // They lose nothing a domain value can hold, with two conventions of
 // protobuf: an empty slice, map or byte string arrives as nil, and a time
 // arrives in UTC without a monotonic reading (a zero time stays zero).
-// Decoding fails only on what the domain types cannot hold: a session id
-// that is not 16 bytes. Everything else a peer sends is checked by node/.
+// Strings must be valid UTF-8, as protobuf requires: the free text of a
+// status (errors, reasons) is made so; any other string that is not fails
+// to encode, and one received fails to decode, each with a clear error.
+// Decoding otherwise fails only on what the domain types cannot hold: a
+// session id that is not 16 bytes. Everything else a peer sends is checked
+// by node/.
 
 // ErrMalformed wraps every decoding error of a peer message.
 var ErrMalformed = errors.New("peerwire: malformed message")
@@ -60,6 +65,11 @@ func durationFromPB(d *durationpb.Duration) time.Duration {
 	}
 	return d.AsDuration()
 }
+
+// text makes free text (an error, a reason) valid UTF-8, which protobuf
+// requires of a string: an error quoting a peer's bytes must not make a
+// node's whole status unsendable.
+func text(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 
 // strs keeps an empty list nil either way, as protobuf does.
 func strs(s []string) []string {
@@ -355,7 +365,7 @@ func convictionToPB(c *Conviction) *pb.Conviction {
 	if c == nil {
 		return nil
 	}
-	return &pb.Conviction{At: timeToPB(c.At), Session: c.Session, Key: c.Key, Reason: c.Reason}
+	return &pb.Conviction{At: timeToPB(c.At), Session: c.Session, Key: c.Key, Reason: text(c.Reason)}
 }
 
 func convictionFromPB(m *pb.Conviction) *Conviction {
@@ -370,10 +380,10 @@ func statusResponseToPB(r *StatusResponse) *pb.StatusResponse {
 		Keys: mapSlice(r.Keys, func(k KeyStatus) *pb.KeyStatus {
 			return &pb.KeyStatus{Key: k.Key, Threshold: int64(k.Threshold), Parties: strs(k.Parties), Disabled: k.Disabled, Available: k.Available,
 				ResharePending: k.ResharePending, Presignatures: int64(k.Presignatures), PresignTarget: int64(k.PresignTarget),
-				StateVersion: k.StateVersion, Aborts: int64(k.Aborts), Budget: int64(k.Budget), Suspended: k.Suspended}
+				StateVersion: k.StateVersion, Aborts: int64(k.Aborts), Budget: int64(k.Budget), Suspended: text(k.Suspended)}
 		}),
 		Peers: mapSlice(r.Peers, func(p PeerStatus) *pb.PeerStatus {
-			return &pb.PeerStatus{Name: p.Name, Addr: p.Addr, Up: p.Up, LatencyMs: p.LatencyMS, LastError: p.LastError,
+			return &pb.PeerStatus{Name: p.Name, Addr: p.Addr, Up: p.Up, LatencyMs: p.LatencyMS, LastError: text(p.LastError),
 				LastErrorAt: timeToPB(p.LastErrAt), CoolUntil: timeToPB(p.CoolUntil), Convicted: convictionToPB(p.Convicted), Version: int64(p.Version)}
 		})}
 }

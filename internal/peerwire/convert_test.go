@@ -10,6 +10,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	pb "github.com/tkeyless/tkeyless/internal/peerwire/gen/tkeyless/peer/v2"
 )
 
 // fill sets v (a pointer) to random values, every field of every struct
@@ -252,4 +254,22 @@ func unsetFields(m protoreflect.Message) []string {
 		missing = append(missing, unsetFields(m.Get(fd).Message())...)
 	}
 	return missing
+}
+
+// TestStatusWithInvalidText: a node's status whose free text holds bytes
+// that are not UTF-8 (an error quoting a peer) still goes on the wire.
+func TestStatusWithInvalidText(t *testing.T) {
+	st := &StatusResponse{Node: "a", Peers: []PeerStatus{{Name: "b", LastError: "bad \xff\xfe", Convicted: &Conviction{Reason: "sent \xc3"}}},
+		Keys: []KeyStatus{{Key: "k", Suspended: "\xff"}}}
+	b, err := proto.Marshal(statusResponseToPB(st))
+	if err != nil {
+		t.Fatalf("status with invalid UTF-8: %v", err)
+	}
+	var m pb.StatusResponse
+	if err := proto.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetPeers()[0].GetLastError(); got != "bad \uFFFD" {
+		t.Fatalf("last error arrived as %q", got)
+	}
 }
