@@ -214,19 +214,21 @@ func (c *Client) learn(lo, hi int) int {
 	return v
 }
 
-// learnTrailer reads the range a peer stated in an answer's trailer.
-func (c *Client) learnTrailer(md metadata.MD) {
+// learnTrailer reads and records the range a peer stated in an answer's
+// trailer, if it stated one.
+func (c *Client) learnTrailer(md metadata.MD) (lo, hi int, stated bool) {
 	vals := md.Get(versionsTrailer)
 	if len(vals) == 0 {
-		return
+		return 0, 0, false
 	}
-	lo, hi, found := strings.Cut(vals[0], "-")
-	l, err1 := strconv.Atoi(lo)
-	h, err2 := strconv.Atoi(hi)
+	l, h, found := strings.Cut(vals[0], "-")
+	lo, err1 := strconv.Atoi(l)
+	hi, err2 := strconv.Atoi(h)
 	if !found || err1 != nil || err2 != nil {
-		return
+		return 0, 0, false
 	}
-	c.learn(l, h)
+	c.learn(lo, hi)
+	return lo, hi, true
 }
 
 // wireVersion is the version a message asking for v goes out in.
@@ -252,8 +254,12 @@ func call[M proto.Message, R any](ctx context.Context, c *Client, version int, s
 		stamp(m, wire)
 		var md metadata.MD
 		r, err := rpc(ctx, m, append(opts, grpc.Trailer(&md))...)
-		c.learnTrailer(md)
-		if err != nil && attempt == 0 && setVersion != nil && status.Code(err) == codes.FailedPrecondition && c.wireVersion(version) != wire {
+		lo, hi, stated := c.learnTrailer(md)
+		// Retry only a refusal of the version itself: the message's
+		// version is outside the range the refusal states (other refusals
+		// share the code), and the link now has another.
+		versionRefused := status.Code(err) == codes.FailedPrecondition && stated && (wire < int64(lo) || wire > int64(hi))
+		if err != nil && attempt == 0 && setVersion != nil && versionRefused && c.wireVersion(version) != wire {
 			m.ProtoReflect().SetUnknown(nil)
 			continue
 		}

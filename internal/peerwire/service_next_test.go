@@ -72,3 +72,48 @@ func TestRetryAfterRollback(t *testing.T) {
 		t.Fatalf("link version %d after the rollback, want 3", c.Version())
 	}
 }
+
+// refusingNode speaks 3 to 4 and refuses every Run for a reason of its own
+// that shares the code of a version refusal.
+type refusingNode struct {
+	pb.UnimplementedPeerServiceServer
+	mu    sync.Mutex
+	calls int
+}
+
+func (r *refusingNode) Run(ctx context.Context, m *pb.RunRequest) (*pb.RunResponse, error) {
+	_ = grpc.SetTrailer(ctx, metadata.Pairs(versionsTrailer, "3-4"))
+	r.mu.Lock()
+	r.calls++
+	r.mu.Unlock()
+	return nil, status.Error(codes.FailedPrecondition, "unknown session")
+}
+
+// TestNoRetryOfOtherRefusals: a first message, sent in MinVersion before
+// the link is known, that is refused for another reason is not sent
+// again, even though the answer raises the link's version.
+func TestNoRetryOfOtherRefusals(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &refusingNode{}
+	gs := grpc.NewServer()
+	pb.RegisterPeerServiceServer(gs, r)
+	go func() { _ = gs.Serve(l) }()
+	defer gs.Stop()
+	cc, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := NewClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Run(ctx, &RunRequest{Version: Version, Session: NewSessionID()}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("run: %v", err)
+	}
+	if r.calls != 1 || c.Version() != 4 {
+		t.Fatalf("%d calls (want 1), link version %d (want 4)", r.calls, c.Version())
+	}
+}
