@@ -56,7 +56,7 @@ test-long: tools
 ## fuzz: each fuzz target for FUZZTIME (default 60s) in turn: peer envelopes and tss-lib
 ## messages from peers, keyless requests from edges, authority tokens. Seeds are in testdata/fuzz.
 FUZZTIME ?= 60s
-FUZZ_TARGETS := ./node:FuzzEnvelope ./tss:FuzzPeerMessage ./internal/keylesswire:FuzzReadRequest ./internal/authority:FuzzDecode
+FUZZ_TARGETS := ./node:FuzzEnvelope ./internal/peerwire:FuzzUnmarshalEnvelope ./tss:FuzzPeerMessage ./internal/keylesswire:FuzzReadRequest ./internal/authority:FuzzDecode
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; fn=$${t#*:}; echo "== $$fn ($$pkg, $(FUZZTIME))"; \
@@ -77,6 +77,12 @@ bench-full: build
 ## wan.json, wan.png (about 10 minutes on 2 cores).
 wan-bench: build
 	$(GO) run ./loadtest wan --bin $(BIN) --out docs/bench
+
+## generate: the peer protocol's Go code (internal/peerwire/gen) from its .proto, with buf and
+## protoc-gen-go(-grpc) run as Go tools pinned in internal/peerwire/tools/go.mod (no protoc).
+.PHONY: generate
+generate:
+	cd internal/peerwire && "$$($(GO) -C tools tool -n buf)" generate
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }

@@ -284,8 +284,7 @@ func (c *testCluster) adminClient(to string) *peerwire.Client {
 
 func (c *testCluster) clientWith(tc *tls.Config, to string) *peerwire.Client {
 	tc.ServerName = to
-	conn, err := grpc.NewClient("passthrough:///"+to, grpc.WithContextDialer(c.dial), grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{})))
+	conn, err := grpc.NewClient("passthrough:///"+to, grpc.WithContextDialer(c.dial), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		c.t.Fatal(err)
 	}

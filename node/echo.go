@@ -104,8 +104,8 @@ func (b *broadcast) conflict() bool {
 
 // handleEcho records another member's echo of a broadcast.
 func (n *Node) handleEcho(caller pki.Identity, e *peerwire.Echo) error {
-	if e.Version != peerwire.Version {
-		return fmt.Errorf("echo version %d, want %d", e.Version, peerwire.Version)
+	if !peerwire.Supported(e.Version) {
+		return fmt.Errorf("echo version %d, want %d to %d", e.Version, peerwire.MinVersion, peerwire.Version)
 	}
 	s, err := n.sessions.get(e.Session)
 	if err != nil {

@@ -20,7 +20,7 @@ func (p *recordingParty) Abort(*tss.SessionError)            {}
 // fails a check may reach the party.
 func FuzzEnvelope(f *testing.F) {
 	id := peerwire.NewSessionID()
-	good, _ := peerwire.Codec{}.Marshal(&peerwire.Envelope{Version: peerwire.Version, Session: id, Kind: peerwire.KindSign, Key: "k", From: "b", Round: 1, Type: "T1", Broadcast: true, Payload: []byte{1, 2}})
+	good, _ := peerwire.MarshalEnvelope(&peerwire.Envelope{Version: peerwire.Version, Session: id, Kind: peerwire.KindSign, Key: "k", From: "b", Round: 1, Type: "T1", Broadcast: true, Payload: []byte{1, 2}})
 	f.Add(good, "b")
 	f.Add([]byte(`{"v":1,"session":"00","kind":"sign"}`), "b")
 	f.Add([]byte(`{"v":1,"session":"`+id.String()+`","kind":"sign","key":"k","from":"a","round":-5}`), "a")
@@ -33,7 +33,7 @@ func FuzzEnvelope(f *testing.F) {
 		}
 		defer r.abort(id)
 		var env peerwire.Envelope
-		if err := (peerwire.Codec{}).Unmarshal(data, &env); err != nil {
+		if err := peerwire.UnmarshalEnvelope(data, &env); err != nil {
 			return
 		}
 		s, err := r.accept(caller, &env)

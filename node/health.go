@@ -252,7 +252,7 @@ func (n *Node) peerStatuses() []peerwire.PeerStatus {
 		h := p.health
 		h.mu.Lock()
 		ps := peerwire.PeerStatus{Name: p.name, Addr: p.addr, Up: h.up, LatencyMS: float64(h.latency.Microseconds()) / 1000,
-			LastError: h.lastErr, LastErrAt: h.lastErrAt, CoolUntil: h.coolUntil}
+			LastError: h.lastErr, LastErrAt: h.lastErrAt, CoolUntil: h.coolUntil, Version: p.client.Version()}
 		h.mu.Unlock()
 		if c, ok := n.convictions.get(p.name); ok {
 			ps.Convicted = &c

@@ -234,7 +234,7 @@ func (n *Node) dial(p Peer, dial dialer) (*peerConn, error) {
 		// Calls wait for a (re)connecting peer instead of failing at once;
 		// every call has a deadline, so a dead peer costs that deadline,
 		// and health checks steer quorums away from it.
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{}), grpc.MaxCallRecvMsgSize(4<<20), grpc.WaitForReady(true)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4<<20), grpc.WaitForReady(true)),
 		// A restarted peer is found again within a second, not gRPC's
 		// default of up to two minutes.
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -273,12 +273,11 @@ func (n *Node) Keys() []tss.KeyID {
 func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
 	gs := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(n.tls)),
-		grpc.ForceServerCodec(peerwire.Codec{}),
 		grpc.MaxRecvMsgSize(4<<20),
 		grpc.ChainUnaryInterceptor(n.recoverInterceptor, n.identityInterceptor),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
-	gs.RegisterService(&peerwire.ServiceDesc, &peerService{n: n})
+	peerwire.Register(gs, &peerService{n: n})
 
 	ks, err := keyless.NewServer(keyless.ServerConfig{
 		TLS:            n.tls.Clone(),

@@ -283,8 +283,8 @@ func (r *router) active() int {
 // buffers (seen, lastRound, the echo tracking) grow only with the
 // protocol's own message types, per member.
 func (r *router) accept(sender string, env *peerwire.Envelope) (*session, error) {
-	if env.Version != peerwire.Version {
-		return nil, fmt.Errorf("envelope version %d, want %d", env.Version, peerwire.Version)
+	if !peerwire.Supported(env.Version) {
+		return nil, fmt.Errorf("envelope version %d, want %d to %d", env.Version, peerwire.MinVersion, peerwire.Version)
 	}
 	s, err := r.get(env.Session)
 	if err != nil {

@@ -22,8 +22,8 @@ var hashNames = map[string]crypto.Hash{"SHA-256": crypto.SHA256, "SHA-384": cryp
 // one) coordinates, after checking on its own that the request is one it
 // should take part in.
 func (n *Node) prepare(coordinator string, req *peerwire.PrepareRequest) error {
-	if req.Version != peerwire.Version {
-		return fmt.Errorf("protocol version %d, this node speaks %d", req.Version, peerwire.Version)
+	if !peerwire.Supported(req.Version) {
+		return fmt.Errorf("protocol version %d, this node speaks %d to %d", req.Version, peerwire.MinVersion, peerwire.Version)
 	}
 	if err := n.admit(coordinator, req); err != nil {
 		return err

@@ -60,7 +60,7 @@ func TestPrepareRefusesMalformedRequests(t *testing.T) {
 		req  *peerwire.PrepareRequest
 		want string // a substring of the error, or "unauthorized" for errUnauthorized
 	}{
-		{"another protocol version", &peerwire.PrepareRequest{Version: peerwire.Version + 1, Kind: peerwire.KindSign}, "protocol version"},
+		{"another protocol version", &peerwire.PrepareRequest{Version: peerwire.MinVersion - 1, Kind: peerwire.KindSign}, "protocol version"},
 		{"a sign session without its request", kind(peerwire.KindSign), "without a sign request"},
 		{"a key generation without its request", kind(peerwire.KindKeygen), "without a keygen request"},
 		{"a presignature without its request", kind(peerwire.KindPresign), "without a presign request"},

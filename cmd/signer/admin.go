@@ -33,8 +33,7 @@ func dialAs(caPath, certPath, keyPath, name, addr string) (*peerwire.Client, fun
 		return nil, nil, err
 	}
 	tc.ServerName = name
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{})))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -104,6 +103,9 @@ not answer is shown as down.`,
 				}
 				for _, p := range st.Peers {
 					state, detail := "up", fmt.Sprintf("%.1f ms", p.LatencyMS)
+					if p.Version > 0 {
+						detail += fmt.Sprintf(", protocol v%d", p.Version)
+					}
 					if !p.Up {
 						state = "DOWN"
 					}

@@ -10,6 +10,7 @@ import (
 	"crypto/sha512"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -150,7 +151,7 @@ func TestKeylessEndpoint(t *testing.T) {
 			t.Fatal(err)
 		}
 		tc.ServerName = node.name
-		cc, err := grpc.NewClient(node.peerAddr, grpc.WithTransportCredentials(credentials.NewTLS(tc)), grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{})))
+		cc, err := grpc.NewClient(node.peerAddr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -238,7 +239,7 @@ func TestKeylessEndpoint(t *testing.T) {
 			t.Fatal(err)
 		}
 		tc.ServerName = node.name
-		cc, err := grpc.NewClient(node.peerAddr, grpc.WithTransportCredentials(credentials.NewTLS(tc)), grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{})))
+		cc, err := grpc.NewClient(node.peerAddr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -251,8 +252,8 @@ func TestKeylessEndpoint(t *testing.T) {
 			Sign: &peerwire.SignRequest{Key: c.keyID, Quorum: []string{"a", "z"}, Hash: "SHA-256", Digest: make([]byte, 32), Edge: "edge"}}); err == nil {
 			t.Fatal("a node with no share joined a quorum")
 		}
-		// Bytes that are not the codec's JSON at all.
-		var out peerwire.DeliverResponse
+		// Bytes that are not a protobuf message at all.
+		var out rawMessage
 		if err := cc.Invoke(ctx, "/"+peerwire.ServiceName+"/Deliver", rawMessage("\xff\xfe{{{"), &out, grpc.ForceCodec(rawCodec{})); err == nil {
 			t.Fatal("malformed message accepted")
 		}
@@ -268,11 +269,17 @@ func isClosed(err error) bool {
 type rawCodec struct{}
 type rawMessage []byte
 
-func (rawCodec) Name() string { return peerwire.CodecName }
+func (rawCodec) Name() string { return "proto" }
 func (rawCodec) Marshal(v any) ([]byte, error) {
 	if m, ok := v.(rawMessage); ok {
 		return m, nil
 	}
-	return peerwire.Codec{}.Marshal(v)
+	return nil, fmt.Errorf("rawCodec marshals rawMessage, not %T", v)
 }
-func (rawCodec) Unmarshal(b []byte, v any) error { return peerwire.Codec{}.Unmarshal(b, v) }
+func (rawCodec) Unmarshal(b []byte, v any) error {
+	if m, ok := v.(*rawMessage); ok {
+		*m = append((*m)[:0], b...)
+		return nil
+	}
+	return fmt.Errorf("rawCodec unmarshals into *rawMessage, not %T", v)
+}

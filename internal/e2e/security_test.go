@@ -41,7 +41,7 @@ func compromise(t *testing.T, c *cluster, name string) *compromised {
 			t.Fatal(err)
 		}
 		tc.ServerName = sn.name
-		cc, err := grpc.NewClient(sn.peerAddr, grpc.WithTransportCredentials(credentials.NewTLS(tc)), grpc.WithDefaultCallOptions(grpc.ForceCodec(peerwire.Codec{})))
+		cc, err := grpc.NewClient(sn.peerAddr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 		if err != nil {
 			t.Fatal(err)
 		}

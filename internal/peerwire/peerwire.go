@@ -1,8 +1,14 @@
 // Package peerwire is the signer-to-signer protocol: the messages signers
 // exchange over gRPC (mutual TLS) to run ceremonies and signing sessions
-// together, the codec that puts them on the wire, and the gRPC service
-// description. It is internal so the format can change with a version bump
-// and never becomes API.
+// together, and the client and service that carry them. It is internal so
+// the format can change with a version bump and never becomes API.
+//
+// The Go types here are the domain types node/ works with. On the wire
+// they are protobuf messages (proto/tkeyless/peer/v2/peer.proto, Go code
+// generated into gen/ by `make generate`) under gRPC's standard codec;
+// convert.go translates at the gRPC boundary, so the wire can grow fields
+// without node/ seeing them. Peers negotiate the protocol version per link
+// (version.go); COMPATIBILITY.md says what may change under which version.
 //
 // Every call is made by one cluster node to another; the receiver learns the
 // caller's node name from its verified client certificate, never from the
@@ -16,18 +22,11 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
 	"time"
 )
-
-// Version is the protocol version carried in every envelope; a receiver
-// refuses any other. Version 2: ceremonies and key states carry an admin's
-// signed statement, a resharing commits on its new members' signed
-// confirmations.
-const Version = 2
 
 // SessionID names one signing session or ceremony.
 type SessionID [16]byte
@@ -362,7 +361,8 @@ type ReshareOutcomeResponse struct {
 // FinishReshareResponse acknowledges a FinishReshareRequest.
 type FinishReshareResponse struct{}
 
-// PingRequest checks a peer is alive and in the same protocol version.
+// PingRequest checks a peer is alive and negotiates the protocol version
+// of the link (the Client fills in the range this node speaks).
 type PingRequest struct {
 	Version int `json:"v"`
 }
@@ -374,6 +374,10 @@ type PingResponse struct {
 	Node      string              `json:"node"`
 	Keys      []string            `json:"keys"`
 	KeyStates map[string]KeyState `json:"key_states,omitempty"`
+	// MinVersion and MaxVersion are the protocol versions the answering
+	// node speaks; its peerwire service fills them in.
+	MinVersion int `json:"min_version,omitempty"`
+	MaxVersion int `json:"max_version,omitempty"`
 }
 
 // KeyState is whether a key is disabled: an admin's signed statement
@@ -425,23 +429,6 @@ type SetKeyStateResponse struct {
 	Applied     []string `json:"applied"`
 	Unreachable []string `json:"unreachable,omitempty"`
 }
-
-// Codec encodes peer messages as JSON. The messages are small next to the
-// cost of the cryptography they carry, and JSON keeps the format readable
-// in a debugger and trivially safe to decode.
-type Codec struct{}
-
-// CodecName is the gRPC content-subtype of the peer protocol.
-const CodecName = "tkeyless-peer-v1"
-
-// Name implements encoding.Codec.
-func (Codec) Name() string { return CodecName }
-
-// Marshal implements encoding.Codec.
-func (Codec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
-
-// Unmarshal implements encoding.Codec.
-func (Codec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
 
 // StatusRequest asks a node how it and its keys are doing.
 type StatusRequest struct{}
@@ -502,4 +489,7 @@ type PeerStatus struct {
 	CoolUntil time.Time `json:"cool_until,omitzero"`
 	// Convicted, if set, is why this node excludes the peer.
 	Convicted *Conviction `json:"convicted,omitempty"`
+	// Version is the protocol version of this node's link to the peer
+	// (Client.Version; 0: not negotiated yet).
+	Version int `json:"version,omitempty"`
 }
