@@ -18,11 +18,11 @@ var looksLikePath = regexp.MustCompile(`(?i)\b(file|directory|PEM|bundle)\b`)
 
 // notPaths are flags whose help mentions files without their value being a path.
 var notPaths = map[string]bool{
-	"signer":       true, // a key reference (keyless://… or file:///…), not a path
-	"acme-domain":  true,
-	"acme-ca":      true, // a URL
-	"listen":       true,
-	"max-signing":  true, // "a file:// key"
+	"signer":      true, // a key reference (keyless://… or file:///…), not a path
+	"acme-domain": true,
+	"acme-ca":     true, // a URL
+	"listen":      true,
+	"max-signing": true, // "a file:// key"
 }
 
 // TestEveryPathFlagIsResolved sets every path flag of edge serve from a configuration file with a
