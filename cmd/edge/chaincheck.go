@@ -15,8 +15,8 @@ import (
 // chainCheck is what a chain must pass before the edge serves it. The same check runs at start,
 // on SIGHUP and after an ACME renewal: a chain the edge would refuse to start with is never
 // swapped in while it runs, and the reverse. (Before, a reload without --roots skipped
-// verification altogether, so a chain with, say, an intermediate that is not a CA was refused at
-// start and served after SIGHUP.)
+// verification altogether, so a chain that no client accepts, e.g. a leaf with an unknown
+// critical extension, was refused at start and served after SIGHUP.)
 type chainCheck struct {
 	roots       *x509.CertPool // nil: the system roots
 	keyRef      keyRef

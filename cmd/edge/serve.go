@@ -7,6 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tkeyless/tkeyless/tlsglue"
 )
@@ -111,7 +112,12 @@ requests finish for up to --shutdown-timeout, then closes what is left.`,
 			return serve(cmd.Context(), o, logger)
 		},
 	}
-	f := cmd.Flags()
+	o.register(cmd.Flags())
+	return cmd
+}
+
+// register declares the flags of edge serve into f.
+func (o *serveOptions) register(f *pflag.FlagSet) {
 	pathVar(f, &o.configPath, "config", "", "YAML file with any of these flags as keys (paths in it are relative to the file); flags override it")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "address to serve HTTPS on (host:port; :443 for every interface)")
 	pathsVar(f, &o.certs, "cert", "certificate file, PEM or DER; repeat it for a chain split over files (leaf and intermediates, any order; a root is left out)")
@@ -132,7 +138,6 @@ requests finish for up to --shutdown-timeout, then closes what is left.`,
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long open requests may take to finish")
 	f.DurationVar(&o.signerProbeInterval, "signer-probe-interval", 10*time.Second, "with a keyless:// signer: ping every signer this often, for the per-signer health metrics on --metrics-listen (0: never)")
 	o.shed.register(f)
-	return cmd
 }
 
 // serve runs the edge until ctx is cancelled, then shuts down gracefully.
