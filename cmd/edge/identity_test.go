@@ -182,16 +182,11 @@ func TestIdentityReloadOnSIGHUP(t *testing.T) {
 	if !strings.Contains(e.stderr.String(), edgeKey) {
 		t.Error("the refusal does not name the bad file")
 	}
-	_, metrics := get(t, http.DefaultClient, "http://"+metricsAddr+"/metrics")
-	for _, want := range []string{
+	// The signer's health comes from a ping sent when the edge starts: wait for it.
+	waitMetrics(t, "http://"+metricsAddr+"/metrics",
 		`tkeyless_edge_keyless_identity_reloads_total{outcome="ok"} 1`,
 		`tkeyless_edge_keyless_identity_reloads_total{outcome="refused"} 1`,
-		fmt.Sprintf(`tkeyless_edge_signer_up{signer=%q} 1`, ln.Addr().String()),
-	} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("metrics lack %s", want)
-		}
-	}
+		fmt.Sprintf(`tkeyless_edge_signer_up{signer=%q} 1`, ln.Addr().String()))
 }
 
 // gateBackend holds every signature until release is closed, and says when one has arrived.
@@ -295,4 +290,27 @@ func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
 		t.Fatal(err)
 	}
 	return m.GetGauge().GetValue()
+}
+
+// waitMetrics polls a /metrics URL until it shows every one of want, or fails after 10s.
+func waitMetrics(t *testing.T, url string, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, body := get(t, http.DefaultClient, url)
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				missing = w
+				break
+			}
+		}
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not show %s within 10s:\n%s", url, missing, body)
+		}
+		time.Sleep(20 * time.Millisecond) // polling for a condition, not standing in for one
+	}
 }
