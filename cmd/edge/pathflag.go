@@ -27,7 +27,13 @@ func (v pathValue) Type() string       { return pathType }
 // no splitting at commas, which a path may contain).
 type pathsValue struct{ p *[]string }
 
-func (v pathsValue) String() string     { return "[" + strings.Join(*v.p, ",") + "]" }
+// String is "" when no path is set, which --help takes for "no default".
+func (v pathsValue) String() string {
+	if len(*v.p) == 0 {
+		return ""
+	}
+	return "[" + strings.Join(*v.p, ",") + "]"
+}
 func (v pathsValue) Set(s string) error { *v.p = append(*v.p, s); return nil }
 func (v pathsValue) Type() string       { return pathsType }
 

@@ -58,10 +58,21 @@ nothing more, since anyone can read it. /healthz on --metrics-listen answers the
 same codes with the reason (the last error, naming signers and key).
 
 Every flag can also come from a YAML file (--config) whose keys are the flag
-names; flags given on the command line win. See examples/edge.yaml.
+names; flags given on the command line win. A relative value of a flag of type
+path or paths is taken relative to the file. See examples/edge.yaml.
+
+--metrics-listen also shows which build runs (tkeyless_edge_build_info), the
+expiry of each served chain and of the edge's identity, and each signer's
+health as this edge sees it (tkeyless_edge_signer_up, pinged every
+--signer-probe-interval).
 
 SIGHUP reloads. With --cert it reads the files again and serves them to new
 handshakes if they pass the checks made at start (open connections keep theirs).
+With a keyless:// signer it also reads --keyless-cert, --keyless-key and
+--keyless-ca again: new connections to the signers present the new identity and
+requests carry authorities signed with its key, while signatures in flight
+finish on the old connections; a missing or bad file is logged and counted
+(tkeyless_edge_keyless_identity_reloads_total) and the old identity kept.
 With --acme-domain it renews the certificate at once if it is within its renewal
 window (to retry a failed renewal without waiting), and whatever its age if the
 file "renew" exists in --acme-storage (touch it, then send SIGHUP; the SIGHUP
