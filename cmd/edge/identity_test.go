@@ -207,7 +207,8 @@ func (b *gateBackend) Sign(ctx context.Context, req *keyless.Request) ([]byte, e
 }
 
 // TestIdentityReloadLetsInFlightFinish reloads the identity while a signature is in flight on the
-// old client: it completes, and the next signature goes through the new client. The per-signer
+// old client: it completes, the old client closes after it, and the next signature, even from a
+// signer obtained before the reload, goes through the new client. The per-signer
 // health comes from the same source: up for the signer, down for an address nobody serves.
 func TestIdentityReloadLetsInFlightFinish(t *testing.T) {
 	site := newTestSite(t)
@@ -235,35 +236,36 @@ func TestIdentityReloadLetsInFlightFinish(t *testing.T) {
 		done <- err
 	}()
 	<-backend.arrived
-	before := src.client()
+	before := src.currentClient()
 	if _, err := src.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	if src.client() == before {
+	if src.currentClient() == before {
 		t.Fatal("Reload kept the old client")
 	}
 	close(backend.release)
 	if err := <-done; err != nil {
 		t.Fatalf("the signature in flight during the reload failed: %v", err)
 	}
-	next, err := src.Signer(context.Background(), &site.leafKey.PublicKey)
-	if err != nil {
-		t.Fatal(err)
+	// The old client closed once its last signature returned...
+	if err := before.Ping(context.Background(), addr); err == nil {
+		t.Error("the replaced client still answers after its last signature returned")
 	}
-	if _, err := next.Sign(nil, digest, crypto.SHA256); err != nil {
+	// ...and a signer obtained before the reload (as the ACME CSR signer is) uses the new one.
+	if _, err := signer.Sign(nil, digest, crypto.SHA256); err != nil {
 		t.Fatalf("signature after the reload: %v", err)
 	}
 	<-backend.arrived
 
 	// A bad CA file: refused, naming the file; the current client stays.
-	cur := src.client()
+	cur := src.currentClient()
 	bad := filepath.Join(t.TempDir(), "ca.pem")
 	os.WriteFile(bad, []byte("no certificate here"), 0o600)
 	src.files.ca = bad
 	if _, err := src.Reload(); err == nil || !strings.Contains(err.Error(), bad) {
 		t.Errorf("reload with a bad CA: %v, want an error naming %s", err, bad)
 	}
-	if src.client() != cur {
+	if src.currentClient() != cur {
 		t.Error("a refused reload replaced the client")
 	}
 
