@@ -16,7 +16,6 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"github.com/rs/zerolog"
-	"go.uber.org/zap"
 )
 
 // ACME certificates for a key that exists nowhere.
@@ -79,6 +78,8 @@ type ACME struct {
 	lastFailed error      // why the last renewal failed, while failures > 0
 }
 
+var defaultLoggerOnce sync.Once
+
 // NewACME prepares issuance for signer's public key; nothing is requested yet.
 func NewACME(opts ACMEOptions, signer crypto.Signer) (*ACME, error) {
 	if opts.CA == "" || len(opts.Names) == 0 || opts.StorageDir == "" {
@@ -90,9 +91,14 @@ func NewACME(opts ACMEOptions, signer crypto.Signer) (*ACME, error) {
 	if err := os.MkdirAll(opts.StorageDir, 0o700); err != nil {
 		return nil, fmt.Errorf("acme: storage: %w", err)
 	}
+	zl := ZapLogger(opts.Logger)
+	// certmagic's certificate cache is one per process, made by the first NewDefault with
+	// certmagic.Default's logger: set it first, or the cache's lines bypass zerolog. (One edge
+	// runs one ACME; a second keeps the first's cache logger.)
+	defaultLoggerOnce.Do(func() { certmagic.Default.Logger = zl })
 	cfg := certmagic.NewDefault()
 	cfg.Storage = &certmagic.FileStorage{Path: opts.StorageDir}
-	cfg.Logger = zap.NewNop()
+	cfg.Logger = zl
 	issuer := certmagic.NewACMEIssuer(cfg, certmagic.ACMEIssuer{
 		CA:                      opts.CA,
 		TestCA:                  opts.CA,
@@ -101,7 +107,7 @@ func NewACME(opts ACMEOptions, signer crypto.Signer) (*ACME, error) {
 		TrustedRoots:            opts.TrustedRoots,
 		DisableTLSALPNChallenge: true,
 		AltHTTPPort:             opts.HTTPPort,
-		Logger:                  zap.NewNop(),
+		Logger:                  cfg.Logger,
 	})
 	return &ACME{opts: opts, signer: signer, issuer: issuer, renew: make(chan struct{}, 1), now: time.Now}, nil
 }

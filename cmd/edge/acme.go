@@ -34,11 +34,11 @@ func (a *acmeFlags) register(f *pflag.FlagSet) {
 	f.StringArrayVar(&a.domains, "acme-domain", nil, "get the certificate by ACME for this name (repeat for more names); replaces --cert")
 	f.StringVar(&a.ca, "acme-ca", "https://acme-v02.api.letsencrypt.org/directory", "ACME directory URL")
 	f.StringVar(&a.email, "acme-email", "", "ACME account contact email")
-	f.StringVar(&a.caRoots, "acme-ca-roots", "", "PEM roots to trust for the ACME server's own TLS (a private CA such as Pebble's)")
-	f.StringVar(&a.storage, "acme-storage", "acme", "directory for the ACME account and issued certificates (no site key: it has none); a file \""+renewRequestFile+"\" created in it makes the next SIGHUP renew at once")
+	pathVar(f, &a.caRoots, "acme-ca-roots", "", "PEM roots to trust for the ACME server's own TLS (a private CA such as Pebble's)")
+	pathVar(f, &a.storage, "acme-storage", "acme", "directory for the ACME account and issued certificates (no site key: it has none); a file \""+renewRequestFile+"\" created in it makes the next SIGHUP renew at once")
 	f.IntVar(&a.httpPort, "acme-http-port", 80, "port answering ACME HTTP-01 challenges")
 	f.DurationVar(&a.renewBefore, "acme-renew-before", 0, "renew this long before expiry (default: at two thirds of the lifetime)")
-	f.StringVar(&a.publicKey, "public-key", "", "the cluster key's PEM public key (as signer keygen writes it), for the CSR; needed with a keyless:// signer")
+	pathVar(f, &a.publicKey, "public-key", "", "the cluster key's PEM public key (as signer keygen writes it), for the CSR; needed with a keyless:// signer")
 }
 
 // startACME loads a stored certificate or obtains one before the edge serves.

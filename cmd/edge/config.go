@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 
@@ -15,13 +14,11 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// pathKeys are the configuration keys whose values are file paths. In a configuration file they
-// are relative to the file's directory, so a deployment directory can move as a whole.
-var pathKeys = []string{"cert", "keyless-cert", "keyless-key", "keyless-ca", "static", "ticket-secret", "roots"}
-
 // applyConfigFile reads a YAML configuration file whose keys are the command's flag names
 // (listen, cert, signer, …) and sets every flag that was not given on the command line: flags
-// override the file. A list value sets a repeatable flag once per element.
+// override the file. A list value sets a repeatable flag once per element. A relative path in a
+// path flag (see pathVar) is taken relative to the file's directory, so a deployment directory
+// can move as a whole.
 func applyConfigFile(flags *pflag.FlagSet, path string) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -66,7 +63,7 @@ func applyConfigFile(flags *pflag.FlagSet, path string) error {
 			values = []string{s}
 		}
 		for _, s := range values {
-			if slices.Contains(pathKeys, key) && s != "" && !filepath.IsAbs(s) {
+			if isPathFlag(f) && s != "" && !filepath.IsAbs(s) {
 				s = filepath.Join(dir, s)
 			}
 			if err := flags.Set(key, s); err != nil {

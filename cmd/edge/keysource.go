@@ -7,17 +7,10 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
 	"strings"
-	"time"
-
-	"github.com/rs/zerolog"
-
-	"github.com/tkeyless/tkeyless/keyless"
-	"github.com/tkeyless/tkeyless/tlsglue"
 )
 
 // defaultKeylessPort is the gokeyless port, used for an endpoint given without one.
@@ -109,48 +102,6 @@ func (r keyRef) String() string {
 type keylessTLS struct {
 	cert, key, ca string
 	serverName    string
-}
-
-// openKeySource returns the key source a --signer reference names, checked against the chain as
-// far as that is possible without signing. The closer releases its connections.
-func openKeySource(ref keyRef, chain *tlsglue.Chain, kt keylessTLS, timeout time.Duration, log zerolog.Logger) (tlsglue.KeySource, io.Closer, error) {
-	switch ref.scheme {
-	case "file":
-		if kt != (keylessTLS{}) {
-			log.Warn().Str("signer", ref.String()).Msg("--keyless-* flags ignored: the signer is a local key file")
-		}
-		key, err := loadPrivateKey(ref.path)
-		if err != nil {
-			return nil, nil, err
-		}
-		if chain != nil { // nil in ACME mode: the certificate is made for this key
-			if err := tlsglue.CheckKey(chain, key.Public()); err != nil {
-				return nil, nil, fmt.Errorf("--signer %s: %w", ref, err)
-			}
-		}
-		return tlsglue.LocalKey{Key: key}, io.NopCloser(nil), nil
-	case "keyless":
-		if ref.ski != "" && chain != nil {
-			if err := tlsglue.CheckSKI(chain, ref.ski); err != nil {
-				return nil, nil, fmt.Errorf("--signer %s: %w", ref, err)
-			}
-		}
-		tc, err := kt.config()
-		if err != nil {
-			return nil, nil, err
-		}
-		client, err := keyless.NewClient(keyless.ClientConfig{
-			Endpoints: ref.endpoints,
-			TLS:       tc,
-			Timeout:   timeout,
-			Logger:    log.With().Str("component", "keyless").Logger(),
-		})
-		if err != nil {
-			return nil, nil, fmt.Errorf("--signer %s: %w", ref, err)
-		}
-		return client, client, nil
-	}
-	return nil, nil, fmt.Errorf("--signer %s: unknown scheme", ref)
 }
 
 // config builds the client TLS configuration for the signers: mutual TLS with the edge's

@@ -21,9 +21,10 @@ type edgeMetrics struct {
 	signDuration *prometheus.HistogramVec
 	signerErrors prometheus.Counter
 	reloads      *prometheus.CounterVec
-	certNotAfter prometheus.Gauge
+	certNotAfter *prometheus.GaugeVec // by chain: the first name of its leaf
 	shed         *prometheus.CounterVec
 	queueTime    prometheus.Histogram
+	opsMetrics   // build, identity and per-signer series (metrics_ops.go)
 }
 
 // newEdgeMetrics makes the edge's series; shed (not nil) is read for the in-flight and queue
@@ -52,10 +53,10 @@ func newEdgeMetrics(shed *tlsglue.Shedder) *edgeMetrics {
 			Name: "tkeyless_edge_certificate_reloads_total",
 			Help: "Certificate reloads (SIGHUP), by outcome.",
 		}, []string{"outcome"}),
-		certNotAfter: prometheus.NewGauge(prometheus.GaugeOpts{
+		certNotAfter: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tkeyless_edge_certificate_not_after_seconds",
-			Help: "Expiry of the served leaf certificate, Unix seconds.",
-		}),
+			Help: "Expiry of each served leaf certificate, Unix seconds, by chain (its first name); updated on every reload and renewal.",
+		}, []string{"chain"}),
 		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tkeyless_edge_handshakes_shed_total",
 			Help: "Full handshakes refused before any signer was asked, by reason (client_budget: the client's prefix is over its budget; client_share: it holds its share of slots and queue; queue_full: every signing slot busy and the queue full; deadline: no slot free in time).",
@@ -84,6 +85,7 @@ func newEdgeMetrics(shed *tlsglue.Shedder) *edgeMetrics {
 		}, func() float64 { return float64(shed.Queued()) }))
 	m.reg.MustRegister(m.handshakes, m.failures, m.signDuration, m.signerErrors, m.reloads, m.certNotAfter,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	m.opsMetrics = newOpsMetrics(m.reg)
 	return m
 }
 

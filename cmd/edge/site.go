@@ -94,7 +94,7 @@ type signHealth struct {
 // record is the tlsglue.ServerOptions.OnSign hook.
 func (h *signHealth) record(ev tlsglue.SignEvent) {
 	h.log.Debug().Str("key", ev.Key).Str("sni", ev.ServerName).Str("remote", ev.Remote).
-		Dur("dur_ms", ev.Duration).AnErr("err", ev.Err).Msg("handshake signature")
+		Int64("dur_ms", ev.Duration.Milliseconds()).AnErr("err", ev.Err).Msg("handshake signature")
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if errors.Is(ev.Err, tlsglue.ErrShed) {
