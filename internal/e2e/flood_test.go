@@ -236,12 +236,16 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	// With one signature at a time, a visitor may wait for the flood's running signature and
 	// then needs its own: two signing times must fit in the deadline, and the cluster must
-	// sign without errors before any flood. A machine this busy with other work cannot show
-	// anything about shedding.
+	// sign without errors before any flood. On a machine this busy with other work, what
+	// depends on how fast the cluster signs (the visitor's and the flood's successes, the
+	// resumption latency) cannot be shown: the flood still runs, the rest is checked (processes
+	// up, bounded memory, /healthz, deadlines in the audit log), and the test then skips.
 	perSignature := max(time.Duration(float64(time.Second)/capacity.Goodput), capacity.FullTotal.P99)
+	busy := ""
 	if capacity.Errors > 0 || 2*perSignature > signTimeout {
-		t.Skipf("this machine signs only %.2f/s now (load from elsewhere), p99 %v, errors %v before any flood: two signatures do not fit in the %v deadline",
+		busy = fmt.Sprintf("this machine signs only %.2f/s now (load from elsewhere), p99 %v, errors %v before any flood: two signatures do not fit in the %v deadline, so the visitor's, the flood's and resumption's figures are not checked",
 			capacity.Goodput, capacity.FullTotal.P99, capacity.ByCause, signTimeout)
+		t.Log(busy)
 	}
 	t.Logf("unloaded: %.2f full handshakes/s (p50 %v, errors %v), one session %v; resumed p50 %v over %d", capacity.Goodput,
 		capacity.FullTotal.P50, capacity.ByCause, session, unloaded.ResumedTotal.P50, unloaded.ResumedTotal.N)
@@ -267,7 +271,12 @@ func TestHandshakeFlood(t *testing.T) {
 	// from the allowed address would still wait for a signing slot behind the flood).
 	hc := newHealthClient(e.addr, webCA, t)
 	if got := hc.get(t); got != "ok" {
-		t.Fatalf("public /healthz before the flood: %q", got)
+		// The capacity run's handshakes beyond what the signers could take in time were
+		// refused as overloaded (keyless code 0x82), which the edge reports for 10 s.
+		if capacity.Errors == 0 || got != "overloaded" {
+			t.Fatalf("public /healthz before the flood: %q", got)
+		}
+		waitFor(t, 30*time.Second, func() bool { return hc.get(t) == "ok" })
 	}
 
 	// One full handshake a second, unless this machine (shared with other suites) signs so
@@ -337,17 +346,19 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	t.Logf("signing slots now: %.0f", metric(t, metrics, "tkeyless_edge_signing_slots"))
 
-	if v.Requests < 7 || float64(v.Successes) < 0.95*float64(v.Requests) {
-		t.Errorf("visitor: %d of %d full handshakes succeeded, want ≥ 95%%", v.Successes, v.Requests)
-	}
-	if r.ResumedTotal.N == 0 || r.ResumedTotal.P50 > 2*unloaded.ResumedTotal.P50 {
-		t.Errorf("resumed p50 under the flood %v over %d, want within 2× of unloaded %v", r.ResumedTotal.P50, r.ResumedTotal.N, unloaded.ResumedTotal.P50)
-	}
-	if r.Errors != 0 {
-		t.Errorf("returning client: errors %v", r.ByCause)
-	}
-	if f.Errors == 0 || f.Successes == 0 {
-		t.Errorf("flood: %d ok, %d errors; want it served within its budget and the rest shed", f.Successes, f.Errors)
+	if busy == "" {
+		if v.Requests < 7 || float64(v.Successes) < 0.95*float64(v.Requests) {
+			t.Errorf("visitor: %d of %d full handshakes succeeded, want ≥ 95%%", v.Successes, v.Requests)
+		}
+		if r.ResumedTotal.N == 0 || r.ResumedTotal.P50 > 2*unloaded.ResumedTotal.P50 {
+			t.Errorf("resumed p50 under the flood %v over %d, want within 2× of unloaded %v", r.ResumedTotal.P50, r.ResumedTotal.N, unloaded.ResumedTotal.P50)
+		}
+		if r.Errors != 0 {
+			t.Errorf("returning client: errors %v", r.ByCause)
+		}
+		if f.Errors == 0 || f.Successes == 0 {
+			t.Errorf("flood: %d ok, %d errors; want it served within its budget and the rest shed", f.Successes, f.Errors)
+		}
 	}
 	if health != "overloaded" {
 		t.Errorf("public /healthz during the flood: %q, want 200 overloaded", health)
@@ -387,6 +398,9 @@ func TestHandshakeFlood(t *testing.T) {
 		if len(recs) == 0 {
 			t.Errorf("%s: no audit records during the flood", sn.name)
 		}
+	}
+	if busy != "" {
+		t.Skip(busy) // after the checks above: one that failed still fails the test
 	}
 	// After the flood: the visitor's address is still served.
 	after := startLoad(t, append(target, "--source", "127.0.0.3", "-n", "1", "--resume", "0")...).wait(t)
