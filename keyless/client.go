@@ -129,6 +129,17 @@ func (e *RemoteError) Error() string {
 // see it as "unknown error"; it is not worth trying another signer.
 const ErrKeyDisabled protocol.Error = 0x80
 
+// ErrOverloaded is tkeyless's keyless error code for a signer that refused
+// the request at once because it could not sign it in time: its session
+// slots and queue are full, the request's identity has its share, or the
+// budget left is shorter than a session takes there. Nothing was computed.
+// The client tries another signer while the deadline leaves room for a
+// signature there, and fails at once otherwise; the edge counts it as
+// overloaded, not as unable to sign. Stock gokeyless clients see it as any
+// unknown code: protocol.Error.String says "unknown error", so their error
+// reads "keyless: unknown error" (TestStockClientSeesOverloadedAsUnknown).
+const ErrOverloaded protocol.Error = 0x82
+
 // ErrNoQuorum is tkeyless's keyless error code for a signer that could not
 // gather a working quorum of the cluster (too many members down or failing
 // sessions). Another signer may reach one, so the client tries it.
@@ -140,6 +151,8 @@ func codeString(e protocol.Error) string {
 		return "key disabled by the cluster operator"
 	case ErrNoQuorum:
 		return "no quorum of the signer cluster could sign (members down or failing; see the signer's log)"
+	case ErrOverloaded:
+		return "signer overloaded: it could not sign within the deadline and refused at once"
 	}
 	return e.String()
 }
@@ -254,7 +267,11 @@ var ecdsaOps = map[crypto.Hash]protocol.Op{
 // When ctx has no deadline, ClientConfig.Timeout applies. With several
 // endpoints, each attempt but the last gets two thirds of the time left
 // (the last one gets all of it), so one signer that hangs cannot use up the
-// whole deadline. The digest length is checked by the signer, not here.
+// whole deadline. Each request tells its signer the time its attempt has
+// left (tag 0xC1), so a signer stops when the client stops waiting. A
+// signer that answers ErrOverloaded is passed over for the next only while
+// the time left exceeds the next one's recent latency; otherwise Sign fails
+// at once. The digest length is checked by the signer, not here.
 // A refusal from a signer is a *RemoteError (see errors.As); a deadline that
 // passed is an error wrapping context.DeadlineExceeded.
 func (c *Client) Sign(ctx context.Context, ski protocol.SKI, hash crypto.Hash, digest []byte) ([]byte, error) {
@@ -336,6 +353,14 @@ func (c *Client) failover(ctx context.Context, op protocol.Operation, authorize 
 			return sig, nil
 		case errors.As(err, new(authorizeError)):
 			return nil, err
+		case errors.As(err, &re) && re.Code == ErrOverloaded:
+			// Refused at once, nothing computed: another signer may have
+			// room, if the deadline leaves it time to sign; if not, failing
+			// now is better than a doomed attempt.
+			errs = append(errs, err)
+			if i+1 < len(order) && !order[i+1].mightFinish(ctx) {
+				i = len(order) // stop: no signer left that could finish in time
+			}
 		case errors.As(err, &re):
 			if !re.retryable() {
 				return nil, err
@@ -358,6 +383,21 @@ func (c *Client) failover(ctx context.Context, op protocol.Operation, authorize 
 		errs = append(errs, ctx.Err())
 	}
 	return nil, attemptsError(errs)
+}
+
+// mightFinish reports whether ep could answer before ctx's deadline, judging
+// by its recent latency; an endpoint not measured lately might.
+func (ep *endpoint) mightFinish(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	if !ok {
+		return true
+	}
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if ep.measuredAt.IsZero() || time.Since(ep.measuredAt) >= latencyStaleAfter {
+		return time.Until(d) > 0
+	}
+	return time.Until(d) > ep.latency
 }
 
 // attemptsError reports every endpoint tried, on one line, and unwraps to
@@ -846,7 +886,14 @@ func (cc *clientConn) roundTrip(ctx context.Context, op protocol.Operation, auth
 		cc.mu.Unlock()
 	}()
 
-	frame, err := keylesswire.MarshalRequest(id, op, authority)
+	// The signer learns how long this attempt waits, counted from now: it
+	// stops when this client stops waiting, rather than at its own
+	// timeout, though the connection stays open for other requests.
+	extras := keylesswire.Extras{Authority: authority}
+	if d, ok := ctx.Deadline(); ok {
+		extras.Budget, extras.HasBudget = max(time.Until(d), 0), true
+	}
+	frame, err := keylesswire.MarshalRequest(id, op, extras)
 	if err != nil {
 		return protocol.Operation{}, err
 	}

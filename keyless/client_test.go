@@ -228,6 +228,128 @@ func TestFailover(t *testing.T) {
 	})
 }
 
+// TestBudgetStopsAbandonedSigner: each request carries its attempt's time
+// left, so a signer that the client gives up on (and fails over from, its
+// connection still open) stops at that moment, not at its own timeout.
+func TestBudgetStopsAbandonedSigner(t *testing.T) {
+	p := newPKI(t)
+	key := newKey(t, elliptic.P256())
+	d := digests("budget")[crypto.SHA256]
+	stopped := make(chan time.Time, 1)
+	hung := newKeyBackend(key)
+	hung.before = func(ctx context.Context, _ *Request) error {
+		<-ctx.Done()
+		stopped <- time.Now()
+		return ctx.Err()
+	}
+	// A minute: without the budget, the hung signer would work on for it.
+	slow := startServer(t, p, hung, func(cfg *ServerConfig) { cfg.RequestTimeout = time.Minute })
+	good := newKeyBackend(key)
+	srv := startServer(t, p, good, func(cfg *ServerConfig) { cfg.RequestTimeout = time.Minute })
+	c := newTestClient(t, p, []string{slow.addr, srv.addr})
+
+	const deadline = 3 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	start := time.Now()
+	if _, err := c.Sign(ctx, skiOf(t, key), crypto.SHA256, d); err != nil {
+		t.Fatal(err)
+	}
+	signed := time.Since(start)
+	first, second := hung.lastRequest(), good.lastRequest()
+	if !first.HasBudget || first.Budget > deadline*2/3 || first.Budget < deadline/2 {
+		t.Errorf("first attempt's budget %v (present %v), want about two thirds of %v", first.Budget, first.HasBudget, deadline)
+	}
+	if !second.HasBudget || second.Budget > deadline-signed+time.Second || second.Budget > deadline/3+50*time.Millisecond {
+		t.Errorf("second attempt's budget %v (present %v), want the third of %v left", second.Budget, second.HasBudget, deadline)
+	}
+	select {
+	case at := <-stopped:
+		if late := at.Sub(start) - deadline*2/3; late > time.Second {
+			t.Errorf("the abandoned signer stopped %v after the client gave up on it", late)
+		}
+	case <-time.After(10 * time.Second): // a bound on a broken test; it should have stopped already
+		t.Fatal("the abandoned signer is still working 10 s later")
+	}
+	// The connection to the abandoned signer stayed open: the budget, not a
+	// teardown, stopped it.
+	if ep := c.lookup(slow.addr); ep.conn == nil || ep.conn.dead() {
+		t.Error("the connection to the abandoned signer was closed")
+	}
+}
+
+// TestOverloaded: a signer answering ErrOverloaded is passed over for the
+// next while the deadline leaves room for a signature there; when it does
+// not, or every signer is overloaded, Sign fails at once with ErrOverloaded.
+func TestOverloaded(t *testing.T) {
+	p := newPKI(t)
+	key := newKey(t, elliptic.P256())
+	d := digests("overloaded")[crypto.SHA256]
+	overloaded := func() (*keyBackend, *testServer) {
+		b := newKeyBackend(key)
+		b.before = func(context.Context, *Request) error { return ErrOverloaded }
+		return b, startServer(t, p, b)
+	}
+
+	t.Run("another signer takes it", func(t *testing.T) {
+		busy, busySrv := overloaded()
+		good := newKeyBackend(key)
+		goodSrv := startServer(t, p, good)
+		c := newTestClient(t, p, []string{busySrv.addr, goodSrv.addr})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := c.Sign(ctx, skiOf(t, key), crypto.SHA256, d); err != nil {
+			t.Fatal(err)
+		}
+		if busy.calls.Load() != 1 || good.calls.Load() != 1 {
+			t.Errorf("calls: overloaded %d, other %d; want 1 and 1", busy.calls.Load(), good.calls.Load())
+		}
+	})
+
+	t.Run("every signer overloaded: fails at once", func(t *testing.T) {
+		a, aSrv := overloaded()
+		b, bSrv := overloaded()
+		c := newTestClient(t, p, []string{aSrv.addr, bSrv.addr})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, err := c.Sign(ctx, skiOf(t, key), crypto.SHA256, d)
+		var re *RemoteError
+		if !errors.Is(err, ErrOverloaded) || !errors.As(err, &re) {
+			t.Fatalf("got %v, want a RemoteError ErrOverloaded", err)
+		}
+		if ctx.Err() != nil {
+			t.Fatal("waited for the deadline")
+		}
+		if a.calls.Load() != 1 || b.calls.Load() != 1 {
+			t.Errorf("calls %d and %d, want each signer asked once", a.calls.Load(), b.calls.Load())
+		}
+		if !strings.Contains(err.Error(), "overloaded") {
+			t.Errorf("error %q does not say overloaded", err)
+		}
+	})
+
+	t.Run("no time for the next signer: fails at once", func(t *testing.T) {
+		busy, busySrv := overloaded()
+		slow := newKeyBackend(key)
+		slowSrv := startServer(t, p, slow)
+		c := newTestClient(t, p, []string{busySrv.addr, slowSrv.addr})
+		// The other signer took 10 s lately: the 2 s left cannot be enough.
+		ep := c.lookup(slowSrv.addr)
+		ep.mu.Lock()
+		ep.latency, ep.measuredAt = 10*time.Second, time.Now()
+		ep.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := c.Sign(ctx, skiOf(t, key), crypto.SHA256, d)
+		if !errors.Is(err, ErrOverloaded) || ctx.Err() != nil {
+			t.Fatalf("got %v (ctx %v), want ErrOverloaded before the deadline", err, ctx.Err())
+		}
+		if busy.calls.Load() != 1 || slow.calls.Load() != 0 {
+			t.Errorf("calls: overloaded %d, slow %d; want 1 and 0", busy.calls.Load(), slow.calls.Load())
+		}
+	})
+}
+
 func TestDeadline(t *testing.T) {
 	p := newPKI(t)
 	key := newKey(t, elliptic.P256())

@@ -5,7 +5,10 @@
 //
 // Both ends stay wire-compatible with stock gokeyless: a stock gokeyless
 // client can sign through a Server, and a Client can use a stock gokeyless
-// key server (the Keyless SSL baseline). tkeyless adds one optional item to
-// requests, the request authority, which stock servers ignore. The framing
-// lives in internal/keylesswire.
+// key server (the Keyless SSL baseline). tkeyless adds two optional items to
+// requests, which stock servers ignore: the request authority (0xC0) and the
+// time the client waits for the answer (0xC1), which bounds the signer's
+// work. It adds three error codes, which stock clients read as "unknown
+// error": ErrKeyDisabled (0x80), ErrNoQuorum (0x81) and ErrOverloaded
+// (0x82). The framing lives in internal/keylesswire.
 package keyless

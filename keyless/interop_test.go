@@ -134,3 +134,25 @@ func TestOurClientAgainstStockServer(t *testing.T) {
 		t.Errorf("negotiated TLS version %x with a stock server, expected TLS 1.2", v)
 	}
 }
+
+// TestStockClientSeesOverloadedAsUnknown: a stock gokeyless client that gets
+// tkeyless's ErrOverloaded (0x82) from our endpoint sees an error like any
+// other: protocol.Error.String has no name for the code, so it reads
+// "keyless: unknown error", and it does not crash or hang.
+func TestStockClientSeesOverloadedAsUnknown(t *testing.T) {
+	p := newPKI(t)
+	key := newKey(t, elliptic.P256())
+	backend := newKeyBackend(key)
+	backend.before = func(context.Context, *Request) error { return ErrOverloaded }
+	srv := startServer(t, p, backend)
+
+	stock := gkclient.NewClient(p.client, p.ca.Pool())
+	signer, err := stock.NewRemoteSignerByPublicKey(context.Background(), srv.addr, &key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = signer.Sign(rand.Reader, make([]byte, 32), crypto.SHA256)
+	if !errors.Is(err, ErrOverloaded) || err.Error() != "keyless: unknown error" {
+		t.Fatalf("stock client: %v, want protocol.Error 0x82 reading \"keyless: unknown error\"", err)
+	}
+}

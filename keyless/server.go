@@ -51,6 +51,14 @@ type Request struct {
 	Digest    []byte // the payload, already checked: len == Hash.Size()
 	Authority []byte // tag 0xC0 item, nil from stock clients
 	SNI       string
+	// Deadline is when the answer is due, as the Backend's ctx carries it:
+	// the request's arrival plus the edge's budget (tag 0xC1), or plus
+	// ServerConfig.RequestTimeout when that is sooner or the request
+	// carries no budget (stock clients). Budget is the edge's figure, 0 and
+	// HasBudget false when absent, for logs.
+	Deadline  time.Time
+	Budget    time.Duration
+	HasBudget bool
 }
 
 // Backend signs for a Server.
@@ -78,7 +86,7 @@ type ServerConfig struct {
 	TLS                *tls.Config // must require+verify client certs (NewServer refuses otherwise)
 	Backend            Backend     // signs; see Backend for the error contract
 	Logger             zerolog.Logger
-	RequestTimeout     time.Duration // deadline per operation (default 10s); also bounds each response write
+	RequestTimeout     time.Duration // deadline per operation (default 10s), or the edge's budget when shorter; also bounds each response write
 	IdleTimeout        time.Duration // close conns with nothing in flight and no frame for this long (default 5m)
 	MaxInFlightPerConn int           // default 256; when reached, the server stops reading that conn until one finishes
 	MaxBodyBytes       int           // default 16 KiB; a larger frame closes the conn
@@ -346,18 +354,21 @@ func (sc *serverConn) serve() {
 		case <-sc.ctx.Done():
 			return
 		}
-		hdr, op, authority, err := keylesswire.ReadRequest(sc.tc, sc.s.cfg.MaxBodyBytes)
+		hdr, op, extras, err := keylesswire.ReadRequest(sc.tc, sc.s.cfg.MaxBodyBytes)
 		if err != nil {
 			<-sc.slots
 			sc.logReadError(err)
 			return
 		}
+		// The edge's budget counts from here: as close to the frame's
+		// arrival as this server sees it.
+		arrived := time.Now()
 		sc.mu.Lock()
 		sc.inflight++
 		sc.lastActive = time.Now()
 		sc.mu.Unlock()
 		sc.s.wg.Add(1)
-		go sc.handle(hdr.ID, op, authority)
+		go sc.handle(hdr.ID, op, extras, arrived)
 	}
 }
 
@@ -398,7 +409,7 @@ func (sc *serverConn) checkIdle() {
 }
 
 // handle answers one request and writes the response.
-func (sc *serverConn) handle(id uint32, op protocol.Operation, authority []byte) {
+func (sc *serverConn) handle(id uint32, op protocol.Operation, extras keylesswire.Extras, arrived time.Time) {
 	defer sc.s.wg.Done()
 	defer func() {
 		sc.mu.Lock()
@@ -408,7 +419,7 @@ func (sc *serverConn) handle(id uint32, op protocol.Operation, authority []byte)
 		<-sc.slots
 	}()
 
-	resp := sc.respond(id, op, authority)
+	resp := sc.respond(id, op, extras, arrived)
 	pkt := protocol.NewPacket(id, resp)
 	frame, err := pkt.MarshalBinary()
 	if err != nil { // cannot happen for the responses respond builds
@@ -433,7 +444,7 @@ func (sc *serverConn) handle(id uint32, op protocol.Operation, authority []byte)
 }
 
 // respond computes the response operation for one request.
-func (sc *serverConn) respond(id uint32, op protocol.Operation, authority []byte) protocol.Operation {
+func (sc *serverConn) respond(id uint32, op protocol.Operation, extras keylesswire.Extras, arrived time.Time) protocol.Operation {
 	var hash crypto.Hash
 	switch op.Opcode {
 	case protocol.OpPing:
@@ -465,14 +476,21 @@ func (sc *serverConn) respond(id uint32, op protocol.Operation, authority []byte
 		Hash:      hash,
 		SKI:       op.SKI,
 		Digest:    op.Payload,
-		Authority: authority,
+		Authority: extras.Authority,
 		SNI:       op.SNI,
+		Deadline:  sc.s.deadline(arrived, extras),
+		Budget:    extras.Budget,
+		HasBudget: extras.HasBudget,
 	}
 	start := time.Now()
 	sig, err := sc.sign(req)
 	ev := func(e *zerolog.Event) *zerolog.Event {
-		return e.Str("ski", op.SKI.String()).Str("op", op.Opcode.String()).Uint32("id", id).
+		e = e.Str("ski", op.SKI.String()).Str("op", op.Opcode.String()).Uint32("id", id).
 			Int64("dur_ms", time.Since(start).Milliseconds())
+		if req.HasBudget {
+			e = e.Int64("budget_ms", req.Budget.Milliseconds())
+		}
+		return e
 	}
 	if err != nil {
 		code := protocol.ErrInternal
@@ -491,10 +509,26 @@ func (sc *serverConn) respond(id uint32, op protocol.Operation, authority []byte
 	return protocol.MakeRespondOp(sig)
 }
 
+// deadline is when a request that arrived at arrived is due: the edge's
+// budget if it sent one and it is shorter than RequestTimeout, which caps
+// it (an absurd budget, up to 49 days, cannot hold a session open longer
+// than a stock client's request). A budget of 0 is a request already late;
+// the backend refuses it at once. Once the edge gives up on an attempt, no
+// one reads the answer: with the budget, the signer stops when the edge
+// does instead of RequestTimeout later, though the pooled connection stays
+// open.
+func (s *Server) deadline(arrived time.Time, extras keylesswire.Extras) time.Time {
+	d := s.cfg.RequestTimeout
+	if extras.HasBudget {
+		d = min(d, extras.Budget)
+	}
+	return arrived.Add(d)
+}
+
 // sign calls the backend with the request's deadline, turning a panic into an
 // error so that one bad request costs one response, not the process.
 func (sc *serverConn) sign(req *Request) (sig []byte, err error) {
-	ctx, cancel := context.WithTimeout(sc.ctx, sc.s.cfg.RequestTimeout)
+	ctx, cancel := context.WithDeadline(sc.ctx, req.Deadline)
 	defer cancel()
 	defer func() {
 		if r := recover(); r != nil {

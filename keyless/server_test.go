@@ -11,7 +11,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +45,12 @@ func dialRaw(t *testing.T, p *pkiFixture, addr string) *rawConn {
 
 func (c *rawConn) send(id uint32, op protocol.Operation, authority []byte) {
 	c.t.Helper()
-	frame, err := keylesswire.MarshalRequest(id, op, authority)
+	c.sendExtras(id, op, keylesswire.Extras{Authority: authority})
+}
+
+func (c *rawConn) sendExtras(id uint32, op protocol.Operation, extras keylesswire.Extras) {
+	c.t.Helper()
+	frame, err := keylesswire.MarshalRequest(id, op, extras)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -184,6 +191,7 @@ func TestServerBadFrameClosesOnlyThatConnection(t *testing.T) {
 		{"oversize", append(header(1, 0xFFFF), make([]byte, 64)...)},
 		{"item past end of body", append(header(1, 8), 0x12, 0x10, 0x00, 1, 2, 3, 4, 5)},
 		{"duplicate authority", append(header(1, uint16(len(opcode)+2*len(auth))), append(append(opcode, auth...), auth...)...)},
+		{"deadline item of 3 bytes", append(header(1, uint16(len(opcode)+6)), append(slices.Clone(opcode), byte(keylesswire.TagDeadline), 0, 3, 1, 2, 3)...)},
 		{"http", []byte("GET / HTTP/1.1\r\nHost: signer\r\n\r\n")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -201,8 +209,8 @@ func TestServerBadFrameClosesOnlyThatConnection(t *testing.T) {
 			}
 		})
 	}
-	if n := srv.l.accepted(); n != 6 {
-		t.Errorf("%d connections accepted, want 6: the good client's one survived", n)
+	if n := srv.l.accepted(); n != 7 {
+		t.Errorf("%d connections accepted, want 7: the good client's one survived", n)
 	}
 }
 
@@ -263,6 +271,7 @@ func TestServerErrorMapping(t *testing.T) {
 		{errors.New("peer b: round 3: deadline exceeded"), protocol.ErrInternal},
 		{context.DeadlineExceeded, protocol.ErrInternal},
 		{protocol.ErrNone, protocol.ErrInternal},
+		{fmt.Errorf("sign key k: %w", ErrOverloaded), ErrOverloaded},
 	} {
 		t.Run(tc.err.Error(), func(t *testing.T) {
 			backend := newKeyBackend(key)
@@ -294,6 +303,52 @@ func TestServerRequestTimeout(t *testing.T) {
 	c.send(1, protocol.Operation{Opcode: protocol.OpECDSASignSHA256, SKI: skiOf(t, key), Payload: make([]byte, 32)}, nil)
 	if _, resp := c.recv(); resp.GetError() != protocol.ErrInternal {
 		t.Fatalf("response %v %x, want ErrInternal", resp.Opcode, resp.Payload)
+	}
+}
+
+// TestServerDeadlineFromBudget: the backend's deadline is the request's
+// arrival plus the edge's budget (tag 0xC1), capped by RequestTimeout, so a
+// signer stops when the edge stops waiting.
+func TestServerDeadlineFromBudget(t *testing.T) {
+	p := newPKI(t)
+	key := newKey(t, elliptic.P256())
+	left := make(chan time.Duration, 1)
+	backend := newKeyBackend(key)
+	backend.before = func(ctx context.Context, req *Request) error {
+		d, ok := ctx.Deadline()
+		if !ok || !d.Equal(req.Deadline) {
+			return fmt.Errorf("ctx deadline %v (%v), Request.Deadline %v", d, ok, req.Deadline)
+		}
+		left <- time.Until(d)
+		return errors.New("measured")
+	}
+	srv := startServer(t, p, backend, func(cfg *ServerConfig) { cfg.RequestTimeout = time.Minute })
+	op := protocol.Operation{Opcode: protocol.OpECDSASignSHA256, SKI: skiOf(t, key), Payload: make([]byte, 32)}
+	for _, tc := range []struct {
+		name     string
+		extras   keylesswire.Extras
+		min, max time.Duration // bounds on the time left when the backend is called
+	}{
+		{"no budget: RequestTimeout", keylesswire.Extras{}, 50 * time.Second, time.Minute},
+		{"budget shorter than RequestTimeout", keylesswire.Extras{Budget: 800 * time.Millisecond, HasBudget: true}, time.Nanosecond, 800 * time.Millisecond},
+		{"absurd budget: capped", keylesswire.Extras{Budget: keylesswire.MaxBudget, HasBudget: true}, 50 * time.Second, time.Minute},
+		{"zero budget: already late", keylesswire.Extras{Budget: 0, HasBudget: true}, -time.Minute, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialRaw(t, p, srv.addr)
+			c.sendExtras(1, op, tc.extras)
+			if _, resp := c.recv(); resp.Opcode != protocol.OpError {
+				t.Fatalf("response %v, want the backend's error", resp.Opcode)
+			}
+			select {
+			case got := <-left:
+				if got < tc.min || got > tc.max {
+					t.Errorf("backend called with %v left, want between %v and %v", got, tc.min, tc.max)
+				}
+			default:
+				t.Fatal("backend not called, or its deadline was not the request's")
+			}
+		})
 	}
 }
 
@@ -375,7 +430,7 @@ func TestServerRefusesClientWithoutCertificate(t *testing.T) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	frame, _ := keylesswire.MarshalRequest(1, protocol.Operation{Opcode: protocol.OpPing}, nil)
+	frame, _ := keylesswire.MarshalRequest(1, protocol.Operation{Opcode: protocol.OpPing}, keylesswire.Extras{})
 	c.Write(frame)
 	if _, _, _, err := keylesswire.ReadRequest(c, 0); err == nil {
 		t.Fatal("a client without a certificate got an answer")

@@ -37,7 +37,14 @@ func (b *keylessBackend) Sign(ctx context.Context, req *keyless.Request) ([]byte
 		return nil, protocol.ErrKeyNotFound
 	case errors.Is(err, ErrKeyDisabled):
 		return nil, keyless.ErrKeyDisabled
-	case errors.Is(err, ErrOverloaded), errors.Is(err, ErrKeySuspended):
+	case errors.Is(err, ErrOverloaded):
+		// Refused at once, nothing computed (queue full, the identity's
+		// share taken, or too little of the edge's budget left for a
+		// session here): the edge's client tries another signer if its
+		// deadline allows, and the edge reports overloaded, not unable
+		// to sign.
+		return nil, keyless.ErrOverloaded
+	case errors.Is(err, ErrKeySuspended):
 		// A key suspended here may still sign through another signer,
 		// whose budget this node's aborts did not spend.
 		// Internal error makes the edge's client try another signer.

@@ -21,8 +21,10 @@ import (
 
 // testKeylessErrorCodes: what an edge is told, by keyless error code, when
 // a signer cannot sign for it. A key it may not use looks like no key at
-// all; a disabled key says so; a signer that is busy or has the key
-// suspended answers "internal" so that the edge tries another; a request
+// all; a disabled key says so; a signer that has the key suspended
+// answers "internal" so that the edge tries another; a signer that is busy
+// answers "overloaded" (the edge tries another while its deadline allows,
+// and counts it as overload, not failure); a request
 // without end-to-end authority is a configuration error; a signer that
 // reaches no quorum says so. The edge's own and a legacy identity's
 // requests sign.
@@ -74,7 +76,7 @@ func testKeylessErrorCodes(t *testing.T, c *testCluster) {
 			}
 			return func() { _, _ = a.resumeKey(c.key.String(), "test") }
 		}},
-		{name: "the signer overloaded", cert: c.edge.Cert, signer: c.edge, want: protocol.ErrInternal, setup: func() func() {
+		{name: "the signer overloaded", cert: c.edge.Cert, signer: c.edge, want: keyless.ErrOverloaded, setup: func() func() {
 			var held []*ticket
 			for a.admission.inProgress() < a.cfg.MaxQueue {
 				tk, err := a.admission.arrive(fmt.Sprint("filler-", len(held)), c.key.String(), time.Time{})

@@ -9,8 +9,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tkeyless/tkeyless/keyless"
 	"github.com/tkeyless/tkeyless/tlsglue"
 )
+
+// shedSignerOverloaded is the shed metric's reason for a handshake the signers refused at once as
+// overloaded (keyless.ErrOverloaded): the edge asked, nothing was computed, and no signer could
+// take it within the deadline. tlsglue's reasons are the edge's own.
+const shedSignerOverloaded = "signer_overloaded"
 
 // edgeMetrics are the edge's Prometheus series, served on --metrics-listen (a private address:
 // never on the public TLS port).
@@ -59,7 +65,7 @@ func newEdgeMetrics(shed *tlsglue.Shedder) *edgeMetrics {
 		}, []string{"chain"}),
 		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tkeyless_edge_handshakes_shed_total",
-			Help: "Full handshakes refused before any signer was asked, by reason (client_budget: the client's prefix is over its budget; client_share: it holds its share of slots and queue; queue_full: every signing slot busy and the queue full; deadline: no slot free in time).",
+			Help: "Full handshakes refused for overload, by reason: before any signer was asked (client_budget: the client's prefix is over its budget; client_share: it holds its share of slots and queue; queue_full: every signing slot busy and the queue full; deadline: no slot free in time), or by the signers (signer_overloaded: each signer tried refused it at once as overloaded, or had no time left for a signature).",
 		}, []string{"reason"}),
 		queueTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tkeyless_edge_sign_queue_seconds",
@@ -70,6 +76,7 @@ func newEdgeMetrics(shed *tlsglue.Shedder) *edgeMetrics {
 	for _, r := range tlsglue.ShedReasons {
 		m.shed.WithLabelValues(string(r)) // every reason shows from the start, at 0
 	}
+	m.shed.WithLabelValues(shedSignerOverloaded)
 	m.reg.MustRegister(m.shed, m.queueTime,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tkeyless_edge_signatures_in_flight",
@@ -100,6 +107,12 @@ func (m *edgeMetrics) sign(ev tlsglue.SignEvent) {
 		return
 	}
 	m.queueTime.Observe(ev.Queued.Seconds())
+	if errors.Is(ev.Err, keyless.ErrOverloaded) {
+		// Overload, not a signer failure: the signers are up and answered at once.
+		m.shed.WithLabelValues(shedSignerOverloaded).Inc()
+		m.signDuration.WithLabelValues("overloaded").Observe(ev.Duration.Seconds())
+		return
+	}
 	outcome := "ok"
 	if ev.Err != nil {
 		outcome = "error"

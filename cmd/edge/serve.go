@@ -99,7 +99,9 @@ edge sheds what it cannot serve, at once and before any signer is asked:
   - one client prefix holds at most --client-share of those slots and queue
     together (default: half), so a flood leaves room to every other client.
 Resumed handshakes make no signature and are never shed (--shed=false turns all
-of this off). While it sheds, /healthz answers 200 "overloaded": a flood is no
+of this off). While it sheds, or the signers refuse handshakes as overloaded
+(they refuse at once what they cannot sign before the handshake's deadline,
+which each request carries), /healthz answers 200 "overloaded": a flood is no
 reason for a load balancer to eject the edge.
 
 The edge stops gracefully on SIGINT or SIGTERM: it stops accepting, lets open

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -9,9 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 	"github.com/spf13/pflag"
 
+	"github.com/tkeyless/tkeyless/keyless"
 	"github.com/tkeyless/tkeyless/tlsglue"
 )
 
@@ -102,4 +106,62 @@ func TestShedFlags(t *testing.T) {
 			t.Errorf("%v accepted", bad)
 		}
 	}
+}
+
+// A handshake the signers refused as overloaded (keyless code 0x82, as the keyless client
+// returns it after trying every signer it had time for) is overload too: /healthz stays 200
+// "overloaded" however many there are, and the shed metric counts it under signer_overloaded,
+// not as a signer error.
+func TestSignersOverloadedIsOverload(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	h := &signHealth{log: zerolog.Nop(), now: func() time.Time { return now }}
+	sh, err := tlsglue.NewShedder(tlsglue.ShedPolicy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newEdgeMetrics(sh)
+	refused := tlsglue.SignEvent{Key: "3f2a", Duration: 2 * time.Millisecond, Err: fmt.Errorf("keyless sign with key 3f2a: %w",
+		errors.Join(&keyless.RemoteError{Code: keyless.ErrOverloaded, Endpoint: "10.0.0.1:2407"},
+			&keyless.RemoteError{Code: keyless.ErrOverloaded, Endpoint: "10.0.0.2:2407"}))}
+	for range 3 * failuresBeforeUnhealthy {
+		h.record(refused)
+		m.sign(refused)
+	}
+	for name, view := range map[string]http.Handler{"public": h.public(), "detail": h.detail()} {
+		rec := httptest.NewRecorder()
+		view.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+		if rec.Code != 200 || !strings.HasPrefix(rec.Body.String(), "overloaded") {
+			t.Errorf("%s /healthz with the signers overloaded: %d %q, want 200 overloaded", name, rec.Code, rec.Body.String())
+		}
+	}
+	if got := counterValue(t, m.shed.WithLabelValues(shedSignerOverloaded)); got != 3*failuresBeforeUnhealthy {
+		t.Errorf("shed{reason=%q} = %v, want %d", shedSignerOverloaded, got, 3*failuresBeforeUnhealthy)
+	}
+	if got := counterValue(t, m.signerErrors); got != 0 {
+		t.Errorf("signer errors = %v, want 0: overload is not a signer failure", got)
+	}
+
+	// Any other failure still counts: a signer that cannot sign is not overloaded.
+	fail := tlsglue.SignEvent{Err: &keyless.RemoteError{Code: keyless.ErrNoQuorum, Endpoint: "10.0.0.1:2407"}}
+	for range failuresBeforeUnhealthy {
+		h.record(fail)
+		m.sign(fail)
+	}
+	rec := httptest.NewRecorder()
+	h.public().ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("after %d no-quorum answers: %d %q, want 503", failuresBeforeUnhealthy, rec.Code, rec.Body.String())
+	}
+	if got := counterValue(t, m.signerErrors); got != failuresBeforeUnhealthy {
+		t.Errorf("signer errors = %v, want %d", got, failuresBeforeUnhealthy)
+	}
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := c.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetCounter().GetValue()
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/tkeyless/tkeyless/keyless"
 	"github.com/tkeyless/tkeyless/tlsglue"
 )
 
@@ -74,11 +75,20 @@ const failuresBeforeUnhealthy = 5
 // overloadedFor is how long after its last shed handshake the edge reports "overloaded".
 const overloadedFor = 10 * time.Second
 
+// overloaded reports whether a handshake's signature failed for overload rather than for want
+// of a working signer: the edge shed it itself, or the signers refused it at once as
+// overloaded (keyless.ErrOverloaded, from any signer tried: one that answers is alive, and
+// the client fails over to the others while the deadline allows).
+func overloaded(err error) bool {
+	return errors.Is(err, tlsglue.ErrShed) || errors.Is(err, keyless.ErrOverloaded)
+}
+
 // signHealth follows handshake signatures: /healthz answers 503 "cannot sign" once the last
 // failuresBeforeUnhealthy signatures all failed; 200 "overloaded" when it shed a handshake in
 // the last overloadedFor (a flood: healthy, and a load balancer that ejected every flooded edge
 // would finish the attacker's work); and 200 "ok" otherwise (also before any handshake: an idle
-// edge is not a broken one). A shed handshake is not a failed signature. It has two views:
+// edge is not a broken one). A shed handshake is not a failed signature, and neither is one
+// the signers refused as overloaded: both say "overloaded". It has two views:
 // public, on the HTTPS port, says only that; detail, on the private --metrics-listen, adds the
 // failures and the last error, which names signer addresses and the key.
 type signHealth struct {
@@ -97,9 +107,9 @@ func (h *signHealth) record(ev tlsglue.SignEvent) {
 		Int64("dur_ms", ev.Duration.Milliseconds()).AnErr("err", ev.Err).Msg("handshake signature")
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if errors.Is(ev.Err, tlsglue.ErrShed) {
+	if overloaded(ev.Err) {
 		if h.lastShed.IsZero() || h.clock().Sub(h.lastShed) >= overloadedFor {
-			h.log.Warn().Err(ev.Err).Msg("overloaded: shedding full handshakes")
+			h.log.Warn().Err(ev.Err).Msg("overloaded: shedding full handshakes, or the signers refuse them as overloaded")
 		}
 		h.lastShed, h.shedErr = h.clock(), ev.Err
 		return
@@ -155,7 +165,7 @@ func (h *signHealth) detail() http.Handler {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintf(w, "unhealthy: the last %d handshake signatures failed: %v\n", failures, lastErr)
 		case shedErr != nil:
-			fmt.Fprintf(w, "overloaded (healthy): full handshakes shed in the last %v, the latest: %v (see tkeyless_edge_handshakes_shed_total)\n", overloadedFor, shedErr)
+			fmt.Fprintf(w, "overloaded (healthy): full handshakes shed or refused by overloaded signers in the last %v, the latest: %v (see tkeyless_edge_handshakes_shed_total)\n", overloadedFor, shedErr)
 		case failures > 0:
 			fmt.Fprintf(w, "ok; the last %d handshake signatures failed (unhealthy at %d): %v\n", failures, failuresBeforeUnhealthy, lastErr)
 		default:

@@ -2,6 +2,8 @@
 // reads and writes whole frames (8-byte header + TLV body) and carries one
 // item stock gokeyless does not know, the request authority (TagAuthority).
 //
+// It also carries a second one, the request's time budget (TagDeadline).
+//
 // It lives under internal/ so the framing can change without touching the
 // exported API of package keyless. The standard items are always encoded and
 // decoded by gokeyless's own protocol.Operation, so a frame written here parses
@@ -16,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"time"
 
 	"github.com/cloudflare/gokeyless/protocol"
 )
@@ -27,6 +30,35 @@ import (
 // (protocol.Operation.UnmarshalBinary), so a request carrying it still works
 // against a stock gokeyless server, which simply never sees the item.
 const TagAuthority protocol.Tag = 0xC0
+
+// TagDeadline marks the optional item that carries how long the requester
+// will wait for the answer: the time left, in milliseconds, as a 4-byte
+// big-endian unsigned integer, measured when the frame was written. A
+// duration rather than an instant, so the edge's and the signer's clocks
+// need not agree; the signer counts it from the frame's arrival, which makes
+// its deadline later than the edge's by the one-way network delay only.
+// Stock gokeyless servers skip it, as they skip TagAuthority.
+const TagDeadline protocol.Tag = 0xC1
+
+// deadlineItemSize is the length of a TagDeadline item's value.
+const deadlineItemSize = 4
+
+// MaxBudget is the largest budget a TagDeadline item can carry (about 49
+// days); larger ones are written as MaxBudget.
+const MaxBudget = time.Duration(math.MaxUint32) * time.Millisecond
+
+// Extras are the items tkeyless adds to a gokeyless request. The zero value
+// adds none: the frame is what a stock gokeyless client writes.
+type Extras struct {
+	// Authority is the TagAuthority item; nil or empty: absent.
+	Authority []byte
+	// Budget is the TagDeadline item when HasBudget: how long the requester
+	// waits for the answer, counted from when the frame arrives. It is
+	// carried in whole milliseconds, rounded up, so that a signer never
+	// gives up before its requester does; 0 is a request already late.
+	Budget    time.Duration
+	HasBudget bool
+}
 
 const (
 	// VersionMajor is the only protocol major version gokeyless has shipped;
@@ -52,15 +84,19 @@ const (
 var ErrMalformed = errors.New("malformed keyless frame")
 
 // MarshalRequest encodes a complete frame (header and body) for op with the
-// given packet id. If authority is non-empty it is added as a TagAuthority
-// item, placed before the padding item; the frame is padded to 1024 bytes as
-// gokeyless pads its own requests. The result parses with a stock
+// given packet id. The extras present (a non-empty authority, a budget) are
+// added as TagAuthority and TagDeadline items, placed before the padding
+// item; the frame is padded to 1024 bytes as gokeyless pads its own requests. The result parses with a stock
 // protocol.Packet.UnmarshalBinary.
 //
 // It fails, rather than emitting a corrupt frame, when an item or the whole
 // body does not fit the protocol's 16-bit length fields (gokeyless's own
 // encoder would silently truncate the item length).
-func MarshalRequest(id uint32, op protocol.Operation, authority []byte) ([]byte, error) {
+func MarshalRequest(id uint32, op protocol.Operation, extras Extras) ([]byte, error) {
+	authority := extras.Authority
+	if extras.HasBudget && extras.Budget < 0 {
+		return nil, fmt.Errorf("keyless frame: negative time budget %v", extras.Budget)
+	}
 	for _, f := range []struct {
 		name string
 		n    int
@@ -92,6 +128,12 @@ func MarshalRequest(id uint32, op protocol.Operation, authority []byte) ([]byte,
 	body = body[:paddingStart(body)]
 	if len(authority) > 0 {
 		body = appendTLV(body, TagAuthority, authority)
+	}
+	if extras.HasBudget {
+		var b [deadlineItemSize]byte
+		ms := (min(extras.Budget, MaxBudget) + time.Millisecond - 1) / time.Millisecond
+		binary.BigEndian.PutUint32(b[:], uint32(min(ms, math.MaxUint32)))
+		body = appendTLV(body, TagDeadline, b[:])
 	}
 	if len(body)+HeaderSize < paddedLength {
 		// Same rule as protocol.Operation.MarshalBinary: pad to 1024 bytes,
@@ -141,63 +183,76 @@ func appendTLV(b []byte, tag protocol.Tag, data []byte) []byte {
 // beyond the 16-bit length field); the body is checked before it is read, so
 // an oversized frame costs nothing to refuse. The standard items are decoded by
 // protocol.Operation.UnmarshalBinary, unknown tags are skipped as gokeyless
-// skips them, and authority is the TagAuthority item, nil if absent; a
-// second TagAuthority item makes the frame malformed, so that two parsers
-// cannot disagree about which one counts.
+// skips them, and extras holds the TagAuthority item (nil if absent) and the
+// TagDeadline item. A second TagAuthority or TagDeadline item makes the frame
+// malformed, so that two parsers cannot disagree about which one counts, and
+// so does a TagDeadline item that is not 4 bytes long. Any budget a
+// well-formed item carries is returned as it is, 0 included: what it means
+// (and the cap on it) is the server's policy.
 //
 // Every error for bad bytes wraps ErrMalformed. A clean end of stream before
 // the first header byte is io.EOF; a frame cut short is io.ErrUnexpectedEOF.
 // ReadRequest never panics, whatever r yields. Responses use the same frame
 // format, so a client reads them with ReadRequest too.
-func ReadRequest(r io.Reader, maxBody int) (hdr protocol.Header, op protocol.Operation, authority []byte, err error) {
+func ReadRequest(r io.Reader, maxBody int) (hdr protocol.Header, op protocol.Operation, extras Extras, err error) {
 	var h [HeaderSize]byte
 	if _, err = io.ReadFull(r, h[:]); err != nil {
-		return hdr, op, nil, err
+		return hdr, op, Extras{}, err
 	}
 	// Header.UnmarshalBinary only fails for short input, which ReadFull rules out.
 	_ = hdr.UnmarshalBinary(h[:])
 	if hdr.MajorVers != VersionMajor {
-		return hdr, op, nil, fmt.Errorf("%w: protocol version %d.%d, want %d.x", ErrMalformed, hdr.MajorVers, hdr.MinorVers, VersionMajor)
+		return hdr, op, Extras{}, fmt.Errorf("%w: protocol version %d.%d, want %d.x", ErrMalformed, hdr.MajorVers, hdr.MinorVers, VersionMajor)
 	}
 	if maxBody > 0 && int(hdr.Length) > maxBody {
-		return hdr, op, nil, fmt.Errorf("%w: body of %d bytes, limit is %d", ErrMalformed, hdr.Length, maxBody)
+		return hdr, op, Extras{}, fmt.Errorf("%w: body of %d bytes, limit is %d", ErrMalformed, hdr.Length, maxBody)
 	}
 	body := make([]byte, hdr.Length)
 	if _, err = io.ReadFull(r, body); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return hdr, op, nil, err
+		return hdr, op, Extras{}, err
 	}
 	if err = op.UnmarshalBinary(body); err != nil {
-		return hdr, protocol.Operation{}, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return hdr, protocol.Operation{}, Extras{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if authority, err = findAuthority(body); err != nil {
-		return hdr, protocol.Operation{}, nil, err
+	if extras, err = findExtras(body); err != nil {
+		return hdr, protocol.Operation{}, Extras{}, err
 	}
-	return hdr, op, authority, nil
+	return hdr, op, extras, nil
 }
 
-// findAuthority walks the items the way protocol.Operation.UnmarshalBinary
+// findExtras walks the items the way protocol.Operation.UnmarshalBinary
 // does (trailing bytes too short for an item header are ignored) and returns
-// the TagAuthority item.
-func findAuthority(body []byte) ([]byte, error) {
-	var found []byte
+// the TagAuthority and TagDeadline items.
+func findExtras(body []byte) (Extras, error) {
+	var x Extras
 	seen := false
 	for i := 0; i+tlvHeaderSize <= len(body); {
 		tag := protocol.Tag(body[i])
 		n := int(binary.BigEndian.Uint16(body[i+1 : i+3]))
 		end := i + tlvHeaderSize + n
 		if end > len(body) {
-			return nil, fmt.Errorf("%w: item %02x runs %d bytes past the end of the body", ErrMalformed, byte(tag), end-len(body))
+			return Extras{}, fmt.Errorf("%w: item %02x runs %d bytes past the end of the body", ErrMalformed, byte(tag), end-len(body))
 		}
-		if tag == TagAuthority {
+		switch tag {
+		case TagAuthority:
 			if seen {
-				return nil, fmt.Errorf("%w: authority item %02x appears more than once", ErrMalformed, byte(TagAuthority))
+				return Extras{}, fmt.Errorf("%w: authority item %02x appears more than once", ErrMalformed, byte(TagAuthority))
 			}
-			found, seen = body[i+tlvHeaderSize:end:end], true
+			x.Authority, seen = body[i+tlvHeaderSize:end:end], true
+		case TagDeadline:
+			if x.HasBudget {
+				return Extras{}, fmt.Errorf("%w: deadline item %02x appears more than once", ErrMalformed, byte(TagDeadline))
+			}
+			if n != deadlineItemSize {
+				return Extras{}, fmt.Errorf("%w: deadline item %02x is %d bytes, want %d (milliseconds left, big-endian)", ErrMalformed, byte(TagDeadline), n, deadlineItemSize)
+			}
+			ms := binary.BigEndian.Uint32(body[i+tlvHeaderSize : end])
+			x.Budget, x.HasBudget = time.Duration(ms)*time.Millisecond, true
 		}
 		i = end
 	}
-	return found, nil
+	return x, nil
 }

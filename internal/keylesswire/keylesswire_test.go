@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cloudflare/gokeyless/protocol"
 )
@@ -56,21 +57,29 @@ func TestMarshalRequestParsesWithStockGokeyless(t *testing.T) {
 		op        protocol.Operation
 		authority []byte
 		wantLen   int
+		budget    time.Duration // -1: none
 	}{
-		{"sign without authority", signOp(digest), nil, 1024},
-		{"sign with authority", signOp(digest), []byte("authority-token"), 1024},
-		{"ping", protocol.Operation{Opcode: protocol.OpPing, Payload: []byte("hi")}, nil, 1024},
+		{"sign without authority", signOp(digest), nil, 1024, -1},
+		{"sign with budget", signOp(digest), nil, 1024, 2500 * time.Millisecond},
+		{"sign with authority and budget", signOp(digest), []byte("authority-token"), 1024, 0},
+		{"budget over the item's range, capped", signOp(digest), nil, 1024, 100 * 24 * time.Hour},
+		{"sign with authority", signOp(digest), []byte("authority-token"), 1024, -1},
+		{"ping", protocol.Operation{Opcode: protocol.OpPing, Payload: []byte("hi")}, nil, 1024, -1},
 		{"all standard items", protocol.Operation{
 			Opcode: protocol.OpECDSASignSHA384, Payload: make([]byte, 48), Extra: []byte("x"), SKI: testSKI(),
 			Digest: protocol.Digest{1}, ClientIP: net.IPv4(10, 0, 0, 1), ServerIP: net.ParseIP("2001:db8::1"),
 			SNI: "a.example", CertID: "c1", CustomFuncName: "f", JaegerSpan: []byte{1}, ReqContext: []byte("{}"),
 			ComplianceRegion: protocol.ComplianceRegionFedRAMPHigh,
-		}, []byte{0xC0, 0x20}, 1024},
+		}, []byte{0xC0, 0x20}, 1024, time.Second},
 		// Past 1024 bytes there is no padding item at all.
-		{"large authority", signOp(digest), bytes.Repeat([]byte{7}, 2000), -1},
+		{"large authority", signOp(digest), bytes.Repeat([]byte{7}, 2000), -1, 3 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b, err := MarshalRequest(42, tc.op, tc.authority)
+			x := Extras{Authority: tc.authority, Budget: tc.budget, HasBudget: tc.budget >= 0}
+			if !x.HasBudget {
+				x.Budget = 0
+			}
+			b, err := MarshalRequest(42, tc.op, x)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -86,8 +95,9 @@ func TestMarshalRequestParsesWithStockGokeyless(t *testing.T) {
 			}
 			assertSameOp(t, pkt.Operation, tc.op)
 
-			// And it reads back here, authority included.
-			hdr, op, auth, err := ReadRequest(bytes.NewReader(b), 0)
+			// And it reads back here, authority and budget included.
+			hdr, op, got, err := ReadRequest(bytes.NewReader(b), 0)
+			auth := got.Authority
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,6 +107,9 @@ func TestMarshalRequestParsesWithStockGokeyless(t *testing.T) {
 			assertSameOp(t, op, tc.op)
 			if !bytes.Equal(auth, tc.authority) || (tc.authority == nil) != (auth == nil) {
 				t.Errorf("authority = %x, want %x", auth, tc.authority)
+			}
+			if got.HasBudget != x.HasBudget || got.Budget != min(x.Budget, MaxBudget) {
+				t.Errorf("budget = %v (present %v), want %v (present %v)", got.Budget, got.HasBudget, min(x.Budget, MaxBudget), x.HasBudget)
 			}
 		})
 	}
@@ -114,10 +127,13 @@ func TestMarshalRequestRefusesWhatDoesNotFit(t *testing.T) {
 		{"bad IP", protocol.Operation{Opcode: protocol.OpPing, ClientIP: net.IP{1, 2, 3}}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := MarshalRequest(1, tc.op, tc.authority); err == nil {
+			if _, err := MarshalRequest(1, tc.op, Extras{Authority: tc.authority}); err == nil {
 				t.Fatal("want an error, got a frame")
 			}
 		})
+	}
+	if _, err := MarshalRequest(1, signOp(make([]byte, 32)), Extras{Budget: -time.Millisecond, HasBudget: true}); err == nil {
+		t.Error("negative budget: want an error, got a frame")
 	}
 }
 
@@ -128,7 +144,7 @@ func TestStockMarshalReadsHere(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hdr, got, auth, err := ReadRequest(bytes.NewReader(b), 16<<10)
+	hdr, got, x, err := ReadRequest(bytes.NewReader(b), 16<<10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,8 +152,8 @@ func TestStockMarshalReadsHere(t *testing.T) {
 		t.Errorf("header = %+v, want %+v", hdr, pkt.Header)
 	}
 	assertSameOp(t, got, op)
-	if auth != nil {
-		t.Errorf("authority from a stock frame = %x, want nil", auth)
+	if x.Authority != nil || x.HasBudget {
+		t.Errorf("extras from a stock frame = %+v, want none", x)
 	}
 
 	// Stock responses are the same frame format.
@@ -156,44 +172,59 @@ func TestReadRequest(t *testing.T) {
 	opcode := tlv(protocol.TagOpcode, []byte{byte(protocol.OpECDSASignSHA256)})
 	payload := tlv(protocol.TagPayload, make([]byte, 32))
 	auth := tlv(TagAuthority, []byte("a"))
-	valid, _ := MarshalRequest(5, signOp(make([]byte, 32)), []byte("auth"))
+	valid, _ := MarshalRequest(5, signOp(make([]byte, 32)), Extras{Authority: []byte("auth")})
+	budget := func(ms uint32) []byte { return tlv(TagDeadline, binary.BigEndian.AppendUint32(nil, ms)) }
 
 	for _, tc := range []struct {
-		name     string
-		in       []byte
-		maxBody  int
-		wantErr  error // nil: success
-		wantAuth []byte
+		name       string
+		in         []byte
+		maxBody    int
+		wantErr    error // nil: success
+		wantAuth   []byte
+		wantBudget time.Duration // -1: absent
 	}{
-		{"valid", valid, 16 << 10, nil, []byte("auth")},
-		{"minimal", frame(1, 1, opcode), 0, nil, nil},
-		{"minor version ignored", append([]byte{1, 7}, frame(1, 1, opcode)[2:]...), 0, nil, nil},
-		{"unknown tag skipped", frame(1, 1, cat(opcode, tlv(0x99, []byte("?")))), 0, nil, nil},
-		{"empty authority", frame(1, 1, cat(opcode, tlv(TagAuthority, nil))), 0, nil, []byte{}},
-		{"trailing short bytes ignored", frame(1, 1, cat(opcode, []byte{0xC0, 0})), 0, nil, nil},
-		{"empty stream", nil, 0, io.EOF, nil},
-		{"short header", []byte{1, 0, 0}, 0, io.ErrUnexpectedEOF, nil},
-		{"short body", frame(1, 1, opcode)[:HeaderSize+2], 0, io.ErrUnexpectedEOF, nil},
-		{"header only, body missing", frame(1, 1, opcode)[:HeaderSize], 0, io.ErrUnexpectedEOF, nil},
-		{"version 0", frame(0, 1, opcode), 0, ErrMalformed, nil},
-		{"version 9", frame(9, 1, []byte("not a keyless op")), 0, ErrMalformed, nil},
-		{"over maxBody", valid, 1000, ErrMalformed, nil},
-		{"item past end", frame(1, 1, cat(opcode, []byte{byte(protocol.TagPayload), 0, 50, 1, 2})), 0, ErrMalformed, nil},
-		{"authority past end", frame(1, 1, cat(opcode, []byte{0xC0, 0, 9, 1})), 0, ErrMalformed, nil},
-		{"duplicate authority", frame(1, 1, cat(opcode, auth, payload, auth)), 0, ErrMalformed, nil},
-		{"duplicate opcode", frame(1, 1, cat(opcode, opcode)), 0, ErrMalformed, nil},
-		{"opcode of two bytes", frame(1, 1, tlv(protocol.TagOpcode, []byte{1, 2})), 0, ErrMalformed, nil},
-		{"bad client IP", frame(1, 1, cat(opcode, tlv(protocol.TagClientIP, []byte{1, 2, 3}))), 0, ErrMalformed, nil},
-		{"garbage", frame(1, 1, []byte("\xff\xff\xff\xff garbage")), 0, ErrMalformed, nil},
+		{"valid", valid, 16 << 10, nil, []byte("auth"), -1},
+		{"budget", frame(1, 1, cat(opcode, budget(1500))), 0, nil, nil, 1500 * time.Millisecond},
+		{"budget and authority", frame(1, 1, cat(opcode, budget(7), auth)), 0, nil, []byte("a"), 7 * time.Millisecond},
+		// What a zero or an absurd budget means is the server's policy, not the frame's.
+		{"zero budget", frame(1, 1, cat(opcode, budget(0))), 0, nil, nil, 0},
+		{"largest budget", frame(1, 1, cat(opcode, budget(math.MaxUint32))), 0, nil, nil, MaxBudget},
+		{"short budget", frame(1, 1, cat(opcode, tlv(TagDeadline, []byte{1, 2, 3}))), 0, ErrMalformed, nil, -1},
+		{"long budget", frame(1, 1, cat(opcode, tlv(TagDeadline, make([]byte, 8)))), 0, ErrMalformed, nil, -1},
+		{"empty budget", frame(1, 1, cat(opcode, tlv(TagDeadline, nil))), 0, ErrMalformed, nil, -1},
+		{"duplicate budget", frame(1, 1, cat(opcode, budget(1), payload, budget(2))), 0, ErrMalformed, nil, -1},
+		{"budget past end", frame(1, 1, cat(opcode, []byte{0xC1, 0, 4, 1})), 0, ErrMalformed, nil, -1},
+		{"minimal", frame(1, 1, opcode), 0, nil, nil, -1},
+		{"minor version ignored", append([]byte{1, 7}, frame(1, 1, opcode)[2:]...), 0, nil, nil, -1},
+		{"unknown tag skipped", frame(1, 1, cat(opcode, tlv(0x99, []byte("?")))), 0, nil, nil, -1},
+		{"empty authority", frame(1, 1, cat(opcode, tlv(TagAuthority, nil))), 0, nil, []byte{}, -1},
+		{"trailing short bytes ignored", frame(1, 1, cat(opcode, []byte{0xC0, 0})), 0, nil, nil, -1},
+		{"empty stream", nil, 0, io.EOF, nil, -1},
+		{"short header", []byte{1, 0, 0}, 0, io.ErrUnexpectedEOF, nil, -1},
+		{"short body", frame(1, 1, opcode)[:HeaderSize+2], 0, io.ErrUnexpectedEOF, nil, -1},
+		{"header only, body missing", frame(1, 1, opcode)[:HeaderSize], 0, io.ErrUnexpectedEOF, nil, -1},
+		{"version 0", frame(0, 1, opcode), 0, ErrMalformed, nil, -1},
+		{"version 9", frame(9, 1, []byte("not a keyless op")), 0, ErrMalformed, nil, -1},
+		{"over maxBody", valid, 1000, ErrMalformed, nil, -1},
+		{"item past end", frame(1, 1, cat(opcode, []byte{byte(protocol.TagPayload), 0, 50, 1, 2})), 0, ErrMalformed, nil, -1},
+		{"authority past end", frame(1, 1, cat(opcode, []byte{0xC0, 0, 9, 1})), 0, ErrMalformed, nil, -1},
+		{"duplicate authority", frame(1, 1, cat(opcode, auth, payload, auth)), 0, ErrMalformed, nil, -1},
+		{"duplicate opcode", frame(1, 1, cat(opcode, opcode)), 0, ErrMalformed, nil, -1},
+		{"opcode of two bytes", frame(1, 1, tlv(protocol.TagOpcode, []byte{1, 2})), 0, ErrMalformed, nil, -1},
+		{"bad client IP", frame(1, 1, cat(opcode, tlv(protocol.TagClientIP, []byte{1, 2, 3}))), 0, ErrMalformed, nil, -1},
+		{"garbage", frame(1, 1, []byte("\xff\xff\xff\xff garbage")), 0, ErrMalformed, nil, -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, gotAuth, err := ReadRequest(bytes.NewReader(tc.in), tc.maxBody)
+			_, _, x, err := ReadRequest(bytes.NewReader(tc.in), tc.maxBody)
 			if tc.wantErr == nil {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
 				}
-				if !bytes.Equal(gotAuth, tc.wantAuth) || (tc.wantAuth == nil) != (gotAuth == nil) {
+				if gotAuth := x.Authority; !bytes.Equal(gotAuth, tc.wantAuth) || (tc.wantAuth == nil) != (gotAuth == nil) {
 					t.Errorf("authority = %q, want %q", gotAuth, tc.wantAuth)
+				}
+				if x.HasBudget != (tc.wantBudget >= 0) || (x.HasBudget && x.Budget != tc.wantBudget) {
+					t.Errorf("budget = %v (present %v), want %v", x.Budget, x.HasBudget, tc.wantBudget)
 				}
 				return
 			}
@@ -208,19 +239,19 @@ func TestReadRequest(t *testing.T) {
 func TestReadRequestStream(t *testing.T) {
 	var stream bytes.Buffer
 	for id := uint32(1); id <= 3; id++ {
-		b, err := MarshalRequest(id, signOp(make([]byte, 32)), []byte{byte(id)})
+		b, err := MarshalRequest(id, signOp(make([]byte, 32)), Extras{Authority: []byte{byte(id)}, Budget: time.Duration(id) * time.Second, HasBudget: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		stream.Write(b)
 	}
 	for id := uint32(1); id <= 3; id++ {
-		hdr, _, auth, err := ReadRequest(&stream, 0)
+		hdr, _, x, err := ReadRequest(&stream, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if hdr.ID != id || !bytes.Equal(auth, []byte{byte(id)}) {
-			t.Errorf("frame %d: id %d authority %x", id, hdr.ID, auth)
+		if hdr.ID != id || !bytes.Equal(x.Authority, []byte{byte(id)}) || x.Budget != time.Duration(id)*time.Second {
+			t.Errorf("frame %d: id %d extras %+v", id, hdr.ID, x)
 		}
 	}
 	if _, _, _, err := ReadRequest(&stream, 0); err != io.EOF {
@@ -231,7 +262,7 @@ func TestReadRequestStream(t *testing.T) {
 // TestGoldenFrame pins the bytes of one request, so that a change to the
 // framing (or to gokeyless's encoder under us) shows up as a diff in testdata.
 func TestGoldenFrame(t *testing.T) {
-	b, err := MarshalRequest(0x01020304, signOp(bytes.Repeat([]byte{0xAB}, 32)), []byte("authority"))
+	b, err := MarshalRequest(0x01020304, signOp(bytes.Repeat([]byte{0xAB}, 32)), Extras{Authority: []byte("authority")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,26 +286,30 @@ func TestGoldenFrame(t *testing.T) {
 // the network. Besides not panicking, whatever it accepts must survive a
 // round trip through MarshalRequest unchanged.
 func FuzzReadRequest(f *testing.F) {
-	valid, _ := MarshalRequest(1, signOp(make([]byte, 32)), []byte("auth"))
+	valid, _ := MarshalRequest(1, signOp(make([]byte, 32)), Extras{Authority: []byte("auth")})
+	withBudget, _ := MarshalRequest(2, signOp(make([]byte, 32)), Extras{Authority: []byte("auth"), Budget: 2 * time.Second, HasBudget: true})
 	f.Add(valid)
+	f.Add(withBudget)
+	f.Add(frame(1, 1, cat(tlv(protocol.TagOpcode, []byte{0xF1}), tlv(TagDeadline, []byte{0, 0, 0}))))
+	f.Add(frame(1, 1, cat(tlv(protocol.TagOpcode, []byte{0xF1}), tlv(TagDeadline, make([]byte, 4)), tlv(TagDeadline, make([]byte, 4)))))
 	f.Add(valid[:HeaderSize+10])
 	f.Add(frame(9, 1, []byte("not a keyless op")))
 	f.Add(frame(1, 1, cat(tlv(protocol.TagOpcode, []byte{0xF1}), tlv(TagAuthority, nil), tlv(TagAuthority, nil))))
 	f.Add([]byte{})
 
 	f.Fuzz(func(t *testing.T, data []byte) {
-		hdr, op, auth, err := ReadRequest(bytes.NewReader(data), 16<<10)
+		hdr, op, x, err := ReadRequest(bytes.NewReader(data), 16<<10)
 		if err != nil {
 			return
 		}
 		if int(hdr.Length) > 16<<10 {
 			t.Fatalf("accepted a %d-byte body over the limit", hdr.Length)
 		}
-		b, err := MarshalRequest(hdr.ID, op, auth)
+		b, err := MarshalRequest(hdr.ID, op, x)
 		if err != nil {
 			return // e.g. the opcode item we always add no longer fits
 		}
-		hdr2, op2, auth2, err := ReadRequest(bytes.NewReader(b), 0)
+		hdr2, op2, x2, err := ReadRequest(bytes.NewReader(b), 0)
 		if err != nil {
 			t.Fatalf("re-reading our own frame: %v", err)
 		}
@@ -282,8 +317,11 @@ func FuzzReadRequest(f *testing.F) {
 			t.Fatalf("id %d became %d", hdr.ID, hdr2.ID)
 		}
 		assertSameOp(t, op2, op)
-		if !bytes.Equal(auth, auth2) {
-			t.Fatalf("authority %x became %x", auth, auth2)
+		if !bytes.Equal(x.Authority, x2.Authority) {
+			t.Fatalf("authority %x became %x", x.Authority, x2.Authority)
+		}
+		if x.HasBudget != x2.HasBudget || x.Budget != x2.Budget {
+			t.Fatalf("budget %v (present %v) became %v (present %v)", x.Budget, x.HasBudget, x2.Budget, x2.HasBudget)
 		}
 	})
 }
