@@ -66,7 +66,7 @@ func (n *Node) Keygen(ctx context.Context, req *peerwire.KeygenCeremonyRequest) 
 	if err != nil {
 		return nil, err
 	}
-	n.log.Info().Str("key", share.KeyID().String()).Int("t", threshold).Strs("parties", parties).Dur("dur_ms", time.Since(start)).Msg("key generation complete")
+	n.log.Info().Str("key", share.KeyID().String()).Int("t", threshold).Strs("parties", parties).Int64("dur_ms", time.Since(start).Milliseconds()).Msg("key generation complete")
 	return &peerwire.KeygenCeremonyResponse{Key: share.KeyID().String(), PublicKey: own.PublicKey}, nil
 }
 

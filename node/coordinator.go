@@ -68,10 +68,10 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 		n.metrics.signRequests.WithLabelValues(outcome).Inc()
 		n.metrics.signDuration.WithLabelValues(outcome).Observe(ended.Sub(start).Seconds())
 		ev = ev.Str("event", "sign").Str("key", req.Key.String()).Str("edge", req.Edge).Str("request", req.RequestID).
-			Interface("quorums", quorums).Str("path", path).Str("outcome", outcome).Dur("dur_ms", ended.Sub(start)).
+			Interface("quorums", quorums).Str("path", path).Str("outcome", outcome).Int64("dur_ms", ended.Sub(start).Milliseconds()).
 			Int64("ended_unix_ms", ended.UnixMilli())
 		if tk != nil {
-			ev = ev.Dur("queue_ms", tk.waited())
+			ev = ev.Int64("queue_ms", tk.waited().Milliseconds())
 		}
 		if deadline, ok := ctx.Deadline(); ok {
 			ev = ev.Int64("deadline_unix_ms", deadline.UnixMilli()).Int64("past_deadline_ms", ended.Sub(deadline).Milliseconds())
@@ -175,7 +175,7 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 		}
 		n.metrics.aborts.WithLabelValues(abortReason(err, bad)).Inc()
 		n.log.Warn().Err(err).Str("key", req.Key.String()).Strs("quorum", quorum).Strs("suspects", bad).
-			Int("attempt", attempt+1).Dur("dur_ms", time.Since(attemptStart)).Msg("signing session failed")
+			Int("attempt", attempt+1).Int64("dur_ms", time.Since(attemptStart).Milliseconds()).Msg("signing session failed")
 		errs = append(errs, fmt.Errorf("quorum %v: %w", quorum, err))
 		if len(bad) == 0 {
 			noQuorum = false

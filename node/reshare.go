@@ -514,7 +514,7 @@ func (n *Node) runReshare(ctx context.Context, pr *peerwire.PrepareRequest, keyI
 		}
 		return nil, msg
 	}
-	log.Info().Strs("committed", done).Strs("pending", pending).Dur("dur_ms", time.Since(start)).Msg("resharing committed")
+	log.Info().Strs("committed", done).Strs("pending", pending).Int64("dur_ms", time.Since(start).Milliseconds()).Msg("resharing committed")
 	return &peerwire.ReshareCeremonyResponse{
 		Key: keyID.String(), Session: pr.Session.String(),
 		OldParties: req.OldParties, OldThreshold: req.OldThreshold,

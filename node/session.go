@@ -222,7 +222,7 @@ func (n *Node) memberAudit(ctx context.Context, id peerwire.SessionID, coordinat
 		ev, outcome = n.log.Warn().AnErr("err", err), "failed"
 	}
 	ev = ev.Str("event", "member_sign").Str("key", req.Key).Str("session", id.String()).Str("coordinator", coordinator).
-		Str("edge", req.Edge).Str("request", req.RequestID).Str("outcome", outcome).Dur("dur_ms", ended.Sub(start)).
+		Str("edge", req.Edge).Str("request", req.RequestID).Str("outcome", outcome).Int64("dur_ms", ended.Sub(start).Milliseconds()).
 		Int64("ended_unix_ms", ended.UnixMilli())
 	if deadline, ok := ctx.Deadline(); ok {
 		ev = ev.Int64("deadline_unix_ms", deadline.UnixMilli()).Int64("past_deadline_ms", ended.Sub(deadline).Milliseconds())
