@@ -560,7 +560,7 @@ func (n *Node) confirmReshare(session peerwire.SessionID, key string, fingerprin
 	if err != nil {
 		return nil, fmt.Errorf("confirm resharing: %w", err)
 	}
-	return &peerwire.ReshareConfirmation{Node: n.cfg.Name, Fingerprint: slices.Clone(fingerprint), Cert: n.tls.Certificates[0].Leaf.Raw, Sig: sig}, nil
+	return &peerwire.ReshareConfirmation{Node: n.cfg.Name, Fingerprint: slices.Clone(fingerprint), Cert: n.current().cert.Leaf.Raw, Sig: sig}, nil
 }
 
 // errNotCommit marks a commit whose proof does not hold.
@@ -606,7 +606,7 @@ func (n *Node) checkNodeSig(node string, certDER, sig, digest []byte) error {
 	if err != nil {
 		return fmt.Errorf("certificate: %w", err)
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: n.tls.ClientCAs, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: n.current().pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return fmt.Errorf("certificate not from the cluster CA: %w", err)
 	}
 	id, err := pki.IdentityOf(cert)
