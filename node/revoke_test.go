@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -363,4 +364,70 @@ func TestReloadFailureKeepsConfig(t *testing.T) {
 	if err := n.refuseRevoked(c.edge.Cert, "test"); !errors.Is(err, errRevoked) {
 		t.Fatalf("the edge after a good reload: %v, want revoked", err)
 	}
+}
+
+// TestRevocationListEntries: what the plain list and a CRL revoke, and
+// what they leave alone.
+func TestRevocationListEntries(t *testing.T) {
+	c := newTestCluster(t, nil)
+	other := c.identity("other", pki.RoleEdge)
+	bySerial := c.identity("by-serial", pki.RoleEdge)
+	byCRL := c.identity("by-crl", pki.RoleEdge)
+	otherCA, err := pki.InitCA(filepath.Join(c.dir, "other-ca"), "another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A certificate of another CA with byCRL's serial: a CRL revokes a
+	// serial of its own issuer only.
+	foreignPath, _, err := otherCA.IssueIdentity(filepath.Join(c.dir, "other-ca"), "by-crl", pki.RoleEdge, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := tls.LoadX509KeyPair(foreignPath, filepath.Join(c.dir, "other-ca", "by-crl-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign.Leaf.SerialNumber = byCRL.Cert.SerialNumber
+	list := filepath.Join(c.dir, "revoked.txt")
+	serial := byteColons(bySerial.Cert.SerialNumber.Bytes())
+	if err := os.WriteFile(list, []byte("# revoked\nname edge   # the lost host\n\nserial "+serial+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cas := []*x509.Certificate{c.ca.Cert}
+	l, err := loadRevocations(Revocation{List: list, CRL: c.revokeByCRL(byCRL.Cert)}, cas)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		cert    *x509.Certificate
+		revoked bool
+	}{
+		{"listed by name", c.edge.Cert, true},
+		{"listed by serial (openssl's colon form)", bySerial.Cert, true},
+		{"in the CRL", byCRL.Cert, true},
+		{"the CRL's serial from another issuer", foreign.Leaf, false},
+		{"not listed", other.Cert, false},
+		{"the admin", c.admin.Cert, false},
+	} {
+		if _, got := l.check(tc.cert); got != tc.revoked {
+			t.Errorf("%s: revoked %v, want %v", tc.name, got, tc.revoked)
+		}
+	}
+	if _, ok := (*revocationList)(nil).check(c.edge.Cert); ok {
+		t.Error("no list revokes something")
+	}
+}
+
+// byteColons writes b as openssl prints a serial: hex pairs joined by
+// colons, upper case.
+func byteColons(b []byte) string {
+	var sb strings.Builder
+	for i, x := range b {
+		if i > 0 {
+			sb.WriteByte(':')
+		}
+		fmt.Fprintf(&sb, "%02X", x)
+	}
+	return sb.String()
 }

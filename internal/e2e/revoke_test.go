@@ -4,15 +4,11 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -144,25 +140,12 @@ func TestRevokeEdgeBySIGHUP(t *testing.T) {
 		t.Fatalf("before the reload: %v", err)
 	}
 
-	// The CRL goes into every node's configuration file.
-	ca, err := pki.LoadCA(pkiDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	edgePair, err := tls.LoadX509KeyPair(c.edgeCert, c.edgeKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	crlDER, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
-		Number: big.NewInt(1), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(24 * time.Hour),
-		RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: edgePair.Leaf.SerialNumber, RevocationTime: time.Now()}},
-	}, ca.Cert, ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	crlPEM := pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crlDER})
+	// The operator revokes the edge with the CA (here the development
+	// CA's CRL) and adds the CRL to every node's configuration file.
+	run(t, "signer", "pki", "revoke", "--dir", pkiDir, "--cert", c.edgeCert)
 	crlPath := filepath.Join(pkiDir, "ca.crl")
-	if err := os.WriteFile(crlPath, crlPEM, 0o644); err != nil {
+	crlPEM, err := os.ReadFile(crlPath)
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, sn := range c.nodes {
