@@ -431,3 +431,140 @@ func byteColons(b []byte) string {
 	}
 	return sb.String()
 }
+
+// TestReloadRotatesCertificateAndCA: after a reload, new connections get
+// the node's new certificate, and an edge issued by a CA added to the
+// bundle is let in; the connection opened before keeps working.
+func TestReloadRotatesCertificateAndCA(t *testing.T) {
+	c := newTestCluster(t, []string{"a"})
+	n := c.nodes["a"]
+	l := serveKeyless(t, n)
+	before, err := c.dialKeyless(l, "a", "edge", c.edge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldSerial := before.conn.ConnectionState().PeerCertificates[0].SerialNumber
+
+	// A new CA joins the bundle; the node gets a new certificate.
+	newCA, err := pki.InitCA(filepath.Join(c.dir, "new-ca"), "next CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newDir := filepath.Join(c.dir, "new-ca")
+	if _, _, err := newCA.IssueIdentity(newDir, "edge2", pki.RoleEdge, nil); err != nil {
+		t.Fatal(err)
+	}
+	certPath, keyPath, err := c.ca.IssueIdentity(filepath.Join(c.dir, "renewed"), "a", pki.RoleNode, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldCA, err := os.ReadFile(c.cfgs["a"].TLS.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextCA, err := os.ReadFile(filepath.Join(newDir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(c.dir, "bundle.pem")
+	if err := os.WriteFile(bundle, append(oldCA, nextCA...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// An edge of the new CA is refused before the reload.
+	edge2 := func() (*tls.Conn, error) {
+		tc, err := pki.MutualTLS(bundle, filepath.Join(newDir, "edge2.pem"), filepath.Join(newDir, "edge2-key.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.ServerName = "a"
+		raw, err := l.Dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { raw.Close() })
+		conn := tls.Client(raw, tc)
+		if err := conn.Handshake(); err != nil {
+			return nil, err
+		}
+		// TLS 1.3: the server's verdict on the client comes with the
+		// first read; a ping gets it.
+		frame, err := keylesswire.MarshalRequest(1, protocol.Operation{Opcode: protocol.OpPing}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(frame); err != nil {
+			return nil, err
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, op, _, err := keylesswire.ReadRequest(conn, 0); err != nil || op.Opcode != protocol.OpPong {
+			return nil, fmt.Errorf("ping: %v, %v", op.Opcode, err)
+		}
+		return conn, nil
+	}
+	if _, err := edge2(); err == nil {
+		t.Fatal("an edge of a CA not yet in the bundle got in")
+	}
+	if err := c.reload("a", func(cfg *Config) { cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key = bundle, certPath, keyPath }); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := edge2()
+	if err != nil {
+		t.Fatalf("an edge of the CA added by the reload: %v", err)
+	}
+	if got := conn.ConnectionState().PeerCertificates[0].SerialNumber; got.Cmp(oldSerial) == 0 {
+		t.Fatal("a new connection still gets the certificate from before the reload")
+	}
+	if err := before.send(digest("old connection")); err != nil {
+		t.Fatalf("the connection opened before the reload: %v", err)
+	}
+	if _, err := before.receive(); err != nil && !errors.Is(err, protocol.ErrKeyNotFound) {
+		t.Fatalf("the connection opened before the reload: %v", err)
+	}
+}
+
+// TestVerifyPeerServer: what this node accepts from a peer it dials, now
+// that it checks the peer's certificate itself (peerTLS): issued by the
+// cluster CA for the peer's name, and not revoked.
+func TestVerifyPeerServer(t *testing.T) {
+	c := newTestCluster(t, []string{"a"})
+	n := c.nodes["a"]
+	b := c.identity("b", pki.RoleNode)
+	other, err := pki.InitCA(filepath.Join(c.dir, "other-ca"), "another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fakePath, fakeKey, err := other.IssueIdentity(filepath.Join(c.dir, "other-ca"), "b", pki.RoleNode, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake, err := tls.LoadX509KeyPair(fakePath, fakeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := func(certs ...*x509.Certificate) tls.ConnectionState { return tls.ConnectionState{PeerCertificates: certs} }
+	for _, tc := range []struct {
+		name  string
+		state tls.ConnectionState
+		peer  string
+		ok    bool
+	}{
+		{"b's certificate, dialing b", state(b.Cert), "b", true},
+		{"b's certificate, dialing c", state(b.Cert), "c", false},
+		{"a certificate for b from another CA", state(fake.Leaf), "b", false},
+		{"no certificate", state(), "b", false},
+	} {
+		if err := n.verifyPeerServer(tc.state, tc.peer); (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want accepted %v", tc.name, err, tc.ok)
+		}
+	}
+	list := filepath.Join(c.dir, "revoked.txt")
+	if err := os.WriteFile(list, []byte("name b\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.reload("a", func(cfg *Config) { cfg.Revocation.List = list }); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.verifyPeerServer(state(b.Cert), "b"); !errors.Is(err, errRevoked) {
+		t.Errorf("revoked b: %v, want refused as revoked", err)
+	}
+}
