@@ -541,7 +541,9 @@ func TestVerifyPeerServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state := func(certs ...*x509.Certificate) tls.ConnectionState { return tls.ConnectionState{PeerCertificates: certs} }
+	state := func(certs ...*x509.Certificate) tls.ConnectionState {
+		return tls.ConnectionState{PeerCertificates: certs}
+	}
 	for _, tc := range []struct {
 		name  string
 		state tls.ConnectionState
