@@ -237,6 +237,10 @@ func (n *Node) prepareReshare(coordinator string, id peerwire.SessionID, req *pe
 		st = peerwire.ImportStatement(req.Key, req.NewParties, req.NewThreshold)
 	}
 	claims, err := n.verifier.VerifyStatement(req.Authority, st, authority.Once)
+	if err == nil {
+		// A ceremony needs an admin trusted now: not one revoked here.
+		err = n.refuseRevoked(claims.Identity.Cert, "statement")
+	}
 	if err != nil {
 		return fmt.Errorf("%s of key %s: %w: %w", st.Kind, keyID, errUnauthorized, err)
 	}

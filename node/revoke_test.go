@@ -570,3 +570,29 @@ func TestVerifyPeerServer(t *testing.T) {
 		t.Errorf("revoked b: %v, want refused as revoked", err)
 	}
 }
+
+// TestRevokedAdminStartsNoCeremony: a key generation signed by an admin
+// identity revoked here is refused.
+func TestRevokedAdminStartsNoCeremony(t *testing.T) {
+	c := newTestCluster(t, []string{"a", "b"})
+	list := filepath.Join(c.dir, "revoked.txt")
+	if err := os.WriteFile(list, []byte("name admin\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "b"} {
+		if err := c.reload(name, func(cfg *Config) { cfg.Revocation.List = list }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	parties := []string{"a", "b"}
+	auth, err := c.admin.SignStatement(peerwire.KeygenStatement(1, parties))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = c.nodes["a"].Keygen(ctx, &peerwire.KeygenCeremonyRequest{Threshold: 1, Parties: parties, Authority: auth})
+	if err == nil || !strings.Contains(err.Error(), errRevoked.Error()) {
+		t.Fatalf("keygen signed by a revoked admin: %v, want refused as revoked", err)
+	}
+}
