@@ -39,9 +39,9 @@ type Node struct {
 	cfg   Config
 	log   zerolog.Logger
 	store *tss.Store
-	// creds are the certificate, CA, access list and revocations in
+	// trust is the certificate, CA, access list and revocations in
 	// force; Reload replaces them (trust.go).
-	creds atomic.Pointer[trustSet]
+	trust atomic.Pointer[trustSet]
 
 	mu     sync.RWMutex
 	shares map[tss.KeyID]*tss.Share
@@ -105,14 +105,14 @@ func newNode(cfg Config, log zerolog.Logger, dial dialer) (*Node, error) {
 		pool:      newPresignPool(),
 	}
 	n.metrics = newMetrics(func() float64 { return float64(n.sessions.count()) })
-	creds, err := n.loadCredentials(cfg)
+	trust, err := n.loadTrust(cfg)
 	if err != nil {
 		return nil, err
 	}
-	n.creds.Store(creds)
-	n.verifier.SetRoots(creds.pool)
+	n.trust.Store(trust)
+	n.verifier.SetRoots(trust.pool)
 	n.metrics.lastReload.Set(float64(time.Now().Unix()))
-	n.warnStaleCRL(creds)
+	n.warnStaleCRL(trust)
 	n.admission = newAdmission(cfg, n.metrics)
 	n.sessions.failed = n.sessionFailed
 	if err := n.verifier.Open(filepath.Join(cfg.DataDir, "request-ids")); err != nil {

@@ -41,11 +41,11 @@ func (n *Node) reload(cfg Config) error {
 	if cfg.Name != n.cfg.Name {
 		return fmt.Errorf("name changed from %q to %q: a node's name is bound to its shares and cannot change while it runs", n.cfg.Name, cfg.Name)
 	}
-	c, err := n.loadCredentials(cfg)
+	c, err := n.loadTrust(cfg)
 	if err != nil {
 		return err
 	}
-	n.creds.Store(c)
+	n.trust.Store(c)
 	n.verifier.SetRoots(c.pool)
 	now := time.Now()
 	n.metrics.reloads.WithLabelValues("ok").Inc()

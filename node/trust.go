@@ -14,7 +14,7 @@ import (
 // trustSet is the part of a node's configuration that a reload
 // (SIGHUP) replaces while the node serves: its own certificate and key, the
 // cluster CA, the access list and the revoked identities. They are replaced
-// as one value (Node.creds), so a connection or request sees either the old
+// as one value (Node.trust), so a connection or request sees either the old
 // set or the new one, never half of each.
 //
 // Everything that decides whom to trust reads the current value at the
@@ -33,9 +33,9 @@ type trustSet struct {
 	server *tls.Config
 }
 
-// loadCredentials reads and checks the reloadable parts of cfg. Any error
-// leaves the caller's current credentials in force.
-func (n *Node) loadCredentials(cfg Config) (*trustSet, error) {
+// loadTrust reads and checks the reloadable parts of cfg. Any error
+// leaves the caller's current trust set in force.
+func (n *Node) loadTrust(cfg Config) (*trustSet, error) {
 	caPEM, err := os.ReadFile(cfg.TLS.CA)
 	if err != nil {
 		return nil, fmt.Errorf("cluster CA: %w", err)
@@ -103,14 +103,14 @@ func (n *Node) loadCredentials(cfg Config) (*trustSet, error) {
 	return c, nil
 }
 
-// current returns the credentials in force.
-func (n *Node) current() *trustSet { return n.creds.Load() }
+// current returns the trust set in force.
+func (n *Node) current() *trustSet { return n.trust.Load() }
 
 // errRevoked marks an identity on the revocation list.
 var errRevoked = errors.New("identity revoked")
 
 // refuseRevoked returns an error wrapping errRevoked, and counts it, if
-// cert is revoked by the credentials in force.
+// cert is revoked by the trust set in force.
 func (n *Node) refuseRevoked(cert *x509.Certificate, where string) error {
 	c := n.current()
 	if c == nil || cert == nil {
@@ -126,7 +126,7 @@ func (n *Node) refuseRevoked(cert *x509.Certificate, where string) error {
 }
 
 // serverTLS is the TLS configuration of both endpoints: each new connection
-// gets the credentials in force when it arrives (GetConfigForClient). The
+// gets the trust set in force when it arrives (GetConfigForClient). The
 // fields beside the callback satisfy the endpoints' own checks at start.
 func (n *Node) serverTLS() *tls.Config {
 	c := n.current()
