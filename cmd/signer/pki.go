@@ -129,8 +129,8 @@ func revokeCmd(dir *string) *cobra.Command {
 revocation list (default <dir>/ca.crl, created if absent) and signs it anew,
 valid for --days. Point every signer's revocation.crl at a copy of it and send
 each signer SIGHUP: from then on they refuse those identities on every path.
-Publish a new CRL before the old one's next update (signers still apply a stale
-CRL, and log a warning).`,
+Without --cert it only signs the CRL anew: run it before the next update
+(signers still apply a stale CRL, and log a warning).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ca, err := pki.LoadCA(*dir)
 			if err != nil {
