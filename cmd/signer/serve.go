@@ -51,6 +51,11 @@ previous configuration, logs why and counts tkeyless_signer_reloads_total
 tells when the configuration in force was loaded. Other settings changed in
 the file take effect at the next restart (the reload log names them).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Caught from the start: SIGHUP's default action would end a
+			// node still loading its shares.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			log, err := g.logger()
 			if err != nil {
 				return err
@@ -79,7 +84,7 @@ the file take effect at the next restart (the reload log names them).`,
 				return fmt.Errorf("keyless endpoint: %w", err)
 			}
 			n.EnsurePreParams(cmd.Context())
-			stopReload := reloadOnHangup(cmd.Context(), n, func() (node.Config, error) {
+			stopReload := reloadOnHangup(cmd.Context(), hup, n, func() (node.Config, error) {
 				cfg, err := node.LoadConfig(configPath)
 				if err != nil {
 					return cfg, err
@@ -97,12 +102,10 @@ the file take effect at the next restart (the reload log names them).`,
 	return cmd
 }
 
-// reloadOnHangup reloads n from load on every SIGHUP until ctx ends or the
-// returned stop is called. A failed reload is logged and counted by
-// n.Reload; the process keeps serving with what it had.
-func reloadOnHangup(ctx context.Context, n *node.Node, load func() (node.Config, error)) (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+// reloadOnHangup reloads n from load on every signal from hup until ctx
+// ends or the returned stop is called. A failed reload is logged and
+// counted; the process keeps serving with what it had.
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, n *node.Node, load func() (node.Config, error)) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -122,7 +125,6 @@ func reloadOnHangup(ctx context.Context, n *node.Node, load func() (node.Config,
 		}
 	}()
 	return func() {
-		signal.Stop(hup)
 		cancel()
 		<-done
 	}
