@@ -32,10 +32,14 @@ var errNotGranted = errors.New("identity is not granted this key")
 
 // grant returns the access grant of identity for key, if any.
 func (n *Node) grant(identity string, key tss.KeyID) (Grant, bool) {
-	if len(n.cfg.Access) == 0 {
+	access := n.cfg.Access
+	if c := n.current(); c != nil {
+		access = c.access // reloaded
+	}
+	if len(access) == 0 {
 		return Grant{Identity: identity, Keys: []string{"*"}}, true
 	}
-	for _, g := range n.cfg.Access {
+	for _, g := range access {
 		if g.Identity == identity && (slices.Contains(g.Keys, "*") || slices.Contains(g.Keys, key.String())) {
 			return g, true
 		}
@@ -52,6 +56,11 @@ func (n *Node) grant(identity string, key tss.KeyID) (Grant, bool) {
 // The returned claims are nil for a legacy request.
 func (n *Node) authorize(key tss.KeyID, hash crypto.Hash, req *peerwire.SignRequest) (*authority.Claims, error) {
 	if len(req.Authority) == 0 {
+		// Only the coordinator saw a legacy edge's certificate; a name
+		// revoked here is refused all the same.
+		if c := n.current(); c != nil && c.revoked.names[req.Edge] {
+			return nil, fmt.Errorf("edge %q: name listed in the revocation list: %w", req.Edge, errRevoked)
+		}
 		g, ok := n.grant(req.Edge, key)
 		if !ok {
 			return nil, fmt.Errorf("edge %q, key %s: %w", req.Edge, key, errNotGranted)
@@ -64,6 +73,12 @@ func (n *Node) authorize(key tss.KeyID, hash crypto.Hash, req *peerwire.SignRequ
 	claims, err := n.verifier.Verify(req.Authority, authority.Request{Op: byte(opcodes[hash]), SKI: key, Digest: req.Digest})
 	if err != nil {
 		return nil, err
+	}
+	// The authority's certificate, not the coordinator's word, is checked
+	// against the revocations in force here: a coordinator that has not
+	// reloaded yet, or lies, cannot forward a revoked edge's request.
+	if err := n.refuseRevoked(claims.Identity.Cert, "authority"); err != nil {
+		return nil, fmt.Errorf("request authority: %w", err)
 	}
 	if claims.Identity.Name != req.Edge {
 		return nil, fmt.Errorf("authority is from %q but the coordinator says the request came from %q", claims.Identity.Name, req.Edge)

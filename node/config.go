@@ -87,6 +87,10 @@ type Config struct {
 	// end-to-end request authority: convenient for a first cluster, too
 	// broad for production.
 	Access []Grant `yaml:"access"`
+	// Revocation lists identities refused although the cluster CA issued
+	// them (a CRL from the CA, or a plain list of names and serials); see
+	// revocation.go. Reloaded on SIGHUP with tls and access.
+	Revocation Revocation `yaml:"revocation"`
 	// AuthorityWindow is how far the time in an edge's request authority
 	// may be from this node's clock (default 30s).
 	AuthorityWindow Duration `yaml:"authority_window"`
@@ -191,7 +195,7 @@ func LoadConfig(path string) (Config, error) {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
 	base := filepath.Dir(path)
-	for _, p := range []*string{&c.DataDir, &c.TLS.CA, &c.TLS.Cert, &c.TLS.Key, &c.Secrets.KeyFile, &c.Secrets.PassphraseFile} {
+	for _, p := range []*string{&c.DataDir, &c.TLS.CA, &c.TLS.Cert, &c.TLS.Key, &c.Secrets.KeyFile, &c.Secrets.PassphraseFile, &c.Revocation.CRL, &c.Revocation.List} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}

@@ -126,6 +126,7 @@ secrets: {key_file: secrets.key}
 peers: [{name: b, addr: "b:2407"}]
 sign_timeout: 1500ms
 presign: {depth: 4, max_age: 90s}
+revocation: {crl: pki/ca.crl, list: revoked.txt}
 `
 	cfg, err := LoadConfig(write("good.yaml", good))
 	if err != nil {
@@ -136,6 +137,8 @@ presign: {depth: 4, max_age: 90s}
 		{"tls.cert", cfg.TLS.Cert, filepath.Join(dir, "pki", "a.pem")},
 		{"tls.ca (absolute)", cfg.TLS.CA, "/etc/tkeyless/ca.pem"},
 		{"secrets.key_file", cfg.Secrets.KeyFile, filepath.Join(dir, "secrets.key")},
+		{"revocation.crl", cfg.Revocation.CRL, filepath.Join(dir, "pki", "ca.crl")},
+		{"revocation.list", cfg.Revocation.List, filepath.Join(dir, "revoked.txt")},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s = %q, want %q", tc.what, tc.got, tc.want)

@@ -147,7 +147,7 @@ func (n *Node) checkOriginSig(e *peerwire.Echo) error {
 	if err != nil {
 		return fmt.Errorf("origin certificate: %w", err)
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: n.tls.ClientCAs, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: n.current().pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return fmt.Errorf("origin certificate not from the cluster CA: %w", err)
 	}
 	id, err := pki.IdentityOf(cert)
@@ -219,7 +219,7 @@ func (n *Node) signBroadcast(env *peerwire.Envelope) error {
 // signWithNodeKey signs a SHA-256 digest with this node's identity key, for
 // statements other members check against its certificate (verifyNodeSig).
 func (n *Node) signWithNodeKey(digest []byte) ([]byte, error) {
-	key, ok := n.tls.Certificates[0].PrivateKey.(crypto.Signer)
+	key, ok := n.current().cert.PrivateKey.(crypto.Signer)
 	if !ok {
 		return nil, errors.New("node key cannot sign")
 	}

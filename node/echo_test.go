@@ -22,7 +22,7 @@ func TestEchoRules(t *testing.T) {
 	c := newTestCluster(t, []string{"a", "b", "c"})
 	b := c.nodes["b"]
 	ident := func(name string) pki.Identity {
-		return pki.Identity{Name: name, Role: pki.RoleNode, Cert: c.nodes[name].tls.Certificates[0].Leaf}
+		return pki.Identity{Name: name, Role: pki.RoleNode, Cert: c.nodes[name].current().cert.Leaf}
 	}
 	m := newSignMessages()
 	type fixture struct {
@@ -51,7 +51,7 @@ func TestEchoRules(t *testing.T) {
 			t.Fatal(err)
 		}
 		return &peerwire.Echo{Version: peerwire.Version, Session: f.s.id, Origin: origin, Type: f.env.Type, Round: f.env.Round,
-			Hash: hash, Sig: sig, OriginCert: c.nodes[signer].tls.Certificates[0].Leaf.Raw}
+			Hash: hash, Sig: sig, OriginCert: c.nodes[signer].current().cert.Leaf.Raw}
 	}
 	hashOf := func(f fixture) []byte { h := sha256.Sum256(f.env.Payload); return h[:] }
 	other := sha256.Sum256([]byte("another broadcast"))

@@ -270,6 +270,11 @@ func (n *Node) reachable(name string) bool {
 	if !ok {
 		return false
 	}
+	// A peer whose name is revoked here would be refused its part in the
+	// session anyway (identityInterceptor): do not pick it.
+	if c := n.current(); c != nil && c.revoked.names[name] {
+		return false
+	}
 	p.health.mu.Lock()
 	defer p.health.mu.Unlock()
 	return p.health.up || p.health.checked.IsZero()

@@ -22,6 +22,13 @@ func (b *keylessBackend) Sign(ctx context.Context, req *keyless.Request) ([]byte
 		b.n.log.Warn().Err(err).Msg("keyless request refused: no tkeyless identity")
 		return nil, protocol.ErrKeyNotFound
 	}
+	// Checked on every request, not only at the handshake: a connection
+	// opened before a reload that revoked its identity gets no more
+	// signatures.
+	if err := b.n.refuseRevoked(req.Identity, "keyless"); err != nil {
+		// Like a key not granted: a revoked edge learns nothing.
+		return nil, protocol.ErrKeyNotFound
+	}
 	if id.Role != pki.RoleEdge && id.Role != pki.RoleAdmin {
 		b.n.log.Warn().Str("identity", id.Name).Str("role", string(id.Role)).Msg("keyless request refused: only edge and admin identities may sign")
 		return nil, protocol.ErrKeyNotFound

@@ -33,7 +33,7 @@ func testKeylessErrorCodes(t *testing.T, c *testCluster) {
 	backend := &keylessBackend{n: a}
 	legacy := c.identity("legacy", pki.RoleEdge)
 	stranger := c.identity("stranger", pki.RoleEdge)
-	nodeCert := a.tls.Certificates[0].Leaf
+	nodeCert := a.current().cert.Leaf
 	share, _ := a.share(c.key)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

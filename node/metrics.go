@@ -28,6 +28,8 @@ type metrics struct {
 	computing    prometheus.Gauge
 	overloaded   *prometheus.CounterVec
 	cancelled    *prometheus.CounterVec
+	reloads      *prometheus.CounterVec
+	lastReload   prometheus.Gauge
 }
 
 func newMetrics(sessions func() float64) *metrics {
@@ -113,12 +115,20 @@ func newMetrics(sessions func() float64) *metrics {
 		Name: "tkeyless_signer_sessions_cancelled_total",
 		Help: "Signing sessions that stopped because their requester gave up or their deadline passed, by this node's role (coordinator, member).",
 	}, []string{"role"})
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tkeyless_signer_reloads_total",
+		Help: "Configuration reloads (SIGHUP), by result: ok, or failed (the previous configuration stayed in force; the log says why).",
+	}, []string{"result"})
+	m.lastReload = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tkeyless_signer_config_last_reload_success_timestamp_seconds",
+		Help: "Unix time the certificate, CA, access list and revocations in force were loaded (at start, or by the last successful reload).",
+	})
 	m.sessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tkeyless_signer_sessions",
 		Help: "Sessions (coordinated or joined) live on this node.",
 	}, sessions)
 	m.reg.MustRegister(m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp, m.presign, m.presignDepth, m.signPath,
-		m.convictions, m.convicted, m.unattributed, m.suspended, m.queueLength, m.queueWait, m.computing, m.overloaded, m.cancelled,
+		m.convictions, m.convicted, m.unattributed, m.suspended, m.queueLength, m.queueWait, m.computing, m.overloaded, m.cancelled, m.reloads, m.lastReload,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -12,7 +12,6 @@ package node
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -31,7 +30,6 @@ import (
 
 	"github.com/tkeyless/tkeyless/internal/authority"
 	"github.com/tkeyless/tkeyless/internal/peerwire"
-	"github.com/tkeyless/tkeyless/internal/pki"
 	"github.com/tkeyless/tkeyless/keyless"
 	"github.com/tkeyless/tkeyless/tss"
 )
@@ -40,8 +38,10 @@ import (
 type Node struct {
 	cfg   Config
 	log   zerolog.Logger
-	tls   *tls.Config
 	store *tss.Store
+	// trust is the certificate, CA, access list and revocations in
+	// force; Reload replaces them (trust.go).
+	trust atomic.Pointer[trustSet]
 
 	mu     sync.RWMutex
 	shares map[tss.KeyID]*tss.Share
@@ -85,13 +85,6 @@ func newNode(cfg Config, log zerolog.Logger, dial dialer) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	tlsConf, err := pki.MutualTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkOwnIdentity(tlsConf, cfg.Name); err != nil {
-		return nil, err
-	}
 	sealer, err := cfg.Sealer()
 	if err != nil {
 		return nil, err
@@ -103,16 +96,23 @@ func newNode(cfg Config, log zerolog.Logger, dial dialer) (*Node, error) {
 	n := &Node{
 		cfg:       cfg,
 		log:       log.With().Str("node", cfg.Name).Logger(),
-		tls:       tlsConf,
 		store:     store,
 		shares:    map[tss.KeyID]*tss.Share{},
 		preParams: newPreParamsCache(filepath.Join(cfg.DataDir, "preparams.age"), sealer),
 		peers:     map[string]*peerConn{},
 		sessions:  newRouter(30 * time.Second),
-		verifier:  &authority.Verifier{Roots: tlsConf.ClientCAs, Window: time.Duration(cfg.AuthorityWindow)},
+		verifier:  &authority.Verifier{Window: time.Duration(cfg.AuthorityWindow)},
 		pool:      newPresignPool(),
 	}
 	n.metrics = newMetrics(func() float64 { return float64(n.sessions.count()) })
+	trust, err := n.loadTrust(cfg)
+	if err != nil {
+		return nil, err
+	}
+	n.trust.Store(trust)
+	n.verifier.SetRoots(trust.pool)
+	n.metrics.lastReload.Set(float64(time.Now().Unix()))
+	n.warnStaleCRL(trust)
 	n.admission = newAdmission(cfg, n.metrics)
 	n.sessions.failed = n.sessionFailed
 	if err := n.verifier.Open(filepath.Join(cfg.DataDir, "request-ids")); err != nil {
@@ -169,21 +169,6 @@ func newNode(cfg Config, log zerolog.Logger, dial dialer) (*Node, error) {
 	return n, nil
 }
 
-func checkOwnIdentity(c *tls.Config, name string) error {
-	leaf := c.Certificates[0].Leaf
-	id, err := pki.IdentityOf(leaf)
-	if err != nil {
-		return fmt.Errorf("node certificate: %w", err)
-	}
-	if id.Role != pki.RoleNode {
-		return fmt.Errorf("node certificate has role %s, want node", id.Role)
-	}
-	if id.Name != name {
-		return fmt.Errorf("node certificate is for %q but config name is %q", id.Name, name)
-	}
-	return nil
-}
-
 // loadShares reads every stored share. A share that fails to load is
 // reported and skipped: the node still serves its other keys.
 func (n *Node) loadShares() error {
@@ -221,10 +206,7 @@ func (p *peerConn) wake() {
 }
 
 func (n *Node) dial(p Peer, dial dialer) (*peerConn, error) {
-	tc := n.tls.Clone()
-	// The peer's certificate must be issued for its name: that is what
-	// binds a connection to a tss party.
-	tc.ServerName = p.Name
+	tc := n.peerTLS(p.Name)
 	var opts []grpc.DialOption
 	if dial != nil {
 		opts = append(opts, grpc.WithContextDialer(dial))
@@ -272,21 +254,16 @@ func (n *Node) Keys() []tss.KeyID {
 // gracefully (in-flight sessions get a few seconds to finish).
 func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
 	gs := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(n.tls)),
+		grpc.Creds(credentials.NewTLS(n.serverTLS())),
 		grpc.MaxRecvMsgSize(4<<20),
 		grpc.ChainUnaryInterceptor(n.recoverInterceptor, n.identityInterceptor),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	peerwire.Register(gs, &peerService{n: n})
 
-	ks, err := keyless.NewServer(keyless.ServerConfig{
-		TLS:            n.tls.Clone(),
-		Backend:        &keylessBackend{n: n},
-		Logger:         n.log.With().Str("endpoint", "keyless").Logger(),
-		RequestTimeout: time.Duration(n.cfg.SignTimeout),
-	})
+	ks, err := n.keylessServer()
 	if err != nil {
-		return fmt.Errorf("keyless endpoint: %w", err)
+		return err
 	}
 
 	errc := make(chan error, 3)
@@ -336,6 +313,20 @@ func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
 		return serveErr
 	}
 	return nil
+}
+
+// keylessServer is the node's gokeyless endpoint, not yet listening.
+func (n *Node) keylessServer() (*keyless.Server, error) {
+	ks, err := keyless.NewServer(keyless.ServerConfig{
+		TLS:            n.serverTLS(),
+		Backend:        &keylessBackend{n: n},
+		Logger:         n.log.With().Str("endpoint", "keyless").Logger(),
+		RequestTimeout: time.Duration(n.cfg.SignTimeout),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keyless endpoint: %w", err)
+	}
+	return ks, nil
 }
 
 // resolveLoop asks, every few seconds while this node awaits the outcome of

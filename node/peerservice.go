@@ -41,6 +41,11 @@ func (n *Node) identityInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if err != nil {
 		return nil, status.Errorf(codes.Unauthenticated, "peer identity: %v", err)
 	}
+	// Every call, not only the handshake: connections opened before a
+	// reload that revoked the caller stay open but carry nothing more.
+	if err := n.refuseRevoked(id.Cert, "peer"); err != nil {
+		return nil, status.Errorf(codes.PermissionDenied, "peer %v", err)
+	}
 	allowed := []pki.Role{pki.RoleNode}
 	switch info.FullMethod {
 	// Ceremonies and key states carry an admin's signed statement, which

@@ -237,6 +237,10 @@ func (n *Node) prepareReshare(coordinator string, id peerwire.SessionID, req *pe
 		st = peerwire.ImportStatement(req.Key, req.NewParties, req.NewThreshold)
 	}
 	claims, err := n.verifier.VerifyStatement(req.Authority, st, authority.Once)
+	if err == nil {
+		// A ceremony needs an admin trusted now: not one revoked here.
+		err = n.refuseRevoked(claims.Identity.Cert, "statement")
+	}
 	if err != nil {
 		return fmt.Errorf("%s of key %s: %w: %w", st.Kind, keyID, errUnauthorized, err)
 	}
@@ -560,7 +564,7 @@ func (n *Node) confirmReshare(session peerwire.SessionID, key string, fingerprin
 	if err != nil {
 		return nil, fmt.Errorf("confirm resharing: %w", err)
 	}
-	return &peerwire.ReshareConfirmation{Node: n.cfg.Name, Fingerprint: slices.Clone(fingerprint), Cert: n.tls.Certificates[0].Leaf.Raw, Sig: sig}, nil
+	return &peerwire.ReshareConfirmation{Node: n.cfg.Name, Fingerprint: slices.Clone(fingerprint), Cert: n.current().cert.Leaf.Raw, Sig: sig}, nil
 }
 
 // errNotCommit marks a commit whose proof does not hold.
@@ -606,7 +610,7 @@ func (n *Node) checkNodeSig(node string, certDER, sig, digest []byte) error {
 	if err != nil {
 		return fmt.Errorf("certificate: %w", err)
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: n.tls.ClientCAs, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: n.current().pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return fmt.Errorf("certificate not from the cluster CA: %w", err)
 	}
 	id, err := pki.IdentityOf(cert)

@@ -257,7 +257,7 @@ func TestDuplicateByContent(t *testing.T) {
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 	junk := make([]byte, 16<<10)
-	cCert := c.nodes["c"].tls.Certificates[0].Leaf.Raw
+	cCert := c.nodes["c"].current().cert.Leaf.Raw
 	for i := range 1500 {
 		typ := fmt.Sprintf("binance.tsslib.ecdsa.signing.SignRound%dMessage-%d", i%9+1, i)
 		_, _ = a.Deliver(ctx, env(typ, i%9+1, i%2 == 0, junk))

@@ -240,6 +240,12 @@ func (n *Node) prepareKeygen(coordinator string, id peerwire.SessionID, req *pee
 		}
 	}
 	claims, err := n.verifier.VerifyStatement(req.Authority, peerwire.KeygenStatement(req.Threshold, req.Parties), authority.Once)
+	if err == nil {
+		// A ceremony needs an admin trusted now: not one revoked here. (A
+		// key state it signed earlier stands: revoking an admin must not
+		// undo a kill switch.)
+		err = n.refuseRevoked(claims.Identity.Cert, "statement")
+	}
 	if err != nil {
 		return fmt.Errorf("keygen: %w: %w", errUnauthorized, err)
 	}

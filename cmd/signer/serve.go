@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,8 +34,28 @@ requests in progress (default max_queue/2, or per identity with
 --identity-queue NAME=N). A request whose deadline ends before a session
 could finish (a moving estimate per key) is refused at once as overloaded,
 and the edge tries another signer. Presignature refills wait behind live
-requests.`,
+requests.
+
+Reload (SIGHUP, e.g. systemctl reload): the node reads its configuration file
+again and puts in force, without dropping a connection or a session, its
+certificate and key (tls.cert, tls.key), the cluster CA (tls.ca), the access
+list (access) and the revoked identities (revocation.crl, a CRL issued by the
+cluster CA; revocation.list, lines "name IDENTITY" or "serial HEX"). A revoked
+edge or signer is refused from then on: new connections, further requests on
+connections already open, and (on every member) the end-to-end authority of
+its requests, whichever signer forwards them. Sessions in flight finish.
+A reload that fails (a file missing or bad, a key that does not match its
+certificate, a certificate for another name or CA, a truncated CRL) keeps the
+previous configuration, logs why and counts tkeyless_signer_reloads_total
+{result="failed"}; tkeyless_signer_config_last_reload_success_timestamp_seconds
+tells when the configuration in force was loaded. Other settings changed in
+the file take effect at the next restart (the reload log names them).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Caught from the start: SIGHUP's default action would end a
+			// node still loading its shares.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			log, err := g.logger()
 			if err != nil {
 				return err
@@ -60,6 +84,15 @@ requests.`,
 				return fmt.Errorf("keyless endpoint: %w", err)
 			}
 			n.EnsurePreParams(cmd.Context())
+			stopReload := reloadOnHangup(cmd.Context(), hup, n, func() (node.Config, error) {
+				cfg, err := node.LoadConfig(configPath)
+				if err != nil {
+					return cfg, err
+				}
+				// The command line still overrides the file.
+				return cfg, admission.apply(cmd, &cfg)
+			})
+			defer stopReload()
 			return n.Serve(cmd.Context(), peerL, keylessL)
 		},
 	}
@@ -67,6 +100,34 @@ requests.`,
 	_ = cmd.MarkFlagRequired("config")
 	admission.register(cmd)
 	return cmd
+}
+
+// reloadOnHangup reloads n from load on every signal from hup until ctx
+// ends or the returned stop is called. A failed reload is logged and
+// counted; the process keeps serving with what it had.
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, n *node.Node, load func() (node.Config, error)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				cfg, err := load()
+				if err != nil {
+					n.ReloadFailed(err)
+					continue
+				}
+				_ = n.Reload(cfg) // logged and counted by Reload
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // admissionFlags override the configuration's admission settings.

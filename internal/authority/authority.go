@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -169,6 +170,8 @@ func decode(a []byte) (*decoded, error) {
 type Verifier struct {
 	// Roots is the cluster CA that issues edge identities.
 	Roots *x509.CertPool
+	// roots, once SetRoots is called, replaces Roots (a reloaded CA).
+	roots atomic.Pointer[x509.CertPool]
 	// Window is how far an authority's time may be from this node's clock
 	// (default 30 s); it bounds clock skew plus the handshake deadline, and
 	// how long request ids are remembered.
@@ -228,6 +231,18 @@ func (v *Verifier) Verify(a []byte, req Request) (Claims, error) {
 	return Claims{Identity: id, RequestID: d.id, Time: t}, nil
 }
 
+// SetRoots replaces the cluster CA while the verifier is in use (a signer
+// reloading its configuration); Roots must not be written once Verify may
+// run.
+func (v *Verifier) SetRoots(p *x509.CertPool) { v.roots.Store(p) }
+
+func (v *Verifier) currentRoots() *x509.CertPool {
+	if p := v.roots.Load(); p != nil {
+		return p
+	}
+	return v.Roots
+}
+
 // identityIn returns the identity whose certificate d carries, checked to
 // be issued by the cluster CA and valid at time at.
 func (v *Verifier) identityIn(d *decoded, at time.Time) (pki.Identity, *x509.Certificate, error) {
@@ -235,7 +250,7 @@ func (v *Verifier) identityIn(d *decoded, at time.Time) (pki.Identity, *x509.Cer
 	if err != nil {
 		return pki.Identity{}, nil, fmt.Errorf("certificate: %w", err)
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: v.Roots, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: v.currentRoots(), CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return pki.Identity{}, nil, fmt.Errorf("certificate not issued by the cluster CA: %w", err)
 	}
 	id, err := pki.IdentityOf(cert)
