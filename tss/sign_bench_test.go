@@ -34,7 +34,7 @@ func measureCPU(b *testing.B, op func()) {
 		op()
 		n++
 	}
-	b.ReportMetric((cpuTime(b) - start).Seconds()/float64(n), "cpu-s/op")
+	b.ReportMetric((cpuTime(b)-start).Seconds()/float64(n), "cpu-s/op")
 }
 
 // BenchmarkSign measures one threshold signature through tkeyless's
