@@ -193,6 +193,11 @@ func TestFaultDetected(t *testing.T) {
 	if _, err := k.Decrypt(GammaExp(k, big.NewInt(7))); err != ErrFault {
 		t.Fatalf("Decrypt with a faulty half: %v, want ErrFault", err)
 	}
+	r := ownRing(t, 0)
+	r.tp = newFixedBase(r.h1, new(big.Int).Mul(r.mod.f1, other), r.order.BitLen())
+	if _, err := r.Commit(randBits(t, 256), randBits(t, 2816)); err != ErrFault {
+		t.Fatalf("own-ring commitment with a faulty half: %v, want ErrFault", err)
+	}
 	if _, err := k.modN2.combine(big.NewInt(1), k.modN2.f2); err != ErrFault {
 		t.Fatalf("combine of an unreduced half: %v, want ErrFault", err)
 	}

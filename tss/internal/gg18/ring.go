@@ -43,13 +43,15 @@ func (r *PlainRing) Exp(x, e *big.Int) (*big.Int, error) { return new(big.Int).E
 
 // OwnRing is a party's own Ñ = P̃·Q̃ with P̃ = 2p′+1, Q̃ = 2q′+1 safe primes
 // and h2 = h1^α. h1 is a square, so its order divides p′q′, and
-// h1^a·h2^b = h1^(a+αb mod p′q′): one exponentiation by a 2046-bit
-// exponent, computed by CRT modulo P̃ and Q̃, instead of two by exponents
-// up to 2816 bits modulo Ñ.
+// h1^a·h2^b = h1^(a+αb mod p′q′): one power of the fixed base h1 by a
+// 2046-bit exponent, computed by CRT modulo P̃ and Q̃ from tables of h1
+// (fixedBase, modulo P̃·r and Q̃·r for the fault check), instead of two
+// exponentiations by exponents up to 2816 bits modulo Ñ.
 type OwnRing struct {
 	PlainRing
 	alpha, order *big.Int
 	mod          *crt
+	tp, tq       *fixedBase // h1 modulo P̃·r and Q̃·r
 }
 
 // NewOwnRing checks the pre-parameters (Ñ = (2p′+1)(2q′+1), h2 = h1^α)
@@ -82,14 +84,25 @@ func NewOwnRing(nTilde, h1, h2, alpha, p, q *big.Int) (*OwnRing, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &OwnRing{PlainRing: *plain, alpha: alpha, order: new(big.Int).Mul(p, q), mod: mod}, nil
+	order := new(big.Int).Mul(p, q)
+	return &OwnRing{PlainRing: *plain, alpha: alpha, order: order, mod: mod,
+		tp: newFixedBase(h1, mod.f1r, order.BitLen()),
+		tq: newFixedBase(h1, mod.f2r, order.BitLen()),
+	}, nil
 }
 
 func (r *OwnRing) Commit(a, b *big.Int) (*big.Int, error) {
 	e := new(big.Int).Mul(r.alpha, b)
 	e.Add(e, a)
 	e.Mod(e, r.order)
-	return r.mod.exp(r.h1, e)
+	c := r.mod
+	want := c.expected(r.h1, e)
+	x := multiExp(c.f1r, []*fixedBase{r.tp}, []*big.Int{e})
+	y := multiExp(c.f2r, []*fixedBase{r.tq}, []*big.Int{e})
+	if !c.check(x, want) || !c.check(y, want) {
+		return nil, ErrFault
+	}
+	return c.combine(x.Mod(x, c.f1), y.Mod(y, c.f2))
 }
 
 func (r *OwnRing) Exp(x, e *big.Int) (*big.Int, error) { return r.mod.exp(x, e) }
