@@ -38,13 +38,16 @@ func (t *fixedBase) fits(e *big.Int) bool { return e.Sign() >= 0 && e.BitLen() <
 func multiExp(m *big.Int, tables []*fixedBase, es []*big.Int) *big.Int {
 	const digits = 1 << windowBits
 	var buckets [digits]*big.Int
+	// One product and one quotient buffer for every step: math/big would
+	// allocate both afresh for an in-place Mul and for Mod.
+	prod, quo := new(big.Int), new(big.Int)
 	mul := func(acc **big.Int, x *big.Int) {
 		if *acc == nil {
 			*acc = new(big.Int).Set(x)
 			return
 		}
-		(*acc).Mul(*acc, x)
-		(*acc).Mod(*acc, m)
+		prod.Mul(*acc, x)
+		quo.QuoRem(prod, m, *acc)
 	}
 	for k, t := range tables {
 		e := es[k]

@@ -141,13 +141,13 @@ func (k *Own) Decrypt(c *big.Int) (*big.Int, error) {
 		return nil, fmt.Errorf("ciphertext shares a factor with N")
 	}
 	cr := k.modN2
-	half := func(rr, r2r, rm1, h *big.Int) (*big.Int, error) {
+	half := func(rr, r2, r2r, rm1, h *big.Int) (*big.Int, error) {
 		x := new(big.Int).Mod(c, r2r)
 		x.Exp(x, rm1, r2r)
 		if !cr.check(x, cr.expected(c, rm1)) {
 			return nil, ErrFault
 		}
-		x.Mod(x, new(big.Int).Quo(r2r, cr.r)) // mod r²
+		x.Mod(x, r2)
 		x.Sub(x, one)
 		rem := new(big.Int)
 		x.QuoRem(x, rr, rem) // L_r; exact, as x ≡ 1 (mod r)
@@ -157,11 +157,11 @@ func (k *Own) Decrypt(c *big.Int) (*big.Int, error) {
 		x.Mul(x, h)
 		return x.Mod(x, rr), nil
 	}
-	mp, err := half(k.p, k.p2r, k.pm1, k.hp)
+	mp, err := half(k.p, cr.f1, k.p2r, k.pm1, k.hp)
 	if err != nil {
 		return nil, err
 	}
-	mq, err := half(k.q, k.q2r, k.qm1, k.hq)
+	mq, err := half(k.q, cr.f2, k.q2r, k.qm1, k.hq)
 	if err != nil {
 		return nil, err
 	}
