@@ -7,8 +7,6 @@ import (
 	"math/big"
 	"os"
 
-	tsslib "github.com/bnb-chain/tss-lib/v2/tss"
-
 	"github.com/tkeyless/tkeyless/internal/adversary"
 )
 
@@ -30,14 +28,12 @@ func init() {
 		t, _ := rand.Int(rand.Reader, new(big.Int).Rsh(q, 1))
 		return t.Add(t, new(big.Int).Rsh(q, 2))
 	}}
-	tamperMessage = func(kind string, party protocolParty, msg tsslib.Message) tsslib.Message {
+	// The engine computes the answer, Bob's proof and its own β from the
+	// β′ the oracle picks.
+	mtaBetaHook = func(kind, self, to string, gamma *big.Int) *big.Int {
 		if kind != "sign" && kind != "presign" {
-			return msg
+			return nil
 		}
-		out, err := oracle.Tamper(party, msg)
-		if err != nil {
-			return msg
-		}
-		return out
+		return oracle.Answer(self, to, gamma)
 	}
 }

@@ -1,6 +1,7 @@
 // Package tss is tkeyless's threshold-ECDSA engine: GG18 distributed key
-// generation and signing on P-256, built on tss-lib, over a transport the
-// caller provides.
+// generation and resharing on P-256 with tss-lib, and GG18 signing in
+// tkeyless's own rounds (engine.go, wire-compatible with tss-lib's), over a
+// transport the caller provides.
 //
 // The engine never holds more than one party's share. A Session runs one
 // party of one ceremony (keygen or signing); the caller delivers the messages

@@ -29,9 +29,13 @@ type oracleRun struct {
 // runOracleSession signs one digest with a (1,2) key, b tampering with its
 // MtA answer to a. pick chooses T from the victim's k (the test knows k, so
 // it can put T on either side of it and check what the outcome says).
-// With mtaCheck false the victim runs without tkeyless's range check: the
-// stock tss-lib behaviour.
-func runOracleSession(t *testing.T, shares []*Share, offset *big.Int, pick func(k *big.Int) *big.Int, mtaCheck bool) *oracleRun {
+// With stock both parties are tss-lib's own, the attacker's message
+// rewritten by reflection into its party (adversary.MtAOracle.Tamper), and
+// the victim runs without tkeyless's range check: the stock tss-lib
+// behaviour. Otherwise both run tkeyless's engine, the attacker choosing β′
+// through the engine's hook (adversary.MtAOracle.Answer), and the victim
+// with the range check.
+func runOracleSession(t *testing.T, shares []*Share, offset *big.Int, pick func(k *big.Int) *big.Int, stock bool) *oracleRun {
 	t.Helper()
 	victim, attacker := shares[0], shares[1]
 	if victim.Self != "a" || attacker.Self != "b" {
@@ -40,15 +44,19 @@ func runOracleSession(t *testing.T, shares []*Share, offset *big.Int, pick func(
 	quorum := []string{"a", "b"}
 	d := sha256.Sum256(fmt.Appendf(nil, "oracle %d", time.Now().UnixNano()))
 	net := newMemnet()
-	va, err := NewSignSession(victim, quorum, d[:], net.outbox("a"))
+	impl := implEngine
+	if stock {
+		impl = implTSSLib
+	}
+	va, err := newSignSession(victim, quorum, d[:], net.outbox("a"), impl)
 	if err != nil {
 		t.Fatal(err)
 	}
-	vb, err := NewSignSession(attacker, quorum, d[:], net.outbox("b"))
+	vb, err := newSignSession(attacker, quorum, d[:], net.outbox("b"), impl)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !mtaCheck {
+	if stock {
 		va.r.checks.mta = nil
 	}
 	net.join("a", va)
@@ -56,22 +64,34 @@ func runOracleSession(t *testing.T, shares []*Share, offset *big.Int, pick func(
 
 	run := &oracleRun{}
 	oracle := &adversary.MtAOracle{Attacker: "b", Victim: "a", Offset: offset, Threshold: func() *big.Int {
-		k, err := adversary.NonceShare(va.r.party)
-		if err != nil {
-			t.Errorf("victim's nonce share: %v", err)
-			return big.NewInt(0)
+		// The victim's k is set before its round-1 message left, and the
+		// attacker answers only after that message arrived.
+		var k *big.Int
+		if stock {
+			var err error
+			if k, err = adversary.NonceShare(va.r.party); err != nil {
+				t.Errorf("victim's nonce share: %v", err)
+				return big.NewInt(0)
+			}
+		} else {
+			k = new(big.Int).Set(va.r.party.(*engineParty).k)
 		}
 		run.k, run.threshold = k, pick(k)
 		return run.threshold
 	}}
-	tamperMessage = func(kind string, p protocolParty, m tsslib.Message) tsslib.Message {
-		out, err := oracle.Tamper(p, m)
-		if err != nil {
-			t.Errorf("tamper: %v", err)
+	if stock {
+		tamperMessage = func(kind string, p protocolParty, m tsslib.Message) tsslib.Message {
+			out, err := oracle.Tamper(p, m)
+			if err != nil {
+				t.Errorf("tamper: %v", err)
+			}
+			return out
 		}
-		return out
+		defer func() { tamperMessage = nil }()
+	} else {
+		mtaBetaHook = func(kind, self, to string, gamma *big.Int) *big.Int { return oracle.Answer(self, to, gamma) }
+		defer func() { mtaBetaHook = nil }()
 	}
-	defer func() { tamperMessage = nil }()
 
 	// The session is over for both once either fails: the other would
 	// wait for messages that never come.
@@ -124,7 +144,7 @@ func TestMtAOracleStockTSSLibLeaks(t *testing.T) {
 		if i%2 == 0 {
 			pick, wantSign = atOrAbove, true
 		}
-		r := runOracleSession(t, shares, nil, pick, false)
+		r := runOracleSession(t, shares, nil, pick, true)
 		signed := r.victimErr == nil && r.attackErr == nil
 		t.Logf("session %d: k ≥ T is %t; session signed: %t (victim: %v)", i, r.k.Cmp(r.threshold) >= 0, signed, r.victimErr)
 		if signed == wantSign {
@@ -142,7 +162,7 @@ func TestMtAOracleStockTSSLibLeaks(t *testing.T) {
 }
 
 // TestMtAOracleRefused runs the same attack against tkeyless's engine: the
-// victim refuses every malicious answer before tss-lib sees it, whichever
+// victim refuses every malicious answer before its party sees it, whichever
 // side of k the attacker put T, and convicts the attacker by name. So the
 // outcome carries nothing about k: every session fails the same way.
 func TestMtAOracleRefused(t *testing.T) {
@@ -152,7 +172,7 @@ func TestMtAOracleRefused(t *testing.T) {
 		if i%2 == 0 {
 			pick = atOrAbove
 		}
-		r := runOracleSession(t, shares, nil, pick, true)
+		r := runOracleSession(t, shares, nil, pick, false)
 		var se *SessionError
 		if !errors.As(r.victimErr, &se) {
 			t.Fatalf("session %d (k ≥ T: %t): victim signed or failed without a session error: %v", i, r.k.Cmp(r.threshold) >= 0, r.victimErr)
@@ -177,7 +197,7 @@ func TestMtAOracleBoundaryConvicts(t *testing.T) {
 	q := curve.Params().N
 	q4 := new(big.Int).Exp(q, big.NewInt(4), nil)
 	for i, pick := range []func(*big.Int) *big.Int{atOrAbove, below} {
-		r := runOracleSession(t, shares, q4, pick, true)
+		r := runOracleSession(t, shares, q4, pick, false)
 		aboveOrAt := r.k.Cmp(r.threshold) >= 0
 		switch {
 		case aboveOrAt && (r.victimErr != nil || r.attackErr != nil):

@@ -17,20 +17,16 @@ import (
 
 // Presigning: GG18's signing split into an offline and an online part.
 //
-// Rounds 1–4 of tss-lib's GG18 signing (ecdsa/signing round_1.go to
-// round_4.go) never read the message: they run the Paillier MtA with its
-// range proofs (k_i·γ_j and k_i·w_j), and open the commitments to Γ_i. The
-// message m first appears in round 5 (round_5.go: s_i = m·k_i + r·σ_i), and
-// tss-lib's party keeps the *big.Int it was created with (local_party.go:
-// p.temp.m = msg) rather than a copy. So a PresignSession creates the party
-// with a *big.Int it owns, set to zero, runs rounds 1–3, lets its party
-// send its round-4 message, and holds every incoming round-4 message
-// (SignRound4Message) instead of delivering it: without them no party can
-// compute R = (Σ Γ_j)^(1/θ)… on its own side. It is then ready. Finish
-// writes the digest into that *big.Int and releases the held messages:
-// rounds 5–9 run, costing about a millisecond of compute instead of
-// hundreds. TestPresignPointerPinned fails if a tss-lib upgrade stops
-// reading the message through the pointer.
+// Rounds 1–4 of GG18 signing never read the message: they run the
+// Paillier MtA with its range proofs (k_i·γ_j and k_i·w_j), and open the
+// commitments to Γ_i. The message m first appears in round 5
+// (s_i = m·k_i + r·σ_i), which is also where R is computed. The engine's
+// party (engine.go) made without a message runs rounds 1–4, and once every
+// member's round-4 message is in (and its own went out) it waits: it is
+// ready. Messages of later rounds that arrive early (a member given the
+// digest first) wait inside the party, one per member and round. Finish
+// hands the party the digest (setMessage), and rounds 5–9 run, costing
+// about a millisecond of compute instead of hundreds.
 //
 // A presignature is used at most once, and lives in memory only: Finish
 // claims it before anything else, and every path out of the session
@@ -57,7 +53,6 @@ type PresignSession struct {
 	r      *runner
 	end    chan *common.SignatureData
 	pub    *ecdsa.PublicKey
-	m      *big.Int // what the party signs; zero until Finish
 	digest []byte
 
 	ready    chan struct{} // closed once rounds 1–4 are done here
@@ -79,12 +74,11 @@ type PresignSession struct {
 func NewPresignSession(share *Share, quorum []string, outbox Outbox) (*PresignSession, error) {
 	s := &PresignSession{
 		end:      make(chan *common.SignatureData, 1),
-		m:        new(big.Int),
 		ready:    make(chan struct{}),
 		digestc:  make(chan []byte, 1),
 		loopDone: make(chan struct{}),
 	}
-	r, err := newSignRunner("presign", share, quorum, s.m, outbox, s.end)
+	r, err := newSignRunner("presign", share, quorum, nil, outbox, s.end, implEngine)
 	if err != nil {
 		return nil, err
 	}
@@ -198,12 +192,14 @@ func (s *PresignSession) Abort(err *SessionError) {
 	})
 }
 
-// destroy drops the party and its secret per-signature state (k_i, γ_i,
-// σ_i live inside tss-lib's party, which offers no way to zero them; with
-// the last reference gone they are garbage) and zeroes what is ours.
+// destroy zeroes the party's secret per-signature state (k_i, γ_i, σ_i,
+// m: engineParty.destroy) and drops it. It runs in the session's own
+// goroutine, or before it ever started.
 func (s *PresignSession) destroy() {
+	if p, ok := s.r.party.(*engineParty); ok {
+		p.destroy()
+	}
 	s.r.party = nil
-	s.m.SetInt64(0)
 	s.r.close()
 }
 
@@ -229,9 +225,8 @@ func (s *PresignSession) loop(ctx context.Context) {
 		fail(err)
 		return
 	}
-	others := len(r.m.sorted) - 1
-	var held []tsslib.ParsedMessage
-	heldRound4, round4From := 0, map[string]bool{}
+	// Only the engine's party can wait for its message (NewPresignSession).
+	party := r.party.(*engineParty)
 	online, ready := false, false
 	var stallC <-chan time.Time
 	var stallTimer *time.Timer
@@ -250,7 +245,7 @@ func (s *PresignSession) loop(ctx context.Context) {
 		return r.call(func() *tsslib.Error { _, e := r.party.Update(msg); return e }, from)
 	}
 	for {
-		if !online && !ready && r.round() >= 4 && heldRound4 == others {
+		if !online && !ready && r.round() >= 4 && party.awaitingMessage() {
 			ready = true
 			close(s.ready)
 			// Waiting for a digest is not a stall.
@@ -297,19 +292,16 @@ func (s *PresignSession) loop(ctx context.Context) {
 				fail(&SessionError{Round: 4, Err: ErrPresignExpired})
 				return
 			}
-			// The digest enters here and nowhere earlier: tss-lib reads
-			// it through this pointer from round 5 on.
+			// The digest enters here and nowhere earlier: the party
+			// cannot start round 5 without it, and messages of rounds 5
+			// and later that came early wait inside it.
 			s.digest = d
-			s.m.Set(DigestScalar(d))
 			online = true
 			resetStall()
-			for _, msg := range held {
-				if err := update(msg, msg.GetFrom().Id); err != nil {
-					fail(err)
-					return
-				}
+			if err := r.call(func() *tsslib.Error { return party.setMessage(DigestScalar(d)) }, ""); err != nil {
+				fail(err)
+				return
 			}
-			held = nil
 		case in := <-r.inbox:
 			// Ready and waiting for the digest, a message (round 5 from a
 			// member that was given the digest first) is held and the
@@ -321,20 +313,6 @@ func (s *PresignSession) loop(ctx context.Context) {
 			if err != nil {
 				fail(err)
 				return
-			}
-			if !online && RoundOf(msg.Type()) >= 4 {
-				// Each other member sends one message per round, six rounds
-				// from 4 on: more is a sender flooding the held queue.
-				if len(held) >= 6*others {
-					fail(&SessionError{Round: RoundOf(msg.Type()), Culprits: []string{in.from}, Err: errors.New("more held messages than the protocol sends")})
-					return
-				}
-				held = append(held, msg)
-				if RoundOf(msg.Type()) == 4 && !round4From[in.from] {
-					round4From[in.from] = true
-					heldRound4++
-				}
-				continue
 			}
 			if err := update(msg, in.from); err != nil {
 				fail(err)

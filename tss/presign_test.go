@@ -100,19 +100,26 @@ func TestPresignThenFinish(t *testing.T) {
 	}
 }
 
-// TestPresignPointerPinned pins the tss-lib behaviour presigning rests on:
-// the party reads the message through the *big.Int it was given, at round
-// 5. If an upgrade copied it at creation, the party would sign zero and
-// this signature would not verify under the digest (Finish refuses it).
-func TestPresignPointerPinned(t *testing.T) {
+// TestPresignDigestEntersAtRound5: a ready presignature's parties have
+// sent round 4 and nothing later, hold no message and have not computed R;
+// the signature Finish returns is over the digest it was given.
+func TestPresignDigestEntersAtRound5(t *testing.T) {
 	shares := fixtureShares(t, 1, 2)
 	sessions := presignAll(t, context.Background(), shares, fixedStall(10*time.Second))
+	for n, s := range sessions {
+		// presignAll waited for every session to be ready: the party is
+		// idle and its loop wrote what is read here before it said so.
+		p := s.r.party.(*engineParty)
+		if p.m != nil || p.bigR != nil || p.si != nil || !p.awaitingMessage() || s.SentRound() != 4 {
+			t.Fatalf("%s: ready presignature has message %v, R %v, s_i %v, sent round %d", n, p.m, p.bigR, p.si, s.SentRound())
+		}
+	}
 	d := digests()["SHA-256"]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	sigs, errs := finishAll(ctx, sessions, d)
 	if len(errs) > 0 {
-		t.Fatalf("tss-lib no longer signs the message set after round 4 (presigning is broken by this tss-lib version): %v", errs)
+		t.Fatal(errs)
 	}
 	zero := make([]byte, len(d))
 	if !ecdsa.VerifyASN1(shares[0].PublicKey(), d, sigs["a"]) || ecdsa.VerifyASN1(shares[0].PublicKey(), zero, sigs["a"]) {

@@ -94,19 +94,21 @@ type inbound struct {
 	payload   []byte
 }
 
-// protocolParty is what a runner needs of a tss-lib party. tsslib.Party has
-// it; so does resharePair (reshare.go), the one or two parties a node runs
-// in a resharing, which tss-lib's Party interface (with unexported methods)
-// would not admit.
+// protocolParty is what a runner needs of a protocol party. tsslib.Party
+// has it; so do engineParty (engine.go), tkeyless's signing party, and
+// resharePair (reshare.go), the one or two parties a node runs in a
+// resharing, which tss-lib's Party interface (with unexported methods) would
+// not admit.
 type protocolParty interface {
 	Start() *tsslib.Error
 	Update(msg tsslib.ParsedMessage) (ok bool, err *tsslib.Error)
 	WaitingFor() []*tsslib.PartyID
 }
 
-// runner drives one tss-lib party: it feeds delivered messages to the party
-// one at a time (tss-lib parties are not meant to be updated concurrently
-// while a round starts) and hands produced messages to the Outbox.
+// runner drives one protocol party (tss-lib's, or the signing engine's):
+// it feeds delivered messages to the party one at a time (parties are not
+// meant to be updated concurrently while a round starts) and hands
+// produced messages to the Outbox.
 type runner struct {
 	kind  string
 	self  string

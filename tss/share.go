@@ -8,10 +8,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
 	"slices"
 	"sync"
 
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/keygen"
+
+	"github.com/tkeyless/tkeyless/tss/internal/gg18"
 )
 
 // KeyID names a cluster key: the SHA-1 of the public key's uncompressed
@@ -56,6 +59,50 @@ type Share struct {
 	crtOnce sync.Once
 	crt     *paillierCRT
 	crtErr  error
+
+	// rings are the range-proof moduli the signing engine computes with,
+	// prepared once per share and reused by every session (engine.go):
+	// this share's own (CRT with its safe primes) and every other
+	// holder's (fixed-base tables), by Ñ.
+	ringsMu sync.Mutex
+	rings   map[string]gg18.Ring
+}
+
+// ring returns the signing engine's view of the range-proof modulus Ñ with
+// bases h1, h2: this share's own (the shortcuts need its α and primes,
+// checked; a record without them computes plainly) or another holder's,
+// with fixed-base tables. Building a peer's tables costs about two
+// exponentiations, once per share.
+func (s *Share) ring(nTilde, h1, h2 *big.Int) (gg18.Ring, error) {
+	if nTilde == nil || h1 == nil || h2 == nil {
+		return nil, errors.New("range-proof parameters missing")
+	}
+	key := nTilde.Text(16) + "/" + h1.Text(16) + "/" + h2.Text(16)
+	s.ringsMu.Lock()
+	defer s.ringsMu.Unlock()
+	if r, ok := s.rings[key]; ok {
+		return r, nil
+	}
+	var r gg18.Ring
+	own := s.data.NTildei
+	if own != nil && own.Cmp(nTilde) == 0 && s.data.H1i != nil && s.data.H1i.Cmp(h1) == 0 && s.data.H2i != nil && s.data.H2i.Cmp(h2) == 0 {
+		if or, err := gg18.NewOwnRing(nTilde, h1, h2, s.data.Alpha, s.data.P, s.data.Q); err == nil {
+			r = or
+		} else if r, err = gg18.NewPlainRing(nTilde, h1, h2); err != nil {
+			return nil, err
+		}
+	} else {
+		pr, err := gg18.NewPeerRing(nTilde, h1, h2)
+		if err != nil {
+			return nil, err
+		}
+		r = pr
+	}
+	if s.rings == nil {
+		s.rings = map[string]gg18.Ring{}
+	}
+	s.rings[key] = r
+	return r, nil
 }
 
 // paillierKey is this share's own Paillier key prepared for CRT

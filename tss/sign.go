@@ -30,11 +30,24 @@ type SignSession struct {
 // digest is a SHA-256, SHA-384 or SHA-512 digest, truncated as ECDSA
 // prescribes (DigestScalar).
 func NewSignSession(share *Share, quorum []string, digest []byte, outbox Outbox) (*SignSession, error) {
+	return newSignSession(share, quorum, digest, outbox, implEngine)
+}
+
+// signImpl is which party signs: tkeyless's engine (engine.go), or stock
+// tss-lib's, which tests and the reference benchmark run beside it.
+type signImpl int
+
+const (
+	implEngine signImpl = iota
+	implTSSLib
+)
+
+func newSignSession(share *Share, quorum []string, digest []byte, outbox Outbox, impl signImpl) (*SignSession, error) {
 	if err := checkDigestLen(digest); err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
 	s := &SignSession{end: make(chan *common.SignatureData, 1), digest: slices.Clone(digest)}
-	r, err := newSignRunner("sign", share, quorum, DigestScalar(digest), outbox, s.end)
+	r, err := newSignRunner("sign", share, quorum, DigestScalar(digest), outbox, s.end, impl)
 	if err != nil {
 		return nil, err
 	}
@@ -50,10 +63,11 @@ func checkDigestLen(digest []byte) error {
 	return fmt.Errorf("digest is %d bytes; want 32, 48 or 64 (SHA-256/384/512)", len(digest))
 }
 
-// newSignRunner builds the runner and tss-lib signing party for share's
-// holder in quorum, signing msg (which tss-lib keeps by pointer and first
-// reads in round 5: presign.go relies on both).
-func newSignRunner(kind string, share *Share, quorum []string, msg *big.Int, outbox Outbox, end chan *common.SignatureData) (*runner, error) {
+// newSignRunner builds the runner and signing party for share's holder in
+// quorum, signing msg. With the engine, msg may be nil: the party then
+// stops after round 4 until it is given one (presign.go); tss-lib's party
+// needs it from the start.
+func newSignRunner(kind string, share *Share, quorum []string, msg *big.Int, outbox Outbox, end chan *common.SignatureData, impl signImpl) (*runner, error) {
 	if share == nil {
 		return nil, fmt.Errorf("%s: nil share", kind)
 	}
@@ -81,6 +95,17 @@ func newSignRunner(kind string, share *Share, quorum []string, msg *big.Int, out
 		return nil, fmt.Errorf("%s: own %w", kind, err)
 	}
 	r.checks.mta = newMtACheck(key)
+	if impl == implEngine {
+		p, err := newEngineParty(kind, share, m, msg, r.checks.mta, r.out, end)
+		if err != nil {
+			return nil, err
+		}
+		r.party = p
+		return r, nil
+	}
+	if msg == nil {
+		return nil, fmt.Errorf("%s: tss-lib's party needs the message from the start", kind)
+	}
 	params := tsslib.NewParameters(curve, tsslib.NewPeerContext(m.sorted), m.byName[share.Self], len(quorum), share.Threshold)
 	// The last argument makes tss-lib return M as a full 32-byte value.
 	r.party = signing.NewLocalParty(msg, params, share.data, r.out, end, (curve.Params().BitSize+7)/8)

@@ -8,6 +8,8 @@ import (
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/keygen"
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/signing"
 	tsslib "github.com/bnb-chain/tss-lib/v2/tss"
+
+	"github.com/tkeyless/tkeyless/tss/internal/gg18"
 )
 
 // ErrMisbehaved marks a message that only a member deviating from the
@@ -96,7 +98,7 @@ func (c *peerChecks) check(from string, msg tsslib.ParsedMessage) error {
 		}
 	case *signing.SignRound2Message:
 		if c.mta != nil {
-			if err := c.mta.check(m); err != nil {
+			if err := c.mta.check(from, m); err != nil {
 				return err
 			}
 		}
@@ -134,6 +136,21 @@ func (c *peerChecks) check(from string, msg tsslib.ParsedMessage) error {
 type mtaCheck struct {
 	key          *paillierCRT
 	lower, upper *big.Int
+	// plain keeps each sender's answers as decrypted here, for the
+	// signing engine's round 3 (engine.go), which would decrypt them again.
+	plain map[string][2]decrypted
+}
+
+type decrypted struct{ ct, pt *big.Int }
+
+// plaintext returns the decryption of sender's answer ct (which: 0 for
+// C1, 1 for C2) if this check decrypted that very ciphertext, else nil.
+func (c *mtaCheck) plaintext(sender string, which int, ct *big.Int) *big.Int {
+	d := c.plain[sender][which]
+	if d.ct == nil || d.ct.Cmp(ct) != 0 {
+		return nil
+	}
+	return new(big.Int).Set(d.pt)
 }
 
 func newMtACheck(sk *paillierCRT) *mtaCheck {
@@ -141,22 +158,28 @@ func newMtACheck(sk *paillierCRT) *mtaCheck {
 	q2 := new(big.Int).Mul(q, q)
 	q4 := new(big.Int).Mul(q2, q2)
 	q5 := new(big.Int).Mul(q4, q)
-	return &mtaCheck{key: sk, lower: q4, upper: new(big.Int).Add(q5, q2)}
+	return &mtaCheck{key: sk, lower: q4, upper: new(big.Int).Add(q5, q2), plain: map[string][2]decrypted{}}
 }
 
-func (c *mtaCheck) check(m *signing.SignRound2Message) error {
-	for _, a := range []struct {
+func (c *mtaCheck) check(from string, m *signing.SignRound2Message) error {
+	var plain [2]decrypted
+	for i, a := range []struct {
 		name string
 		ct   []byte
 	}{{"MtA (γ)", m.GetC1()}, {"MtAwc (w)", m.GetC2()}} {
 		alpha, err := c.key.decrypt(new(big.Int).SetBytes(a.ct))
+		if errors.Is(err, gg18.ErrFault) {
+			return fmt.Errorf("sign round 2: %s answer: %w", a.name, err) // ours, not the sender's
+		}
 		if err != nil {
 			return misbehaved("sign round 2: %s answer: %v", a.name, err)
 		}
 		if alpha.Cmp(c.lower) < 0 || alpha.Cmp(c.upper) >= 0 {
 			return misbehaved("sign round 2: %s answer decrypts outside the range an honest answer has ([q⁴, q⁵+q²)): the MtA abort-oracle attack", a.name)
 		}
+		plain[i] = decrypted{ct: new(big.Int).SetBytes(a.ct), pt: alpha}
 	}
+	c.plain[from] = plain
 	return nil
 }
 

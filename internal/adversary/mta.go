@@ -44,6 +44,23 @@ type MtAOracle struct {
 	Offset *big.Int
 }
 
+// Answer is the malicious β′ = Offset − T·γ for the attacker's MtA answer
+// to victim, for an engine that lets its Bob choose β′ and computes the
+// answer, its proof and its own share β = −β′ from it (tkeyless's signing
+// engine: tss.mtaBetaHook). It returns nil (answer honestly) for any other
+// pair.
+func (o *MtAOracle) Answer(attacker, victim string, gamma *big.Int) *big.Int {
+	if (o.Attacker != "" && attacker != o.Attacker) || (o.Victim != "" && victim != o.Victim) {
+		return nil
+	}
+	betaPrm := new(big.Int).Mul(o.Threshold(), gamma)
+	betaPrm.Neg(betaPrm)
+	if o.Offset != nil {
+		betaPrm.Add(betaPrm, o.Offset)
+	}
+	return betaPrm
+}
+
 // Tamper rewrites the attacker's round-2 message to the victim; every other
 // message passes unchanged. party is the attacker's *signing.LocalParty.
 // On any failure it returns msg unchanged and the error.
