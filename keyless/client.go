@@ -252,6 +252,7 @@ func (c *Client) goAdd() bool {
 }
 
 var ecdsaOps = map[crypto.Hash]protocol.Op{
+	crypto.SHA224: protocol.OpECDSASignSHA224,
 	crypto.SHA256: protocol.OpECDSASignSHA256,
 	crypto.SHA384: protocol.OpECDSASignSHA384,
 	crypto.SHA512: protocol.OpECDSASignSHA512,

@@ -19,8 +19,8 @@ import (
 )
 
 func digests(msg string) map[crypto.Hash][]byte {
-	d256, d384, d512 := sha256.Sum256([]byte(msg)), sha512.Sum384([]byte(msg)), sha512.Sum512([]byte(msg))
-	return map[crypto.Hash][]byte{crypto.SHA256: d256[:], crypto.SHA384: d384[:], crypto.SHA512: d512[:]}
+	d224, d256, d384, d512 := sha256.Sum224([]byte(msg)), sha256.Sum256([]byte(msg)), sha512.Sum384([]byte(msg)), sha512.Sum512([]byte(msg))
+	return map[crypto.Hash][]byte{crypto.SHA224: d224[:], crypto.SHA256: d256[:], crypto.SHA384: d384[:], crypto.SHA512: d512[:]}
 }
 
 func TestSignVerifies(t *testing.T) {

@@ -449,6 +449,8 @@ func (sc *serverConn) respond(id uint32, op protocol.Operation, extras keylesswi
 	switch op.Opcode {
 	case protocol.OpPing:
 		return protocol.MakePongOp(op.Payload)
+	case protocol.OpECDSASignSHA224:
+		hash = crypto.SHA224
 	case protocol.OpECDSASignSHA256:
 		hash = crypto.SHA256
 	case protocol.OpECDSASignSHA384:

@@ -89,6 +89,8 @@ func TestServerOperations(t *testing.T) {
 		wantCode protocol.Error
 	}{
 		{"ping echoes", protocol.Operation{Opcode: protocol.OpPing, Payload: []byte("echo me")}, protocol.OpPong, 0},
+		{"sha224", protocol.Operation{Opcode: protocol.OpECDSASignSHA224, SKI: ski, Payload: d[crypto.SHA224]}, protocol.OpResponse, 0},
+		{"sha224 op, sha256-sized digest", protocol.Operation{Opcode: protocol.OpECDSASignSHA224, SKI: ski, Payload: d[crypto.SHA256]}, protocol.OpError, protocol.ErrFormat},
 		{"sha256", protocol.Operation{Opcode: protocol.OpECDSASignSHA256, SKI: ski, Payload: d[crypto.SHA256]}, protocol.OpResponse, 0},
 		{"sha384", protocol.Operation{Opcode: protocol.OpECDSASignSHA384, SKI: ski, Payload: d[crypto.SHA384]}, protocol.OpResponse, 0},
 		{"sha512", protocol.Operation{Opcode: protocol.OpECDSASignSHA512, SKI: ski, Payload: d[crypto.SHA512]}, protocol.OpResponse, 0},

@@ -16,6 +16,7 @@ import (
 // opcodes maps a hash to the keyless operation an edge signs for: the
 // authority covers the opcode, so a member rebuilds it from the request.
 var opcodes = map[crypto.Hash]protocol.Op{
+	crypto.SHA224: protocol.OpECDSASignSHA224,
 	crypto.SHA256: protocol.OpECDSASignSHA256,
 	crypto.SHA384: protocol.OpECDSASignSHA384,
 	crypto.SHA512: protocol.OpECDSASignSHA512,

@@ -16,7 +16,7 @@ import (
 	"github.com/tkeyless/tkeyless/tss"
 )
 
-var hashNames = map[string]crypto.Hash{"SHA-256": crypto.SHA256, "SHA-384": crypto.SHA384, "SHA-512": crypto.SHA512}
+var hashNames = map[string]crypto.Hash{"SHA-224": crypto.SHA224, "SHA-256": crypto.SHA256, "SHA-384": crypto.SHA384, "SHA-512": crypto.SHA512}
 
 // prepare sets up this node's party of a session another node (or this
 // one) coordinates, after checking on its own that the request is one it

@@ -89,11 +89,12 @@ func TestKeylessEndpoint(t *testing.T) {
 			t.Fatal(err)
 		}
 		msg := []byte("drop-in")
-		d256, d384, d512 := sha256.Sum256(msg), sha512.Sum384(msg), sha512.Sum512(msg)
+		// SHA-224 too: stock gokeyless servers sign it and its cli-tester checks it.
+		d224, d256, d384, d512 := sha256.Sum224(msg), sha256.Sum256(msg), sha512.Sum384(msg), sha512.Sum512(msg)
 		for _, tc := range []struct {
 			h crypto.Hash
 			d []byte
-		}{{crypto.SHA256, d256[:]}, {crypto.SHA384, d384[:]}, {crypto.SHA512, d512[:]}} {
+		}{{crypto.SHA224, d224[:]}, {crypto.SHA256, d256[:]}, {crypto.SHA384, d384[:]}, {crypto.SHA512, d512[:]}} {
 			sig, err := signer.Sign(rand.Reader, tc.d, tc.h)
 			if err != nil {
 				t.Fatalf("%v: %v", tc.h, err)
