@@ -28,9 +28,9 @@ func DigestScalar(digest []byte) *big.Int {
 // TLS signs with ECDSA.
 func CheckDigest(hash crypto.Hash, digest []byte) error {
 	switch hash {
-	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
+	case crypto.SHA224, crypto.SHA256, crypto.SHA384, crypto.SHA512:
 	default:
-		return fmt.Errorf("hash %v not supported: want SHA-256, SHA-384 or SHA-512", hash)
+		return fmt.Errorf("hash %v not supported: want SHA-224, SHA-256, SHA-384 or SHA-512", hash)
 	}
 	if len(digest) != hash.Size() {
 		return fmt.Errorf("digest is %d bytes, %v needs %d", len(digest), hash, hash.Size())

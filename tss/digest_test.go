@@ -47,7 +47,7 @@ func TestDigestScalarVectors(t *testing.T) {
 // the digest itself, for every digest length TLS uses.
 func TestDigestScalarMatchesCryptoECDSA(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	for _, n := range []int{32, 48, 64} {
+	for _, n := range []int{28, 32, 48, 64} {
 		d := make([]byte, n)
 		rand.Read(d)
 		// Sign the truncated digest with crypto/ecdsa, verify with the full one.
@@ -65,6 +65,12 @@ func TestDigestScalarMatchesCryptoECDSA(t *testing.T) {
 func TestCheckDigest(t *testing.T) {
 	if err := CheckDigest(crypto.SHA256, make([]byte, 32)); err != nil {
 		t.Error(err)
+	}
+	if err := CheckDigest(crypto.SHA224, make([]byte, 28)); err != nil {
+		t.Error(err)
+	}
+	if err := CheckDigest(crypto.SHA224, make([]byte, 32)); err == nil {
+		t.Error("accepted a 32-byte SHA-224 digest")
 	}
 	if err := CheckDigest(crypto.SHA384, make([]byte, 32)); err == nil {
 		t.Error("accepted a 32-byte SHA-384 digest")

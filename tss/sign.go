@@ -57,10 +57,10 @@ func newSignSession(share *Share, quorum []string, digest []byte, outbox Outbox,
 
 func checkDigestLen(digest []byte) error {
 	switch len(digest) {
-	case 32, 48, 64:
+	case 28, 32, 48, 64:
 		return nil
 	}
-	return fmt.Errorf("digest is %d bytes; want 32, 48 or 64 (SHA-256/384/512)", len(digest))
+	return fmt.Errorf("digest is %d bytes; want 28, 32, 48 or 64 (SHA-224/256/384/512)", len(digest))
 }
 
 // newSignRunner builds the runner and signing party for share's holder in
