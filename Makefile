@@ -62,10 +62,10 @@ fuzz:
 	  pkg=$${t%%:*}; fn=$${t#*:}; echo "== $$fn ($$pkg, $(FUZZTIME))"; \
 	  $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg; done
 
-## bench: the load-test matrix (reduced: about 10 minutes on 2 cores) → BENCHMARKS.md and
-## docs/bench/ (plots, CSV, JSON); then the engine benchmarks beside tss-lib's own signing.
+## bench: the load-test matrix (reduced) and the overload sweep (about 15 minutes on 2 cores) →
+## BENCHMARKS.md and docs/bench/ (plots, CSV, JSON); then the engine benchmarks beside tss-lib's.
 bench: build
-	$(GO) run ./loadtest matrix --bin $(BIN) --out docs/bench --markdown BENCHMARKS.md
+	$(GO) run ./loadtest matrix --bin $(BIN) --out docs/bench --markdown BENCHMARKS.md --overload
 	$(GO) test -run XXX -bench 'Sign$$|SignReference|Presign' -benchtime 5x -count 1 ./tss/ | tee docs/bench/engine.txt
 
 ## bench-full: the whole matrix, concurrency 1–32.
