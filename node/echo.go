@@ -8,7 +8,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"maps"
@@ -38,6 +37,26 @@ type broadcast struct {
 	hash     []byte             // what this node received, nil until then
 	echoes   map[string][]byte  // echoer → hash it received
 	released bool
+	// checked lists the origin's signatures this node verified for this
+	// broadcast, from the origin or in an echo, each with the certificate
+	// and hash it verified under. In a session of three the origin's one
+	// signature reaches a member twice (directly and in the other member's
+	// echo): the same three bytes strings again need no second check.
+	checked []sigCheck
+}
+
+// sigCheck is an origin signature verified under cert over hash.
+type sigCheck struct{ cert, hash, sig []byte }
+
+// wasChecked reports whether sig was verified under cert over hash for
+// this broadcast; s.mu is held. b may be nil.
+func (b *broadcast) wasChecked(cert, hash, sig []byte) bool {
+	if b == nil {
+		return false
+	}
+	return slices.ContainsFunc(b.checked, func(c sigCheck) bool {
+		return bytes.Equal(c.cert, cert) && bytes.Equal(c.hash, hash) && bytes.Equal(c.sig, sig)
+	})
 }
 
 // deliver hands an accepted envelope to its session's party, through the
@@ -52,17 +71,23 @@ func (n *Node) deliver(caller pki.Identity, env *peerwire.Envelope) error {
 	}
 	hash := sha256.Sum256(env.Payload)
 	digest := peerwire.BroadcastDigest(env.Session, env.From, env.Type, env.Round, hash[:])
-	if !verifyNodeSig(caller.Cert.PublicKey, digest, env.Sig) {
+	k := broadcastKey{env.From, env.Type}
+	s.mu.Lock()
+	checked := s.broadcasts[k].wasChecked(caller.Cert.Raw, hash[:], env.Sig)
+	s.mu.Unlock()
+	if !checked && !verifyNodeSig(caller.Cert.PublicKey, digest, env.Sig) {
 		// Not a conviction: the signature is the sender's alone to make,
 		// and nothing here proves it to the others.
 		err := fmt.Errorf("session %s: broadcast %s from %s has no valid signature", s.id, env.Type, env.From)
 		s.party.Abort(&tss.SessionError{Round: env.Round, Culprits: []string{env.From}, Err: err})
 		return err
 	}
-	k := broadcastKey{env.From, env.Type}
 	s.mu.Lock()
 	b := s.broadcastFor(k)
 	b.env, b.hash = env, hash[:]
+	if !checked {
+		b.checked = append(b.checked, sigCheck{caller.Cert.Raw, hash[:], env.Sig})
+	}
 	conflict := b.conflict()
 	s.mu.Unlock()
 	if conflict {
@@ -120,13 +145,18 @@ func (n *Node) handleEcho(caller pki.Identity, e *peerwire.Echo) error {
 		return fmt.Errorf("session %s: echo from %s of %s round %d: not a broadcast of this session", s.id, caller.Name, e.Type, e.Round)
 	}
 	// The echo must carry the origin's own signature over what the echoer
-	// says it received; otherwise the echoer is lying.
-	if err := n.checkOriginSig(e); err != nil {
+	// says it received; otherwise the echoer is lying. The signature is
+	// verified unless this node already verified the very same one, under
+	// the same certificate, over the same hash: then the answer is known.
+	k := broadcastKey{e.Origin, e.Type}
+	s.mu.Lock()
+	checked := s.broadcasts[k].wasChecked(e.OriginCert, e.Hash, e.Sig)
+	s.mu.Unlock()
+	if err := n.checkOriginSig(e, checked); err != nil {
 		err = fmt.Errorf("session %s: echo from %s: %w", s.id, caller.Name, err)
 		s.party.Abort(&tss.SessionError{Round: e.Round, Culprits: []string{caller.Name}, Convicted: []string{caller.Name}, Err: fmt.Errorf("%w: %w", tss.ErrMisbehaved, err)})
 		return err
 	}
-	k := broadcastKey{e.Origin, e.Type}
 	s.mu.Lock()
 	b := s.broadcastFor(k)
 	if _, dup := b.echoes[caller.Name]; dup {
@@ -134,6 +164,9 @@ func (n *Node) handleEcho(caller pki.Identity, e *peerwire.Echo) error {
 		return fmt.Errorf("session %s: duplicate echo from %s", s.id, caller.Name)
 	}
 	b.echoes[caller.Name] = e.Hash
+	if !checked {
+		b.checked = append(b.checked, sigCheck{e.OriginCert, e.Hash, e.Sig})
+	}
 	conflict := b.conflict()
 	s.mu.Unlock()
 	if conflict {
@@ -142,19 +175,20 @@ func (n *Node) handleEcho(caller pki.Identity, e *peerwire.Echo) error {
 	return n.maybeRelease(s, k)
 }
 
-func (n *Node) checkOriginSig(e *peerwire.Echo) error {
-	cert, err := x509.ParseCertificate(e.OriginCert)
+// checkOriginSig checks that the echo carries a certificate of its origin
+// from the cluster CA and the origin's signature over the echoed hash;
+// sigChecked says the signature is one this node already verified under
+// that certificate for that hash.
+func (n *Node) checkOriginSig(e *peerwire.Echo, sigChecked bool) error {
+	ts := n.current()
+	vo, err := ts.origins.verify(e.OriginCert, ts.pool, time.Now())
 	if err != nil {
-		return fmt.Errorf("origin certificate: %w", err)
+		return err
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: n.current().pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return fmt.Errorf("origin certificate not from the cluster CA: %w", err)
-	}
-	id, err := pki.IdentityOf(cert)
-	if err != nil || id.Role != pki.RoleNode || id.Name != e.Origin {
+	if vo.id.Role != pki.RoleNode || vo.id.Name != e.Origin {
 		return fmt.Errorf("origin certificate is not node %s's", e.Origin)
 	}
-	if !verifyNodeSig(cert.PublicKey, peerwire.BroadcastDigest(e.Session, e.Origin, e.Type, e.Round, e.Hash), e.Sig) {
+	if !sigChecked && !verifyNodeSig(vo.cert.PublicKey, peerwire.BroadcastDigest(e.Session, e.Origin, e.Type, e.Round, e.Hash), e.Sig) {
 		return errors.New("origin signature does not verify")
 	}
 	return nil
@@ -210,10 +244,16 @@ func (n *Node) sendEchoes(s *session, e *peerwire.Echo) {
 
 // signBroadcast signs a broadcast this node sends, with its node key.
 func (n *Node) signBroadcast(env *peerwire.Envelope) error {
-	hash := sha256.Sum256(env.Payload)
 	var err error
-	env.Sig, err = n.signWithNodeKey(peerwire.BroadcastDigest(env.Session, env.From, env.Type, env.Round, hash[:]))
+	env.Sig, err = n.signWithNodeKey(broadcastDigest(env))
 	return err
+}
+
+// broadcastDigest is what the origin of a broadcast signs: the session,
+// origin, type, round and payload hash, the same for every recipient.
+func broadcastDigest(env *peerwire.Envelope) []byte {
+	hash := sha256.Sum256(env.Payload)
+	return peerwire.BroadcastDigest(env.Session, env.From, env.Type, env.Round, hash[:])
 }
 
 // signWithNodeKey signs a SHA-256 digest with this node's identity key, for

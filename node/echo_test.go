@@ -2,7 +2,10 @@ package node
 
 import (
 	"crypto/sha256"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -123,24 +126,113 @@ func TestEchoRules(t *testing.T) {
 			t.Fatal("an equivocated broadcast reached the party")
 		}
 	})
+	// The signature a's broadcast itself carried, forwarded as it came: b
+	// checked it on arrival and need not again, but only for that hash
+	// under that certificate.
+	// secondA is another valid certificate of node a (as during a
+	// rotation), with a key of its own.
+	certPath, _, err := c.ca.IssueIdentity(t.TempDir(), "a", pki.RoleNode, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemBytes, err := os.ReadFile(certPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(pemBytes)
+	secondA, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	asReceived := func(f fixture) *peerwire.Echo {
+		e := echo(f, "a", "a", hashOf(f))
+		e.Sig = f.env.Sig
+		return e
+	}
+	t.Run("an echo of the broadcast as received releases it", func(t *testing.T) {
+		f := newSession(t, "a", "b", "c")
+		if err := b.deliver(ident("a"), f.env); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.handleEcho(ident("c"), asReceived(f)); err != nil {
+			t.Fatal(err)
+		}
+		if d, a := f.p.counts(); d != 1 || a != 0 {
+			t.Fatalf("%d delivered, %d aborts; want the broadcast once", d, a)
+		}
+	})
+	t.Run("a broadcast whose signature came first in an echo is released", func(t *testing.T) {
+		f := newSession(t, "a", "b", "c")
+		if err := b.handleEcho(ident("c"), asReceived(f)); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.deliver(ident("a"), f.env); err != nil {
+			t.Fatal(err)
+		}
+		if d, a := f.p.counts(); d != 1 || a != 0 {
+			t.Fatalf("%d delivered, %d aborts; want the broadcast once", d, a)
+		}
+	})
+	t.Run("after an echo, an unsigned broadcast is still refused", func(t *testing.T) {
+		f := newSession(t, "a", "b", "c")
+		if err := b.handleEcho(ident("c"), asReceived(f)); err != nil {
+			t.Fatal(err)
+		}
+		f.env.Sig = append(append([]byte{}, f.env.Sig[:len(f.env.Sig)-1]...), f.env.Sig[len(f.env.Sig)-1]^1)
+		if err := b.deliver(ident("a"), f.env); err == nil || !strings.Contains(err.Error(), "no valid signature") {
+			t.Fatalf("deliver: %v", err)
+		}
+		if d, _ := f.p.counts(); d != 0 {
+			t.Fatal("the broadcast reached the party")
+		}
+	})
 	for _, tc := range []struct {
 		name string
 		echo func(f fixture) *peerwire.Echo
+		// delivered: b has a's broadcast, and checked its signature,
+		// before the echo comes.
+		delivered bool
 	}{
-		{"an echo the origin did not sign convicts the echoer", func(f fixture) *peerwire.Echo { return echo(f, "a", "c", hashOf(f)) }},
+		{"an echo the origin did not sign convicts the echoer", func(f fixture) *peerwire.Echo { return echo(f, "a", "c", hashOf(f)) }, false},
 		{"an echo with a signature over another hash convicts the echoer", func(f fixture) *peerwire.Echo {
 			e := echo(f, "a", "a", other[:])
 			e.Hash = hashOf(f)
 			return e
-		}},
+		}, false},
 		{"an echo with a certificate not from the cluster CA convicts the echoer", func(f fixture) *peerwire.Echo {
 			e := echo(f, "a", "a", hashOf(f))
 			e.OriginCert = []byte("not a certificate")
 			return e
-		}},
+		}, false},
+		{"after the broadcast, an echo the origin did not sign convicts the echoer", func(f fixture) *peerwire.Echo { return echo(f, "a", "c", hashOf(f)) }, true},
+		{"after the broadcast, the origin's signature with another certificate convicts the echoer", func(f fixture) *peerwire.Echo {
+			e := asReceived(f)
+			e.OriginCert = c.nodes["c"].current().cert.Leaf.Raw
+			return e
+		}, true},
+		{"after the broadcast, the origin's signature with another certificate of the origin's convicts the echoer", func(f fixture) *peerwire.Echo {
+			e := asReceived(f)
+			e.OriginCert = secondA.Raw
+			return e
+		}, true},
+		{"after the broadcast, the origin's signature with a certificate not from the cluster CA convicts the echoer", func(f fixture) *peerwire.Echo {
+			e := asReceived(f)
+			e.OriginCert = []byte("not a certificate")
+			return e
+		}, true},
+		{"after the broadcast, the origin's signature cut short convicts the echoer", func(f fixture) *peerwire.Echo {
+			e := asReceived(f)
+			e.Sig = e.Sig[:len(e.Sig)-1]
+			return e
+		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newSession(t, "a", "b", "c")
+			if tc.delivered {
+				if err := b.deliver(ident("a"), f.env); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if err := b.handleEcho(ident("c"), tc.echo(f)); err == nil {
 				t.Fatal("accepted")
 			}

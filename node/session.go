@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -290,6 +291,9 @@ func (n *Node) prepareKeygen(coordinator string, id peerwire.SessionID, req *pee
 func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, members int) tss.Outbox {
 	return tss.OutboxFunc(func(ctx context.Context, m tss.Outgoing) error {
 		errs := make([]error, len(m.To))
+		// One signature serves every recipient of a broadcast: it covers
+		// nothing that differs between them.
+		var signedDigest, sig []byte
 		var wg sync.WaitGroup
 		for i, to := range m.To {
 			p, ok := n.peers[to]
@@ -303,9 +307,14 @@ func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, mem
 				continue
 			}
 			if env.Broadcast && members >= 3 {
-				if err := n.signBroadcast(env); err != nil {
-					return fmt.Errorf("sign broadcast: %w", err)
+				if d := broadcastDigest(env); !bytes.Equal(d, signedDigest) {
+					var err error
+					if sig, err = n.signWithNodeKey(d); err != nil {
+						return fmt.Errorf("sign broadcast: %w", err)
+					}
+					signedDigest = d
 				}
+				env.Sig = sig
 			}
 			wg.Go(func() {
 				// Members talk to each other here for the first time in

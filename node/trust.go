@@ -29,6 +29,9 @@ type trustSet struct {
 	cas     []*x509.Certificate // the same CA certificates, to check a CRL's signature
 	access  []Grant
 	revoked *revocationList
+	// origins holds the node certificates echoes carried that verified
+	// against pool (origincache.go); it starts empty with every set.
+	origins *originCache
 	// server is what both endpoints hand crypto/tls for a new connection.
 	server *tls.Config
 }
@@ -85,7 +88,7 @@ func (n *Node) loadTrust(cfg Config) (*trustSet, error) {
 	if why, ok := revoked.check(cert.Leaf); ok {
 		return nil, fmt.Errorf("node certificate %s is itself revoked (%s): every peer would refuse it", cfg.TLS.Cert, why)
 	}
-	c := &trustSet{cert: cert, pool: pool, cas: cas, access: cfg.Access, revoked: revoked}
+	c := &trustSet{cert: cert, pool: pool, cas: cas, access: cfg.Access, revoked: revoked, origins: newOriginCache()}
 	c.server = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{cert},

@@ -79,10 +79,12 @@ type engineParty struct {
 	theta, thetaInverse *big.Int
 	sigma               *big.Int
 	// rounds 5–9
-	si, li, roi, rx, ry *big.Int
-	bigR, bigAi, bigVi  *crypto.ECPoint
-	dPower, dTelda      commitments.HashDeCommitment
-	ui, ti              *crypto.ECPoint
+	si, li, roi, rx, ry       *big.Int
+	bigR, bigAi, bigLi, bigVi *crypto.ECPoint
+	piAi                      *schnorr.ZKProof  // proof of knowledge of ρ_i
+	bigGammas                 []*crypto.ECPoint // the others' Γ_j, checked
+	dPower, dTelda            commitments.HashDeCommitment
+	ui, ti                    *crypto.ECPoint
 }
 
 // Message types by slot in engineParty.msgs.
@@ -367,6 +369,12 @@ func (p *engineParty) setMessage(m *big.Int) *tsslib.Error {
 func (p *engineParty) advance() *tsslib.Error {
 	for p.round <= 9 && p.complete(p.round) {
 		next := p.round + 1
+		if next == 5 && p.bigGammas == nil {
+			if err := p.prepareOnline(); err != nil {
+				p.destroy()
+				return err
+			}
+		}
 		if next == 5 && p.m == nil {
 			return nil // presigning: round 5 needs the message
 		}
@@ -594,11 +602,15 @@ func (p *engineParty) round4() *tsslib.Error {
 	return nil
 }
 
-// round5 is where the message enters: R = (Σ Γ_j)^(δ⁻¹), s_i = m·k_i + r·σ_i,
-// and the commitment to V_i = s_i·R + l_i·G and A_i = ρ_i·G. k_i and w_i
-// are cleared.
-func (p *engineParty) round5() *tsslib.Error {
-	R := p.pointGamma
+// prepareOnline does the part of rounds 5 and 6 that needs neither the
+// message nor R, as soon as every member's round-4 message is in: it opens
+// and checks each Γ_j, draws l_i and ρ_i, and makes l_i·G, A_i = ρ_i·G and
+// the proof of knowledge of ρ_i. A presignature does this before it is
+// ready, so a finish costs less; full signing does it just before round 5.
+// R itself is still computed only in round 5, once the message is set
+// (docs/presigning.md); A_i and its proof go out in round 6 as before.
+func (p *engineParty) prepareOnline() *tsslib.Error {
+	p.bigGammas = make([]*crypto.ECPoint, len(p.ids))
 	for j := range p.ids {
 		if j == p.i {
 			continue
@@ -618,6 +630,31 @@ func (p *engineParty) round5() *tsslib.Error {
 		if err != nil || !proof.Verify(p.context(j), point) {
 			return p.wrap(5, errors.New("failed to prove bigGamma"), j)
 		}
+		p.bigGammas[j] = point
+	}
+	q := curve.Params().N
+	p.li = common.GetRandomPositiveInt(rand.Reader, q)
+	p.roi = common.GetRandomPositiveInt(rand.Reader, q)
+	p.bigLi = crypto.ScalarBaseMult(curve, p.li)
+	p.bigAi = crypto.ScalarBaseMult(curve, p.roi)
+	piAi, err := schnorr.NewZKProof(p.context(p.i), p.roi, p.bigAi, rand.Reader)
+	if err != nil {
+		return p.wrap(6, fmt.Errorf("NewZKProof(roi, bigAi): %w", err))
+	}
+	p.piAi = piAi
+	return nil
+}
+
+// round5 is where the message enters: R = (Σ Γ_j)^(δ⁻¹), s_i = m·k_i + r·σ_i,
+// and the commitment to V_i = s_i·R + l_i·G and A_i = ρ_i·G (prepareOnline
+// checked the Γ_j and made l_i·G and A_i). k_i and w_i are cleared.
+func (p *engineParty) round5() *tsslib.Error {
+	R := p.pointGamma
+	for j, point := range p.bigGammas {
+		if j == p.i {
+			continue
+		}
+		var err error
 		if R, err = R.Add(point); err != nil {
 			return p.wrap(5, fmt.Errorf("R.Add(bigGammaJ): %w", err), j)
 		}
@@ -629,13 +666,10 @@ func (p *engineParty) round5() *tsslib.Error {
 	p.si = modQ.Add(modQ.Mul(p.m, p.k), modQ.Mul(p.rx, p.sigma))
 	p.k.SetInt64(0)
 	p.w.SetInt64(0)
-	p.li = common.GetRandomPositiveInt(rand.Reader, q)
-	p.roi = common.GetRandomPositiveInt(rand.Reader, q)
-	bigVi, err := R.ScalarMult(p.si).Add(crypto.ScalarBaseMult(curve, p.li))
+	bigVi, err := R.ScalarMult(p.si).Add(p.bigLi)
 	if err != nil {
 		return p.wrap(5, fmt.Errorf("rToSi.Add(li): %w", err))
 	}
-	p.bigAi = crypto.ScalarBaseMult(curve, p.roi)
 	p.bigVi, p.bigR = bigVi, R
 	cmt := commitments.NewHashCommitment(rand.Reader, bigVi.X(), bigVi.Y(), p.bigAi.X(), p.bigAi.Y())
 	p.dPower = cmt.D
@@ -645,16 +679,11 @@ func (p *engineParty) round5() *tsslib.Error {
 
 // round6 opens V_i and A_i with proofs of knowledge of ρ_i and (s_i, l_i).
 func (p *engineParty) round6() *tsslib.Error {
-	ctxI := p.context(p.i)
-	piAi, err := schnorr.NewZKProof(ctxI, p.roi, p.bigAi, rand.Reader)
-	if err != nil {
-		return p.wrap(6, fmt.Errorf("NewZKProof(roi, bigAi): %w", err))
-	}
-	piV, err := schnorr.NewZKVProof(ctxI, p.bigVi, p.bigR, p.si, p.li, rand.Reader)
+	piV, err := schnorr.NewZKVProof(p.context(p.i), p.bigVi, p.bigR, p.si, p.li, rand.Reader)
 	if err != nil {
 		return p.wrap(6, fmt.Errorf("NewZKVProof(bigVi, bigR, si, li): %w", err))
 	}
-	p.out <- signing.NewSignRound6Message(p.self, p.dPower, piAi, piV)
+	p.out <- signing.NewSignRound6Message(p.self, p.dPower, p.piAi, piV)
 	return nil
 }
 

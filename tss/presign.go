@@ -256,14 +256,18 @@ func (s *PresignSession) loop(ctx context.Context) {
 		}
 		select {
 		case res := <-s.end:
+			// The party's round-9 message may still be on its way to the
+			// others, who need it too: check the signature meanwhile, then
+			// wait for it to go out.
 			close(drain)
+			rr, sv := new(big.Int).SetBytes(res.R), new(big.Int).SetBytes(res.S)
+			der := encodeSignature(rr, sv)
+			valid := ecdsa.VerifyASN1(s.pub, s.digest, der)
 			select {
 			case <-drained:
 			case <-ctx.Done():
 			}
-			rr, sv := new(big.Int).SetBytes(res.R), new(big.Int).SetBytes(res.S)
-			der := encodeSignature(rr, sv)
-			if !ecdsa.VerifyASN1(s.pub, s.digest, der) {
+			if !valid {
 				fail(&SessionError{Round: 9, Unattributed: true, Err: errors.New("joint signature does not verify against the key's public key")})
 				return
 			}
