@@ -153,18 +153,31 @@ func (r *Results) ratios() {
 	}
 }
 
-func runConfig(ctx context.Context, o Options, c Config) ([]Point, *Warm, error) {
-	dir, err := os.MkdirTemp("", "tkeyless-matrix-")
+// newConfigEnv makes a fresh directory for one configuration's processes;
+// done stops them and removes the directory, unless o.Keep asks to keep it.
+func newConfigEnv(o Options, prefix string) (e *env, done func(), err error) {
+	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		return nil, nil, err
 	}
 	if o.Keep {
 		fmt.Fprintf(o.Log, "   files and logs kept in %s\n", dir)
-	} else {
-		defer os.RemoveAll(dir)
 	}
-	e := &env{bin: o.Bin, repo: o.Repo, dir: dir}
-	defer e.close()
+	e = &env{bin: o.Bin, repo: o.Repo, dir: dir}
+	return e, func() {
+		e.close()
+		if !o.Keep {
+			os.RemoveAll(dir)
+		}
+	}, nil
+}
+
+func runConfig(ctx context.Context, o Options, c Config) ([]Point, *Warm, error) {
+	e, done, err := newConfigEnv(o, "tkeyless-matrix-")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer done()
 	fmt.Fprintf(o.Log, "== %s: starting\n", c.Name)
 	if err := e.pki(ctx); err != nil {
 		return nil, nil, err
@@ -173,19 +186,19 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Point, *Warm, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	certPath := filepath.Join(dir, "site.pem")
+	certPath := filepath.Join(e.dir, "site.pem")
 	var signer string
 	var cluster *signerCluster
 	switch c.Kind {
 	case "local", "gokeyless":
-		key, err := plainKey(filepath.Join(dir, "site.key"))
+		key, err := plainKey(filepath.Join(e.dir, "site.key"))
 		if err != nil {
 			return nil, nil, err
 		}
 		if err := ca.issue(&key.PublicKey, certPath); err != nil {
 			return nil, nil, err
 		}
-		signer = "file://" + filepath.Join(dir, "site.key")
+		signer = "file://" + filepath.Join(e.dir, "site.key")
 		if c.Kind == "gokeyless" {
 			addr, err := e.startGokeyless(ctx, key)
 			if err != nil {

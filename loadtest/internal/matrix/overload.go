@@ -66,17 +66,11 @@ func RunOverload(ctx context.Context, o Options, ov OverloadOptions, res *Result
 }
 
 func overloadConfig(ctx context.Context, o Options, ov OverloadOptions, c Config) ([]OverloadPoint, error) {
-	dir, err := os.MkdirTemp("", "tkeyless-overload-")
+	e, done, err := newConfigEnv(o, "tkeyless-overload-")
 	if err != nil {
 		return nil, err
 	}
-	if o.Keep {
-		fmt.Fprintf(o.Log, "   files and logs kept in %s\n", dir)
-	} else {
-		defer os.RemoveAll(dir)
-	}
-	e := &env{bin: o.Bin, repo: o.Repo, dir: dir}
-	defer e.close()
+	defer done()
 	fmt.Fprintf(o.Log, "== overload %s: starting\n", c.Name)
 	if err := e.pki(ctx); err != nil {
 		return nil, err
@@ -93,7 +87,7 @@ func overloadConfig(ctx context.Context, o Options, ov OverloadOptions, c Config
 	if err != nil {
 		return nil, err
 	}
-	certPath := filepath.Join(dir, "site.pem")
+	certPath := filepath.Join(e.dir, "site.pem")
 	if err := ca.issue(pub, certPath); err != nil {
 		return nil, err
 	}
