@@ -55,9 +55,15 @@ func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *pe
 	if depth == 0 {
 		return fmt.Errorf("presigning is off on %s (presign.depth 0): it holds no presignatures for any coordinator", n.cfg.Name)
 	}
-	// At the cap, the coordinator has lost halves it had here (a restart, a
-	// drained pool): the oldest makes room. It can only ever displace its
-	// own, and never hold more than depth.
+	// Halves the coordinator no longer holds are gone for good: it lists
+	// those it does. At the cap (a coordinator too old to list them), the
+	// oldest makes room. It can only ever displace its own, and never hold
+	// more than depth.
+	if req.LiveListed {
+		if dropped := n.sessions.dropLostPresigns(coordinator, req.Key, req.Live); dropped > 0 {
+			n.log.Debug().Str("coordinator", coordinator).Str("key", req.Key).Int("dropped", dropped).Msg("dropped presignature halves the coordinator no longer holds")
+		}
+	}
 	if _, _, held := n.sessions.load(coordinator, req.Key); held >= depth && !n.sessions.evictOldestPresign(coordinator, req.Key) {
 		return fmt.Errorf("%w: %s already holds %d presignatures of key %s for %s, its presign.depth", ErrOverloaded, n.cfg.Name, held, keyID, coordinator)
 	}
@@ -331,7 +337,11 @@ func (n *Node) presignOne(ctx context.Context, key tss.KeyID) error {
 		Version: peerwire.Version,
 		Session: peerwire.NewSessionID(),
 		Kind:    peerwire.KindPresign,
-		Presign: &peerwire.PresignRequest{Key: key.String(), Quorum: quorum, TTL: time.Duration(n.cfg.Presign.MaxAge)},
+		Presign: &peerwire.PresignRequest{Key: key.String(), Quorum: quorum, TTL: time.Duration(n.cfg.Presign.MaxAge),
+			// This node's own halves are exactly the presignatures it
+			// still holds, pooled or being finished (refills run one at a
+			// time, so none is being made now).
+			Live: n.sessions.presignIDs(n.cfg.Name, key.String()), LiveListed: true},
 	}
 	if _, bad, err := n.runSession(ctx, pr, quorum); err != nil {
 		for _, m := range bad {

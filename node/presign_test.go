@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,57 @@ func TestPresignRules(t *testing.T) {
 			}
 		}
 		a.pool.mu.Unlock()
+	})
+
+	// A half the coordinator lost (here: prepared on b by a refill that
+	// then failed on a) is dropped when the coordinator next asks for one,
+	// since it lists the presignatures it still holds: b's valid halves
+	// are not displaced in its place, and a's pool keeps working. Before
+	// the list, b evicted its oldest half at the cap, a valid one, and a's
+	// next request fell back to the full path.
+	t.Run("LostHalfDroppedNotValidOnes", func(t *testing.T) {
+		b := c.nodes["b"]
+		waitFor(t, 2*time.Minute, "a's pool fills", full(a))
+		waitFor(t, time.Minute, "b holds a's halves", func() bool { return held() == depth })
+		share, ok := b.share(key)
+		if !ok {
+			t.Fatal("b holds no share")
+		}
+		lost := peerwire.NewSessionID()
+		ps, err := tss.NewPresignSession(share, []string{"a", "b"}, b.outbox(lost, peerwire.KindPresign, key.String(), 2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		orphan := &session{id: lost, kind: peerwire.KindPresign, key: key.String(), members: []string{"a", "b"}, coordinator: "a", party: ps, keep: true}
+		if err := b.sessions.add(orphan); err != nil {
+			t.Fatal(err)
+		}
+		// It stays, as a ready half whose coordinator failed would, until
+		// its lifetime (max_age) ends: long after this test.
+		orphan.mu.Lock()
+		orphan.expiry.Stop()
+		orphan.mu.Unlock()
+		// One request uses a presignature; a refills, listing the one left.
+		if err := c.sign("a", "before the refill"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 2*time.Minute, "a's pool refills", full(a))
+		if _, err := b.sessions.get(lost); err == nil {
+			t.Fatal("b still holds the half a lost")
+		}
+		fallbacks := metricValue(t, a, "tkeyless_signer_presign_total", "event", "fallback")
+		hits := metricValue(t, a, "tkeyless_signer_presign_total", "event", "hit")
+		for i := range depth {
+			if err := c.sign("a", fmt.Sprintf("after the refill %d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := metricValue(t, a, "tkeyless_signer_presign_total", "event", "hit"); got != hits+depth {
+			t.Errorf("presign hits %v → %v over %d requests", hits, got, depth)
+		}
+		if got := metricValue(t, a, "tkeyless_signer_presign_total", "event", "fallback"); got != fallbacks {
+			t.Errorf("presign fallbacks %v → %v: a presignature's half was gone on b", fallbacks, got)
+		}
 	})
 
 	t.Run("SignUsesPresignature", func(t *testing.T) {

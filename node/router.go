@@ -228,6 +228,38 @@ func (r *router) evictOldestPresign(coordinator, key string) bool {
 	return true
 }
 
+// dropLostPresigns destroys the presignature halves held here for
+// coordinator and key that are not in live, the coordinator's list of
+// those it still holds: it lost them, and they would otherwise wait out
+// their lifetime here, counted against its presign.depth. A half already
+// being finished is left alone (the coordinator may have finished its own
+// part first). It returns how many it destroyed.
+func (r *router) dropLostPresigns(coordinator, key string, live []peerwire.SessionID) int {
+	lost := r.where(func(s *session) bool {
+		if s.kind != peerwire.KindPresign || s.coordinator != coordinator || s.key != key || slices.Contains(live, s.id) {
+			return false
+		}
+		ps, ok := s.party.(*tss.PresignSession)
+		return !ok || !ps.Claimed()
+	})
+	for _, s := range lost {
+		s.party.Abort(&tss.SessionError{Err: fmt.Errorf("presignature dropped: %s no longer holds it", coordinator)})
+		r.abort(s.id)
+	}
+	return len(lost)
+}
+
+// presignIDs lists the presignatures of key held here for coordinator.
+func (r *router) presignIDs(coordinator, key string) []peerwire.SessionID {
+	var ids []peerwire.SessionID
+	for _, s := range r.where(func(s *session) bool {
+		return s.kind == peerwire.KindPresign && s.coordinator == coordinator && s.key == key
+	}) {
+		ids = append(ids, s.id)
+	}
+	return ids
+}
+
 // load counts the live sessions that compute (all kinds but ready
 // presignatures, which wait idle) and, among them, those coordinator
 // opened here; and the presignatures coordinator holds here for key.

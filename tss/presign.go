@@ -140,6 +140,10 @@ func (s *PresignSession) Ready() bool {
 	}
 }
 
+// Claimed reports whether Finish has been called: the presignature is
+// spent, and may still be finishing.
+func (s *PresignSession) Claimed() bool { return s.claimed.Load() }
+
 // Finish signs digest with the presignature and returns the signature,
 // ASN.1 DER, verified against the key's public key. It succeeds at most
 // once per session; every call after the first returns ErrPresignUsed, and

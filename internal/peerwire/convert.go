@@ -159,7 +159,10 @@ func prepareRequestToPB(r *PrepareRequest) *pb.PrepareRequest {
 			NewParties: strs(s.NewParties), NewThreshold: int64(s.NewThreshold), Import: s.Import, Authority: bs(s.Authority)}
 	}
 	if p := r.Presign; p != nil {
-		m.Presign = &pb.PresignRequest{Key: p.Key, Quorum: strs(p.Quorum), Ttl: durationToPB(p.TTL)}
+		m.Presign = &pb.PresignRequest{Key: p.Key, Quorum: strs(p.Quorum), Ttl: durationToPB(p.TTL), LiveListed: p.LiveListed}
+		for _, id := range p.Live {
+			m.Presign.Live = append(m.Presign.Live, sessionToPB(id))
+		}
 	}
 	return m
 }
@@ -178,7 +181,14 @@ func prepareRequestFromPB(m *pb.PrepareRequest) (*PrepareRequest, error) {
 			NewParties: strs(s.GetNewParties()), NewThreshold: int(s.GetNewThreshold()), Import: s.GetImport(), Authority: bs(s.GetAuthority())}
 	}
 	if p := m.GetPresign(); p != nil {
-		r.Presign = &PresignRequest{Key: p.GetKey(), Quorum: strs(p.GetQuorum()), TTL: durationFromPB(p.GetTtl())}
+		r.Presign = &PresignRequest{Key: p.GetKey(), Quorum: strs(p.GetQuorum()), TTL: durationFromPB(p.GetTtl()), LiveListed: p.GetLiveListed()}
+		for _, b := range p.GetLive() {
+			id, err := sessionFromPB(b)
+			if err != nil {
+				return nil, fmt.Errorf("presign live list: %w", err)
+			}
+			r.Presign.Live = append(r.Presign.Live, id)
+		}
 	}
 	return r, nil
 }

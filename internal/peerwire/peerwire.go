@@ -76,6 +76,12 @@ type PresignRequest struct {
 	Key    string        `json:"key"`
 	Quorum []string      `json:"quorum"`
 	TTL    time.Duration `json:"ttl"`
+	// Live, when LiveListed, names every presignature of Key the
+	// coordinator still holds (pooled or being finished): the member
+	// destroys its other halves for the coordinator and Key, which the
+	// coordinator lost. A coordinator that predates it lists nothing.
+	Live       []SessionID `json:"live,omitempty"`
+	LiveListed bool        `json:"live_listed,omitempty"`
 }
 
 // FinishPresignRequest completes presignature Session with a signing

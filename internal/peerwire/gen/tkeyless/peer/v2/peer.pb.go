@@ -502,10 +502,18 @@ func (x *ReshareRequest) GetAuthority() []byte {
 }
 
 type PresignRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Quorum        []string               `protobuf:"bytes,2,rep,name=quorum,proto3" json:"quorum,omitempty"`
-	Ttl           *durationpb.Duration   `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Key    string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Quorum []string               `protobuf:"bytes,2,rep,name=quorum,proto3" json:"quorum,omitempty"`
+	Ttl    *durationpb.Duration   `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// live names every presignature of this key the coordinator still holds
+	// (pooled, or being finished), when live_listed is set: a member destroys
+	// its other halves for this coordinator and key, which the coordinator
+	// lost (a refill that failed or yielded after the member's half was
+	// made, a restart). A coordinator that predates the field sends neither,
+	// and the member falls back to evicting its oldest half at the cap.
+	Live          [][]byte `protobuf:"bytes,4,rep,name=live,proto3" json:"live,omitempty"`
+	LiveListed    bool     `protobuf:"varint,5,opt,name=live_listed,json=liveListed,proto3" json:"live_listed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -559,6 +567,20 @@ func (x *PresignRequest) GetTtl() *durationpb.Duration {
 		return x.Ttl
 	}
 	return nil
+}
+
+func (x *PresignRequest) GetLive() [][]byte {
+	if x != nil {
+		return x.Live
+	}
+	return nil
+}
+
+func (x *PresignRequest) GetLiveListed() bool {
+	if x != nil {
+		return x.LiveListed
+	}
+	return false
 }
 
 type PrepareRequest struct {
@@ -2608,11 +2630,14 @@ const file_tkeyless_peer_v2_peer_proto_rawDesc = "" +
 	"newParties\x12#\n" +
 	"\rnew_threshold\x18\x06 \x01(\x03R\fnewThreshold\x12\x16\n" +
 	"\x06import\x18\a \x01(\bR\x06import\x12\x1c\n" +
-	"\tauthority\x18\b \x01(\fR\tauthority\"g\n" +
+	"\tauthority\x18\b \x01(\fR\tauthority\"\x9c\x01\n" +
 	"\x0ePresignRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06quorum\x18\x02 \x03(\tR\x06quorum\x12+\n" +
-	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\xbc\x02\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x12\n" +
+	"\x04live\x18\x04 \x03(\fR\x04live\x12\x1f\n" +
+	"\vlive_listed\x18\x05 \x01(\bR\n" +
+	"liveListed\"\xbc\x02\n" +
 	"\x0ePrepareRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x18\n" +
 	"\asession\x18\x02 \x01(\fR\asession\x12\x12\n" +
