@@ -103,7 +103,13 @@ func (s *peerService) Prepare(ctx context.Context, req *peerwire.PrepareRequest)
 	caller := callerOf(ctx)
 	if err := s.n.prepare(caller.Name, req); err != nil {
 		s.n.metrics.refused.WithLabelValues("prepare").Inc()
-		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", req.Session.String()).Str("kind", string(req.Kind)).Msg("refused to join session")
+		ev := s.n.log.Warn()
+		if req.Kind == peerwire.KindPresign && errors.Is(err, ErrOverloaded) {
+			// A refill asked while this node was busy: it comes back in a
+			// lull. Expected under load, so not worth an operator's eye.
+			ev = s.n.log.Debug()
+		}
+		ev.Err(err).Str("peer", caller.Name).Str("session", req.Session.String()).Str("kind", string(req.Kind)).Msg("refused to join session")
 		if errors.Is(err, ErrOverloaded) {
 			// Busy, not broken: the coordinator does not blame it.
 			return nil, status.Error(codes.ResourceExhausted, err.Error())
