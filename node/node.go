@@ -57,7 +57,10 @@ type Node struct {
 	pending     *pendingReshares
 	reshares    *reshareHistory
 	pool        *presignPool
-	lastLive    atomic.Int64 // unix nanoseconds of the last live signing activity
+	// finishes are the presignature halves this node is finishing for
+	// other coordinators, with the request authority each spent.
+	finishes finishTracker
+	lastLive atomic.Int64 // unix nanoseconds of the last live signing activity
 	// admission queues the sessions this node computes (admission.go).
 	admission *admission
 }

@@ -143,13 +143,79 @@ func (n *Node) finishPresignClaim(ctx context.Context, caller string, req *peerw
 			return refuse(err)
 		}
 	}
+	member := caller != n.cfg.Name
+	if member && claims != nil {
+		defer n.finishes.start(caller, req.Session)()
+	}
 	n.touchLive()
 	defer n.touchLive()
 	sig, err := ps.Finish(ctx, req.Sign.Digest)
 	if err != nil {
 		n.sessionFailed(s, err)
+		// As the coordinator does (signPresigned), a member gives the
+		// authority back when its half sent no more than its round-5
+		// commitment: the half is destroyed and nothing that depends on
+		// the digest left this node. The coordinator then signs the
+		// request the full way when another member had lost its half
+		// (restarted); without this, the full path's Prepare would find
+		// the request id spent here and refuse it as a replay.
+		if member && claims != nil && ps.SentRound() <= 5 {
+			n.verifier.Release(*claims)
+		}
 	}
 	return sig, claims, err
+}
+
+// finishTracker counts, per coordinator, the presignature halves being
+// finished here, so that a Prepare refused as a replay while one of them
+// may still give its authority back can wait for it (checkSignRequest).
+type finishTracker struct {
+	mu  sync.Mutex
+	now map[string]map[peerwire.SessionID]chan struct{}
+}
+
+// start records a finish for coordinator; the returned func ends it.
+func (f *finishTracker) start(coordinator string, id peerwire.SessionID) (end func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.now == nil {
+		f.now = map[string]map[peerwire.SessionID]chan struct{}{}
+	}
+	if f.now[coordinator] == nil {
+		f.now[coordinator] = map[peerwire.SessionID]chan struct{}{}
+	}
+	done := make(chan struct{})
+	f.now[coordinator][id] = done
+	return func() {
+		f.mu.Lock()
+		delete(f.now[coordinator], id)
+		f.mu.Unlock()
+		close(done)
+	}
+}
+
+// wait waits, at most d, until every finish for coordinator under way now
+// has ended; it reports whether there was any.
+func (f *finishTracker) wait(coordinator string, d time.Duration) bool {
+	f.mu.Lock()
+	var pending []chan struct{}
+	for _, done := range f.now[coordinator] {
+		pending = append(pending, done)
+	}
+	f.mu.Unlock()
+	if len(pending) == 0 {
+		return false
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for _, done := range pending {
+		select {
+		case <-done:
+		case <-timer.C:
+			return true
+		}
+	}
+	return true
 }
 
 func sameMembers(a, b []string) bool {

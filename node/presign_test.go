@@ -305,3 +305,70 @@ func TestPresignRules(t *testing.T) {
 		}
 	})
 }
+
+// TestPresignLostHalfThreeMembers is LostHalfFallsBackToFullPath with a
+// third member: b restarted and lost its half, c still held its own and
+// began finishing it (checking the request's authority, and sending its
+// round-5 commitment) before the session stopped. The full path then asks
+// c again with the same request, which c must not refuse as a replay: its
+// half is destroyed and nothing that depends on the digest left c.
+func TestPresignLostHalfThreeMembers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills (2,3) presignature pools")
+	}
+	c := newTestCluster(t, []string{"a", "b", "c"}, func(cfg *Config) {
+		cfg.Presign = PresignConfig{Depth: 1, MaxAge: Duration(5 * time.Minute)}
+	})
+	c.keygen(2)
+	a := c.nodes["a"]
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	waitFor(t, 2*time.Minute, "a's pool fills", func() bool { return a.pool.depth(c.key) == 1 })
+	at := time.Now()
+	c.restart("b")
+	h := a.peers["b"].health
+	waitFor(t, 30*time.Second, "a sees b back", func() bool {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if _, err := a.peers["b"].client.Ping(pctx, &peerwire.PingRequest{Version: peerwire.Version}, grpc.WaitForReady(false)); err != nil {
+			return false
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.up && h.checked.After(at) && a.peers["b"].conn.GetState() == connectivity.Ready
+	})
+	fallbacks := metricValue(t, a, "tkeyless_signer_presign_total", "event", "fallback")
+	if err := c.sign("a", "b lost its half, c had begun"); err != nil {
+		t.Fatalf("the request failed: %v", err)
+	}
+	if got := metricValue(t, a, "tkeyless_signer_presign_total", "event", "fallback"); got != fallbacks+1 {
+		t.Fatalf("presign fallbacks %v → %v: the lost half was not what failed", fallbacks, got)
+	}
+}
+
+func TestFinishTracker(t *testing.T) {
+	var f finishTracker
+	if f.wait("a", time.Hour) {
+		t.Fatal("wait with no finish under way reported one")
+	}
+	endA := f.start("a", peerwire.NewSessionID())
+	endB := f.start("b", peerwire.NewSessionID())
+	defer endB()
+	if f.wait("c", time.Hour) {
+		t.Fatal("another coordinator's finishes counted")
+	}
+	start := time.Now()
+	if !f.wait("a", 20*time.Millisecond) {
+		t.Fatal("a finish under way not reported")
+	}
+	if took := time.Since(start); took < 20*time.Millisecond {
+		t.Fatalf("returned after %v, before the finish ended or the bound", took)
+	}
+	// Ended while (or before) it is waited for: the wait returns then, not
+	// at its one-hour bound.
+	go endA()
+	f.wait("a", time.Hour)
+	if f.wait("a", time.Hour) {
+		t.Fatal("an ended finish still counted")
+	}
+}

@@ -117,6 +117,10 @@ func sessionMembers(req *peerwire.PrepareRequest) []string {
 // must not retry with it (the edge retries with a fresh one).
 var errAuthoritySpent = errors.New("the request's authority is spent (the session passed round 1)")
 
+// finishWait bounds how long a Prepare waits for presignature finishes
+// under way to end (a cancelled finish ends in well under a millisecond).
+const finishWait = time.Second
+
 // checkSignRequest is what every member checks on its own before it
 // signs: it holds a share of the key, the key is enabled, the quorum
 // includes it and the coordinator, the digest fits the hash, and the edge
@@ -147,6 +151,13 @@ func (n *Node) checkSignRequest(coordinator string, id peerwire.SessionID, req *
 		return nil, nil, errors.New("request names no edge identity")
 	}
 	claims, err := n.authorize(keyID, hash, req)
+	if errors.Is(err, authority.ErrReplay) && n.finishes.wait(coordinator, finishWait) {
+		// This coordinator's presigned attempt at the request may have
+		// just failed here (a member had lost its half), and this node's
+		// half gives the authority back as it ends: the cancellation and
+		// the full path's Prepare race. Ask again once it has ended.
+		claims, err = n.authorize(keyID, hash, req)
+	}
 	if err != nil {
 		n.log.Warn().Err(err).Str("key", keyID.String()).Str("edge", req.Edge).Str("coordinator", coordinator).Str("session", id.String()).Msg("refused to sign: request not authorized")
 		return nil, nil, fmt.Errorf("%w: %w", errUnauthorized, err)
