@@ -276,19 +276,7 @@ func TestPresignRules(t *testing.T) {
 	// outcome would depend on which answer came first.)
 	t.Run("LostHalfFallsBackToFullPath", func(t *testing.T) {
 		waitFor(t, 2*time.Minute, "a's pool fills", full(a))
-		at := time.Now()
-		c.restart("b")
-		h := a.peers["b"].health
-		waitFor(t, 30*time.Second, "a sees b back", func() bool {
-			pctx, cancel := context.WithTimeout(ctx, time.Second)
-			defer cancel()
-			if _, err := a.peers["b"].client.Ping(pctx, &peerwire.PingRequest{Version: peerwire.Version}, grpc.WaitForReady(false)); err != nil {
-				return false
-			}
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			return h.up && h.checked.After(at) && a.peers["b"].conn.GetState() == connectivity.Ready
-		})
+		restartAndWait(ctx, t, c, a, "b")
 		tamperOutgoing = func(to string, env *peerwire.Envelope) bool {
 			return !(env.From == "a" && to == "b" && env.Kind == peerwire.KindPresign && env.Round >= 5)
 		}
@@ -324,19 +312,7 @@ func TestPresignLostHalfThreeMembers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	waitFor(t, 2*time.Minute, "a's pool fills", func() bool { return a.pool.depth(c.key) == 1 })
-	at := time.Now()
-	c.restart("b")
-	h := a.peers["b"].health
-	waitFor(t, 30*time.Second, "a sees b back", func() bool {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		if _, err := a.peers["b"].client.Ping(pctx, &peerwire.PingRequest{Version: peerwire.Version}, grpc.WaitForReady(false)); err != nil {
-			return false
-		}
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		return h.up && h.checked.After(at) && a.peers["b"].conn.GetState() == connectivity.Ready
-	})
+	restartAndWait(ctx, t, c, a, "b")
 	fallbacks := metricValue(t, a, "tkeyless_signer_presign_total", "event", "fallback")
 	if err := c.sign("a", "b lost its half, c had begun"); err != nil {
 		t.Fatalf("the request failed: %v", err)
@@ -371,4 +347,24 @@ func TestFinishTracker(t *testing.T) {
 	if f.wait("a", time.Hour) {
 		t.Fatal("an ended finish still counted")
 	}
+}
+
+// restartAndWait restarts member (which loses every presignature half it
+// held) and waits until observer has seen it back: a ping answered, its
+// health checked since the restart, the connection ready.
+func restartAndWait(ctx context.Context, t *testing.T, c *testCluster, observer *Node, member string) {
+	t.Helper()
+	at := time.Now()
+	c.restart(member)
+	p := observer.peers[member]
+	waitFor(t, 30*time.Second, observer.cfg.Name+" sees "+member+" back", func() bool {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if _, err := p.client.Ping(pctx, &peerwire.PingRequest{Version: peerwire.Version}, grpc.WaitForReady(false)); err != nil {
+			return false
+		}
+		p.health.mu.Lock()
+		defer p.health.mu.Unlock()
+		return p.health.up && p.health.checked.After(at) && p.conn.GetState() == connectivity.Ready
+	})
 }
