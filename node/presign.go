@@ -172,7 +172,15 @@ func (n *Node) finishPresignClaim(ctx context.Context, caller string, req *peerw
 type finishTracker struct {
 	mu  sync.Mutex
 	now map[string]map[peerwire.SessionID]chan struct{}
+	// waiting counts, per coordinator, the Prepares waiting now: a
+	// compromised coordinator holding a finish open could otherwise park
+	// any number of replayed Prepares here.
+	waiting map[string]int
 }
+
+// maxFinishWaiters bounds the Prepares of one coordinator that wait for
+// its finishes at once; the honest case is one fallback at a time.
+const maxFinishWaiters = 2
 
 // start records a finish for coordinator; the returned func ends it.
 func (f *finishTracker) start(coordinator string, id peerwire.SessionID) (end func()) {
@@ -195,17 +203,28 @@ func (f *finishTracker) start(coordinator string, id peerwire.SessionID) (end fu
 }
 
 // wait waits, at most d, until every finish for coordinator under way now
-// has ended; it reports whether there was any.
+// has ended; it reports whether there was any. It does not wait when
+// maxFinishWaiters of the coordinator's Prepares already do.
 func (f *finishTracker) wait(coordinator string, d time.Duration) bool {
 	f.mu.Lock()
 	var pending []chan struct{}
 	for _, done := range f.now[coordinator] {
 		pending = append(pending, done)
 	}
-	f.mu.Unlock()
-	if len(pending) == 0 {
+	if len(pending) == 0 || f.waiting[coordinator] >= maxFinishWaiters {
+		f.mu.Unlock()
 		return false
 	}
+	if f.waiting == nil {
+		f.waiting = map[string]int{}
+	}
+	f.waiting[coordinator]++
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.waiting[coordinator]--
+		f.mu.Unlock()
+	}()
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for _, done := range pending {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -347,6 +348,23 @@ func TestFinishTracker(t *testing.T) {
 	if f.wait("a", time.Hour) {
 		t.Fatal("an ended finish still counted")
 	}
+	// A coordinator's Prepares wait for its finishes at most
+	// maxFinishWaiters at a time; the next one is refused at once.
+	var waiting sync.WaitGroup
+	release := f.start("a", peerwire.NewSessionID())
+	for range maxFinishWaiters {
+		waiting.Go(func() { f.wait("a", time.Hour) })
+	}
+	waitFor(t, 10*time.Second, "the waiters are counted", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.waiting["a"] == maxFinishWaiters
+	})
+	if f.wait("a", time.Hour) {
+		t.Fatal("a waiter beyond maxFinishWaiters waited")
+	}
+	release()
+	waiting.Wait()
 }
 
 // restartAndWait restarts member (which loses every presignature half it

@@ -226,7 +226,7 @@ func (v *Verifier) Verify(a []byte, req Request) (Claims, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if _, ok := v.used[d.id]; ok {
-		return Claims{}, fmt.Errorf("request authority from %q: request id %x already used: replay", id.Name, d.id)
+		return Claims{}, fmt.Errorf("request authority from %q: %x: %w", id.Name, d.id, ErrReplay)
 	}
 	return Claims{Identity: id, RequestID: d.id, Time: t}, nil
 }
