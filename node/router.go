@@ -216,9 +216,7 @@ func (r *router) abortPresigns(key string, cause error) {
 // hold has lost some it had (it restarted, or dropped them): those would
 // otherwise wait out their lifetime here, and keep it from refilling.
 func (r *router) evictOldestPresign(coordinator, key string) bool {
-	held := r.where(func(s *session) bool {
-		return s.kind == peerwire.KindPresign && s.coordinator == coordinator && s.key == key
-	})
+	held := r.presignsOf(coordinator, key)
 	if len(held) == 0 {
 		return false
 	}
@@ -235,29 +233,33 @@ func (r *router) evictOldestPresign(coordinator, key string) bool {
 // being finished is left alone (the coordinator may have finished its own
 // part first). It returns how many it destroyed.
 func (r *router) dropLostPresigns(coordinator, key string, live []peerwire.SessionID) int {
-	lost := r.where(func(s *session) bool {
-		if s.kind != peerwire.KindPresign || s.coordinator != coordinator || s.key != key || slices.Contains(live, s.id) {
-			return false
+	dropped := 0
+	for _, s := range r.presignsOf(coordinator, key) {
+		if ps, ok := s.party.(*tss.PresignSession); slices.Contains(live, s.id) || (ok && ps.Claimed()) {
+			continue
 		}
-		ps, ok := s.party.(*tss.PresignSession)
-		return !ok || !ps.Claimed()
-	})
-	for _, s := range lost {
 		s.party.Abort(&tss.SessionError{Err: fmt.Errorf("presignature dropped: %s no longer holds it", coordinator)})
 		r.abort(s.id)
+		dropped++
 	}
-	return len(lost)
+	return dropped
 }
 
 // presignIDs lists the presignatures of key held here for coordinator.
 func (r *router) presignIDs(coordinator, key string) []peerwire.SessionID {
 	var ids []peerwire.SessionID
-	for _, s := range r.where(func(s *session) bool {
-		return s.kind == peerwire.KindPresign && s.coordinator == coordinator && s.key == key
-	}) {
+	for _, s := range r.presignsOf(coordinator, key) {
 		ids = append(ids, s.id)
 	}
 	return ids
+}
+
+// presignsOf returns the presignature halves of key held here for
+// coordinator.
+func (r *router) presignsOf(coordinator, key string) []*session {
+	return r.where(func(s *session) bool {
+		return s.kind == peerwire.KindPresign && s.coordinator == coordinator && s.key == key
+	})
 }
 
 // load counts the live sessions that compute (all kinds but ready
