@@ -5,27 +5,39 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 )
+
+// threads lists the thread ids of process pid.
+func threads(pid int) ([]int, error) {
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil, fmt.Errorf("threads of %d: %w", pid, err)
+	}
+	var tids []int
+	for _, e := range entries {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	return tids, nil
+}
 
 // renice sets the scheduling niceness of every thread of process pid. Linux keeps niceness
 // per thread and a new thread inherits its creator's, so once every existing thread is
 // reniced, threads the Go runtime starts later are too; the thread list is walked until a
 // pass finds nothing new, to catch one created during the walk.
-func renice(t *testing.T, pid, niceness int) error {
-	t.Helper()
+func renice(pid, niceness int) error {
 	done := map[int]bool{}
 	for {
-		entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		tids, err := threads(pid)
 		if err != nil {
-			return fmt.Errorf("renice %d: %w", pid, err)
+			return err
 		}
 		fresh := 0
-		for _, e := range entries {
-			tid, err := strconv.Atoi(e.Name())
-			if err != nil || done[tid] {
+		for _, tid := range tids {
+			if done[tid] {
 				continue
 			}
 			// A thread that exited since the listing is not an error.
@@ -50,7 +62,7 @@ const foreground = -10
 // goes on at the normal priority and raisePriority says so and returns false.
 func raisePriority(t *testing.T, pid int) bool {
 	t.Helper()
-	if err := renice(t, pid, foreground); err != nil {
+	if err := renice(pid, foreground); err != nil {
 		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
 			t.Logf("cannot raise process %d's priority (%v): its latency shares the CPUs with every other process", pid, err)
 			return false
@@ -60,44 +72,23 @@ func raisePriority(t *testing.T, pid int) bool {
 	return true
 }
 
-// checkNiceness fails t unless every thread of process pid runs at niceness: it shows that
-// threads started after renice inherited it.
+// checkNiceness fails t unless every thread of process pid runs at niceness want: it shows
+// that threads started after renice inherited it.
 func checkNiceness(t *testing.T, name string, pid, want int) {
 	t.Helper()
-	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	tids, err := threads(pid)
 	if err != nil {
-		t.Errorf("threads of %s: %v", name, err)
+		t.Errorf("%s: %v", name, err)
 		return
 	}
-	for _, e := range entries {
-		tid, err := strconv.Atoi(e.Name())
+	for _, tid := range tids {
+		// The raw system call answers 20 − niceness (Go's syscall passes it on as is).
+		prio, err := syscall.Getpriority(syscall.PRIO_PROCESS, tid)
 		if err != nil {
-			continue
+			continue // the thread exited since the listing
 		}
-		if got, ok := threadNiceness(pid, tid); ok && got != want {
-			t.Errorf("%s thread %d runs at niceness %d, want %d (of %d threads)", name, tid, got, want, len(entries))
+		if got := 20 - prio; got != want {
+			t.Errorf("%s thread %d runs at niceness %d, want %d (of %d threads)", name, tid, got, want, len(tids))
 		}
 	}
-}
-
-// threadNiceness reads thread tid's niceness from /proc (field 19 of stat); false if the
-// thread is gone.
-func threadNiceness(pid, tid int) (int, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
-	if err != nil {
-		return 0, false
-	}
-	// The command name (field 2) is in parentheses and may hold spaces: count after it.
-	s := string(b)
-	i := len(s) - 1
-	for i >= 0 && s[i] != ')' {
-		i--
-	}
-	// fields[0] is field 3 (state); niceness is field 19.
-	fields := strings.Fields(s[i+1:])
-	if len(fields) <= 19-3 {
-		return 0, false
-	}
-	n, err := strconv.Atoi(fields[19-3])
-	return n, err == nil
 }
