@@ -183,7 +183,13 @@ func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(),
 
 // LoadConfig reads a YAML config file; relative paths in it are taken
 // relative to the file's directory.
-func LoadConfig(path string) (Config, error) {
+func LoadConfig(path string) (Config, error) { return LoadConfigWith(path, nil) }
+
+// LoadConfigWith is LoadConfig with override (the command line) applied to
+// what the file says before the defaults that derive from other settings
+// are filled in (max_queue_per_identity from max_queue, say) and the
+// result is validated.
+func LoadConfigWith(path string, override func(*Config)) (Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
@@ -199,6 +205,9 @@ func LoadConfig(path string) (Config, error) {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
+	}
+	if override != nil {
+		override(&c)
 	}
 	c.setDefaults()
 	if err := c.Validate(); err != nil {

@@ -60,11 +60,11 @@ the file take effect at the next restart (the reload log names them).`,
 			if err != nil {
 				return err
 			}
-			cfg, err := node.LoadConfig(configPath)
-			if err != nil {
+			if err := admission.check(cmd); err != nil {
 				return err
 			}
-			if err := admission.apply(cmd, &cfg); err != nil {
+			cfg, err := node.LoadConfigWith(configPath, admission.override(cmd))
+			if err != nil {
 				return err
 			}
 			n, err := node.New(cfg, log)
@@ -85,12 +85,8 @@ the file take effect at the next restart (the reload log names them).`,
 			}
 			n.EnsurePreParams(cmd.Context())
 			stopReload := reloadOnHangup(cmd.Context(), hup, n, func() (node.Config, error) {
-				cfg, err := node.LoadConfig(configPath)
-				if err != nil {
-					return cfg, err
-				}
 				// The command line still overrides the file.
-				return cfg, admission.apply(cmd, &cfg)
+				return node.LoadConfigWith(configPath, admission.override(cmd))
 			})
 			defer stopReload()
 			return n.Serve(cmd.Context(), peerL, keylessL)
@@ -146,31 +142,47 @@ func (f *admissionFlags) register(cmd *cobra.Command) {
 	fl.DurationVar(&f.signTimeout, "sign-timeout", 0, "deadline of a keyless request here, from its arrival (config sign_timeout; default 10s)")
 }
 
-// apply sets what was given on the command line and checks the result.
-func (f *admissionFlags) apply(cmd *cobra.Command, cfg *node.Config) error {
+// check refuses a value given on the command line that is not positive:
+// in the file 0 means "the default", which a flag given as 0 would
+// silently turn into.
+func (f *admissionFlags) check(cmd *cobra.Command) error {
 	fl := cmd.Flags()
-	if fl.Changed("max-concurrent-sessions") {
-		cfg.MaxConcurrentSessions = f.maxConcurrent
-	}
-	if fl.Changed("max-queue") {
-		cfg.MaxQueue = f.maxQueue
-	}
-	if fl.Changed("max-queue-per-identity") {
-		cfg.MaxQueuePerIdentity = f.perIdentity
-	}
-	if fl.Changed("identity-queue") {
-		if cfg.IdentityQueue == nil {
-			cfg.IdentityQueue = map[string]int{}
-		}
-		for id, n := range f.identityQueue {
-			cfg.IdentityQueue[id] = n
+	for name, positive := range map[string]bool{
+		"max-concurrent-sessions": f.maxConcurrent > 0, "max-queue": f.maxQueue > 0,
+		"max-queue-per-identity": f.perIdentity > 0, "sign-timeout": f.signTimeout > 0,
+	} {
+		if fl.Changed(name) && !positive {
+			return fmt.Errorf("--%s must be positive", name)
 		}
 	}
-	if fl.Changed("sign-timeout") {
-		cfg.SignTimeout = node.Duration(f.signTimeout)
+	return nil
+}
+
+// override sets what was given on the command line over the file, before
+// the defaults that derive from it (max_queue_per_identity from
+// max_queue) are filled in.
+func (f *admissionFlags) override(cmd *cobra.Command) func(*node.Config) {
+	fl := cmd.Flags()
+	return func(cfg *node.Config) {
+		if fl.Changed("max-concurrent-sessions") {
+			cfg.MaxConcurrentSessions = f.maxConcurrent
+		}
+		if fl.Changed("max-queue") {
+			cfg.MaxQueue = f.maxQueue
+		}
+		if fl.Changed("max-queue-per-identity") {
+			cfg.MaxQueuePerIdentity = f.perIdentity
+		}
+		if fl.Changed("identity-queue") {
+			if cfg.IdentityQueue == nil {
+				cfg.IdentityQueue = map[string]int{}
+			}
+			for id, n := range f.identityQueue {
+				cfg.IdentityQueue[id] = n
+			}
+		}
+		if fl.Changed("sign-timeout") {
+			cfg.SignTimeout = node.Duration(f.signTimeout)
+		}
 	}
-	if cfg.MaxConcurrentSessions < 1 || cfg.MaxQueue < 1 || cfg.MaxQueuePerIdentity < 1 || cfg.SignTimeout <= 0 {
-		return fmt.Errorf("--max-concurrent-sessions, --max-queue, --max-queue-per-identity and --sign-timeout must be positive")
-	}
-	return cfg.Validate()
 }
