@@ -400,6 +400,8 @@ func (a *admission) dispatchLocked() {
 		a.notePeakLocked()
 		close(w.granted)
 	}
+	// Both ends of a session (a released slot, a left join) come here.
+	a.metrics.computing.Set(float64(a.running + a.joined))
 	// Identities with nothing in progress are forgotten: lastServed stays
 	// as small as the set of identities using the node now.
 	for id := range a.lastServed {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	dto "github.com/prometheus/client_model/go"
 	"testing"
 	"time"
 )
@@ -98,6 +99,17 @@ func TestAdmissionBoundsComputingSessions(t *testing.T) {
 	}
 	if a.peakLoad() != 3 {
 		t.Fatalf("peak %d sessions computing, want the bound 2 plus the one joined", a.peakLoad())
+	}
+	// The gauge follows sessions down as well as up.
+	if got := gaugeValue(t, a.metrics.computing); got != 2 {
+		t.Fatalf("computing gauge %v with two sessions granted, want 2", got)
+	}
+	for _, tk := range tks[2:4] {
+		tk.leave()
+	}
+	nextGranted(t, got).leave()
+	if got := gaugeValue(t, a.metrics.computing); got != 0 {
+		t.Fatalf("computing gauge %v once every session ended, want 0", got)
 	}
 }
 
@@ -244,4 +256,13 @@ func TestAdmissionWaiterLeaves(t *testing.T) {
 func isOverload(err error, reason string) bool {
 	var oe *overloadError
 	return errors.As(err, &oe) && oe.reason == reason && errors.Is(err, ErrOverloaded)
+}
+
+func gaugeValue(t *testing.T, g interface{ Write(*dto.Metric) error }) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
 }
