@@ -222,13 +222,15 @@ func (e *edge) run(ctx context.Context) error {
 		staplers = append(staplers, st)
 		go st.run(ctx)
 	}
-	serveChain := func(c *tlsglue.Chain) error {
+	// route finds the stapler that takes c over, without serving it yet: a reload routes
+	// every chain first, so that it applies whole or not at all.
+	route := func(c *tlsglue.Chain) (serve func() error, err error) {
 		for _, st := range staplers {
 			if len(staplers) == 1 || st.serves(c) {
-				return st.set(c)
+				return func() error { return st.set(c) }, nil
 			}
 		}
-		return fmt.Errorf("no served chain for the key and names of %q; a new site needs a restart", c.Leaf.Subject)
+		return nil, fmt.Errorf("no served chain for the key and names of %q; a new site needs a restart", c.Leaf.Subject)
 	}
 	if e.acme != nil {
 		go e.acme.Run(ctx, func(c *tlsglue.Chain) error {
@@ -236,7 +238,11 @@ func (e *edge) run(ctx context.Context) error {
 				e.metrics.reloads.WithLabelValues("refused").Inc()
 				return err
 			}
-			if err := serveChain(c); err != nil {
+			serve, err := route(c)
+			if err == nil {
+				err = serve()
+			}
+			if err != nil {
 				e.metrics.reloads.WithLabelValues("refused").Inc()
 				return err
 			}
@@ -261,7 +267,7 @@ wait:
 				renewOnSIGHUP(e.acme, o.acme.storage, e.log)
 				continue
 			}
-			if e.reloadChains(serveChain) {
+			if e.reloadChains(route) {
 				e.metrics.reloads.WithLabelValues("ok").Inc()
 			} else {
 				e.metrics.reloads.WithLabelValues("refused").Inc()
@@ -283,11 +289,18 @@ wait:
 // reloadChains reads --cert again (on SIGHUP) and serves it to new handshakes if it passes
 // e.check, the check made at start; otherwise it logs why and keeps the current chains. Open
 // connections are not touched.
-func (e *edge) reloadChains(serveChain func(*tlsglue.Chain) error) bool {
+func (e *edge) reloadChains(route func(*tlsglue.Chain) (serve func() error, err error)) bool {
 	chains, err := e.loadChecked()
-	// Every chain is checked before any is swapped in: a reload applies whole or not at all.
+	// Every chain is checked and routed before any is swapped in: a reload applies whole or
+	// not at all.
+	var serves []func() error
 	for i := 0; err == nil && i < len(chains); i++ {
-		err = serveChain(chains[i])
+		var serve func() error
+		serve, err = route(chains[i])
+		serves = append(serves, serve)
+	}
+	for i := 0; err == nil && i < len(serves); i++ {
+		err = serves[i]()
 	}
 	if err != nil {
 		e.log.Error().Err(err).Msg("certificate reload refused; still serving the previous chain")

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -49,7 +50,7 @@ func TestChainExpiryMetrics(t *testing.T) {
 	a2, b2 := leafFor("a.test", time.Now().Add(80*24*time.Hour)), leafFor("b.test", time.Now().Add(90*24*time.Hour))
 	copyFile(t, writePEM(t, t.TempDir(), "a.pem", "CERTIFICATE", a2.Raw, ca.Raw), fileA)
 	copyFile(t, writePEM(t, t.TempDir(), "b.pem", "CERTIFICATE", b2.Raw, ca.Raw), fileB)
-	if !e.reloadChains(e.setCert) {
+	if !e.reloadChains(direct(e.setCert)) {
 		t.Fatal("reload refused")
 	}
 	if got, want := expiry("a.test"), a2.NotAfter.Unix(); got != want {
@@ -57,6 +58,18 @@ func TestChainExpiryMetrics(t *testing.T) {
 	}
 	if got, want := expiry("b.test"), b2.NotAfter.Unix(); got != want {
 		t.Errorf("after reload: b.test expiry %d, want %d", got, want)
+	}
+	// A reload applies whole or not at all: when the second chain cannot be served, the
+	// first is not served either.
+	served := 0
+	refuseSecond := func(c *tlsglue.Chain) (func() error, error) {
+		if c.Leaf.DNSNames[0] == "b.test" {
+			return nil, errors.New("no stapler for b.test")
+		}
+		return func() error { served++; return nil }, nil
+	}
+	if e.reloadChains(refuseSecond) || served != 0 {
+		t.Errorf("a reload whose second chain has no route: applied, %d chains served", served)
 	}
 
 	families, err := e.metrics.reg.Gather()
