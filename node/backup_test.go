@@ -132,7 +132,7 @@ func testBackupRestore(t *testing.T, c *testCluster) {
 	orig, _ := c.nodes["c"].share(c.key)
 	n.verifier.Close()
 	for _, p := range n.peers {
-		p.conn.Close()
+		p.conn().Close()
 	}
 	if !ok || !bytes.Equal(share.Fingerprint(), orig.Fingerprint()) {
 		t.Fatal("the restored node does not hold c's share")

@@ -317,7 +317,7 @@ func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, 
 		}
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		_, err := p.client.Prepare(ctx, pr, grpc.WaitForReady(true))
+		_, err := p.client().Prepare(ctx, pr, grpc.WaitForReady(true))
 		if status.Code(err) == codes.ResourceExhausted {
 			busyMu.Lock()
 			busy = append(busy, p.name)
@@ -349,7 +349,7 @@ func (n *Node) runSessionWith(ctx context.Context, pr *peerwire.PrepareRequest, 
 		}
 	})
 	_, _ = n.forEachPeer(ctx, members, func(ctx context.Context, p *peerConn) error {
-		r, err := p.client.Run(ctx, &peerwire.RunRequest{Version: peerwire.Version, Session: pr.Session}, failFast)
+		r, err := p.client().Run(ctx, &peerwire.RunRequest{Version: peerwire.Version, Session: pr.Session}, failFast)
 		if err != nil {
 			cancel(&memberError{member: p.name, err: err})
 			return err

@@ -235,7 +235,7 @@ func (n *Node) sendEchoes(s *session, e *peerwire.Echo) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n.cfg.SignTimeout))
 			defer cancel()
 			p.wake()
-			if _, err := p.client.Echo(ctx, e); err != nil {
+			if _, err := p.client().Echo(ctx, e); err != nil {
 				n.log.Warn().Err(err).Str("session", s.id.String()).Str("peer", m).Msg("echo not delivered")
 			}
 		}()

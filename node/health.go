@@ -75,11 +75,14 @@ func (n *Node) watchPeers(ctx context.Context) {
 // stays up; one that reconnected is up again without waiting either.
 func (n *Node) watchConn(ctx context.Context, p *peerConn) {
 	for {
-		was := p.conn.GetState()
-		if !p.conn.WaitForStateChange(ctx, was) {
+		// The connection in use now: a redial (reload.go) replaces it and
+		// closes this one, which ends the wait.
+		cc := p.conn()
+		was := cc.GetState()
+		if !cc.WaitForStateChange(ctx, was) {
 			return
 		}
-		switch now := p.conn.GetState(); {
+		switch now := cc.GetState(); {
 		case was == connectivity.Ready:
 			n.ping(ctx, p, failFast)
 		case now == connectivity.Ready && !n.reachable(p.name):
@@ -92,7 +95,7 @@ func (n *Node) ping(ctx context.Context, p *peerConn, opts ...grpc.CallOption) {
 	ctx, cancel := context.WithTimeout(ctx, pingTimeout)
 	defer cancel()
 	start := time.Now()
-	resp, err := p.client.Ping(ctx, &peerwire.PingRequest{Version: peerwire.Version}, opts...)
+	resp, err := p.client().Ping(ctx, &peerwire.PingRequest{Version: peerwire.Version}, opts...)
 	rtt := time.Since(start)
 	h := p.health
 	h.mu.Lock()
@@ -252,7 +255,7 @@ func (n *Node) peerStatuses() []peerwire.PeerStatus {
 		h := p.health
 		h.mu.Lock()
 		ps := peerwire.PeerStatus{Name: p.name, Addr: p.addr, Up: h.up, LatencyMS: float64(h.latency.Microseconds()) / 1000,
-			LastError: h.lastErr, LastErrAt: h.lastErrAt, CoolUntil: h.coolUntil, Version: p.client.Version()}
+			LastError: h.lastErr, LastErrAt: h.lastErrAt, CoolUntil: h.coolUntil, Version: p.client().Version()}
 		h.mu.Unlock()
 		if c, ok := n.convictions.get(p.name); ok {
 			ps.Convicted = &c

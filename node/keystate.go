@@ -157,7 +157,7 @@ func (n *Node) SetKeyState(ctx context.Context, from string, req *peerwire.SetKe
 		wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
-			_, err := p.client.SetKeyState(cctx, &fwd)
+			_, err := p.client().SetKeyState(cctx, &fwd)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

@@ -63,14 +63,39 @@ type Node struct {
 	lastLive atomic.Int64 // unix nanoseconds of the last live signing activity
 	// admission queues the sessions this node computes (admission.go).
 	admission *admission
+	// dialer connects to peers (nil: TCP); kept for redials.
+	dialer dialer
 }
 
 type peerConn struct {
 	name   string
 	addr   string
+	link   atomic.Pointer[peerLink]
+	health *peerHealth
+}
+
+// peerLink is one connection to a peer. A reload that changes this node's
+// certificate replaces it (redial): a peer checks this node's broadcast
+// signatures against the certificate of the connection they arrive on.
+type peerLink struct {
 	conn   *grpc.ClientConn
 	client *peerwire.Client
-	health *peerHealth
+}
+
+// conn and client are those of the link in use; nil before the first dial
+// (unit tests build nodes without connections).
+func (p *peerConn) conn() *grpc.ClientConn {
+	if l := p.link.Load(); l != nil {
+		return l.conn
+	}
+	return nil
+}
+
+func (p *peerConn) client() *peerwire.Client {
+	if l := p.link.Load(); l != nil {
+		return l.client
+	}
+	return nil
 }
 
 // New loads the node's identity and shares and prepares (lazy) connections
@@ -161,11 +186,14 @@ func newNode(cfg Config, log zerolog.Logger, dial dialer) (*Node, error) {
 	if err := n.loadShares(); err != nil {
 		return nil, err
 	}
+	n.dialer = dial
 	for _, p := range cfg.Peers {
-		pc, err := n.dial(p, dial)
+		link, err := n.dial(p)
 		if err != nil {
 			return nil, err
 		}
+		pc := &peerConn{name: p.Name, addr: p.Addr, health: &peerHealth{}}
+		pc.link.Store(link)
 		n.peers[p.Name] = pc
 	}
 	ok = true
@@ -203,16 +231,16 @@ func (n *Node) loadShares() error {
 // wake makes a connection waiting out its reconnect backoff try again at
 // once.
 func (p *peerConn) wake() {
-	if p.conn.GetState() == connectivity.TransientFailure {
-		p.conn.ResetConnectBackoff()
+	if p.conn().GetState() == connectivity.TransientFailure {
+		p.conn().ResetConnectBackoff()
 	}
 }
 
-func (n *Node) dial(p Peer, dial dialer) (*peerConn, error) {
+func (n *Node) dial(p Peer) (*peerLink, error) {
 	tc := n.peerTLS(p.Name)
 	var opts []grpc.DialOption
-	if dial != nil {
-		opts = append(opts, grpc.WithContextDialer(dial))
+	if n.dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(n.dialer))
 	}
 	conn, err := grpc.NewClient(p.Addr, append(opts,
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
@@ -231,7 +259,7 @@ func (n *Node) dial(p Peer, dial dialer) (*peerConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("peer %s at %s: %w", p.Name, p.Addr, err)
 	}
-	return &peerConn{name: p.Name, addr: p.Addr, conn: conn, client: peerwire.NewClient(conn), health: &peerHealth{}}, nil
+	return &peerLink{conn: conn, client: peerwire.NewClient(conn)}, nil
 }
 
 // share returns this node's share of key id.
@@ -310,7 +338,7 @@ func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
 		gs.Stop()
 	}
 	for _, p := range n.peers {
-		_ = p.conn.Close()
+		_ = p.conn().Close()
 	}
 	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return serveErr

@@ -155,7 +155,7 @@ func TestNewRefusesMisconfiguredNode(t *testing.T) {
 		t.Fatalf("new node: keys %v, peers %v", n.Keys(), n.peers)
 	}
 	for _, p := range n.peers {
-		p.conn.Close()
+		p.conn().Close()
 	}
 }
 

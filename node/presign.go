@@ -477,7 +477,7 @@ func (n *Node) signPresigned(ctx context.Context, e *presignEntry, req SignReque
 	var lostMu sync.Mutex
 	var lostBy []string // members that answered they hold no half
 	_, _ = n.forEachPeer(ctx, e.quorum, func(ctx context.Context, p *peerConn) error {
-		if _, err := p.client.FinishPresign(ctx, fr, failFast); err != nil {
+		if _, err := p.client().FinishPresign(ctx, fr, failFast); err != nil {
 			if status.Code(err) == codes.NotFound {
 				lostMu.Lock()
 				lostBy = append(lostBy, p.name)

@@ -378,11 +378,11 @@ func restartAndWait(ctx context.Context, t *testing.T, c *testCluster, observer 
 	waitFor(t, 30*time.Second, observer.cfg.Name+" sees "+member+" back", func() bool {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		if _, err := p.client.Ping(pctx, &peerwire.PingRequest{Version: peerwire.Version}, grpc.WaitForReady(false)); err != nil {
+		if _, err := p.client().Ping(pctx, &peerwire.PingRequest{Version: peerwire.Version}, grpc.WaitForReady(false)); err != nil {
 			return false
 		}
 		p.health.mu.Lock()
 		defer p.health.mu.Unlock()
-		return p.health.up && p.health.checked.After(at) && p.conn.GetState() == connectivity.Ready
+		return p.health.up && p.health.checked.After(at) && p.conn().GetState() == connectivity.Ready
 	})
 }

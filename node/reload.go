@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"fmt"
 	"reflect"
 	"time"
@@ -45,8 +46,12 @@ func (n *Node) reload(cfg Config) error {
 	if err != nil {
 		return err
 	}
+	old := n.current()
 	n.trust.Store(c)
 	n.verifier.SetRoots(c.pool)
+	if !bytes.Equal(old.cert.Leaf.Raw, c.cert.Leaf.Raw) {
+		n.redialPeers()
+	}
 	now := time.Now()
 	n.metrics.reloads.WithLabelValues("ok").Inc()
 	n.metrics.lastReload.Set(float64(now.Unix()))
@@ -84,4 +89,28 @@ func unreloadable(old, new Config) []string {
 		}
 	}
 	return out
+}
+
+// redialPeers replaces every peer connection with a new one, made with this
+// node's current certificate. A peer checks the signatures on this node's
+// broadcasts against the certificate of the connection they arrive on, and
+// gRPC keeps a connection for as long as it works: without a redial, a new
+// key would sign what peers check against the old one. Calls under way on
+// an old connection get a session's time to finish before it is closed.
+func (n *Node) redialPeers() {
+	grace := time.Duration(n.cfg.SignTimeout)
+	for _, p := range n.cfg.Peers {
+		pc, ok := n.peers[p.Name]
+		if !ok {
+			continue
+		}
+		link, err := n.dial(p)
+		if err != nil {
+			n.log.Error().Err(err).Str("peer", p.Name).Msg("redial with the new certificate failed; the old connection stays")
+			continue
+		}
+		old := pc.link.Swap(link)
+		time.AfterFunc(grace, func() { _ = old.conn.Close() })
+	}
+	n.log.Info().Int("peers", len(n.peers)).Msg("peer connections redialled with the new certificate")
 }

@@ -540,7 +540,7 @@ func (n *Node) reshareProof(ctx context.Context, session peerwire.SessionID, req
 			c = r.Confirmation
 		} else if p, ok := n.peers[m]; ok {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			o, err := p.client.ReshareOutcome(cctx, &peerwire.ReshareOutcomeRequest{Version: peerwire.Version, Session: session, Key: req.Key})
+			o, err := p.client().ReshareOutcome(cctx, &peerwire.ReshareOutcomeRequest{Version: peerwire.Version, Session: session, Key: req.Key})
 			cancel()
 			if err == nil {
 				c = o.Confirmation
@@ -652,7 +652,7 @@ func (n *Node) finishReshare(ctx context.Context, req *peerwire.FinishReshareReq
 						timeout = 2 * time.Second
 					}
 					cctx, cancel := context.WithTimeout(ctx, timeout)
-					_, err = p.client.FinishReshare(cctx, req)
+					_, err = p.client().FinishReshare(cctx, req)
 					cancel()
 				} else {
 					err = fmt.Errorf("no address for %s", m)
@@ -779,7 +779,7 @@ func (n *Node) passCommit(req *peerwire.FinishReshareRequest, members []string) 
 		wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			_, _ = p.client.FinishReshare(cctx, req)
+			_, _ = p.client().FinishReshare(cctx, req)
 		})
 	}
 	wg.Wait()
@@ -821,7 +821,7 @@ func (n *Node) resolvePending(ctx context.Context) {
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			o, err := peer.client.ReshareOutcome(cctx, &peerwire.ReshareOutcomeRequest{Version: peerwire.Version, Session: p.Session, Key: keyID.String()}, failFast)
+			o, err := peer.client().ReshareOutcome(cctx, &peerwire.ReshareOutcomeRequest{Version: peerwire.Version, Session: p.Session, Key: keyID.String()}, failFast)
 			cancel()
 			switch {
 			case err != nil:

@@ -591,3 +591,31 @@ func TestRevokedAdminStartsNoCeremony(t *testing.T) {
 		t.Fatalf("keygen signed by a revoked admin: %v, want refused as revoked", err)
 	}
 }
+
+// TestReloadNewKeyThreeMembers: a reload that gives a its new certificate
+// and a new key redials a's peer connections. In a session of three, a
+// member checks a's broadcast signatures against the certificate of the
+// connection they come on; over a connection opened before the reload that
+// is a's old certificate, and every session would abort blaming a.
+func TestReloadNewKeyThreeMembers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("(2,3) keygen and signing")
+	}
+	c := newTestCluster(t, []string{"a", "b", "c"})
+	c.keygen(2)
+	if err := c.sign("a", "before the reload"); err != nil {
+		t.Fatal(err)
+	}
+	certPath, keyPath, err := c.ca.IssueIdentity(filepath.Join(c.dir, "renewed"), "a", pki.RoleNode, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.reload("a", func(cfg *Config) { cfg.TLS.Cert, cfg.TLS.Key = certPath, keyPath }); err != nil {
+		t.Fatal(err)
+	}
+	for _, coordinator := range []string{"a", "b"} {
+		if err := c.sign(coordinator, "after a's new key, coordinated by "+coordinator); err != nil {
+			t.Fatalf("signing coordinated by %s after a's new key: %v", coordinator, err)
+		}
+	}
+}

@@ -334,7 +334,7 @@ func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, mem
 				// reconnect backoff: reconnect now, and wait for it
 				// within the session's bounds.
 				p.wake()
-				if _, err := p.client.Deliver(ctx, env); err != nil {
+				if _, err := p.client().Deliver(ctx, env); err != nil {
 					errs[i] = &memberError{member: to, err: err}
 				}
 			})
