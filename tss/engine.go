@@ -174,6 +174,10 @@ func (p *engineParty) context(j int) []byte {
 // forPeers runs f for every other member in parallel (the work of a round
 // is independent per peer: on idle cores this is latency saved) and
 // returns the members whose f failed, in order, with the first error.
+//
+// A panic in f (tss-lib panics on some malformed peer values) becomes
+// member j's error: these goroutines are outside runner.safely's recover,
+// and an unrecovered panic there would end the whole signer process.
 func (p *engineParty) forPeers(f func(j int) error) ([]int, error) {
 	errs := make([]error, len(p.ids))
 	var wg sync.WaitGroup
@@ -181,7 +185,14 @@ func (p *engineParty) forPeers(f func(j int) error) ([]int, error) {
 		if j == p.i {
 			continue
 		}
-		wg.Go(func() { errs[j] = f(j) })
+		wg.Go(func() {
+			defer func() {
+				if r := recover(); r != nil {
+					errs[j] = fmt.Errorf("panicked while handling %s's values: %v", p.names[j], r)
+				}
+			}()
+			errs[j] = f(j)
+		})
 	}
 	wg.Wait()
 	var culprits []int
