@@ -572,6 +572,9 @@ func (p *engineParty) round3() *tsslib.Error {
 		}
 		theta = modQ.Add(theta, alphas[j].Add(alphas[j], p.betas[j]))
 		sigma = modQ.Add(sigma, us[j].Add(us[j], p.vs[j]))
+		// α_ij + β_ji and μ_ij + ν_ji are shares of k·γ and k·w: used.
+		alphas[j].SetInt64(0)
+		us[j].SetInt64(0)
 	}
 	p.theta, p.sigma = theta, sigma
 	p.betas, p.vs = nil, nil
