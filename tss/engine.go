@@ -1,7 +1,6 @@
 package tss
 
 import (
-	"crypto/ecdsa"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -797,8 +796,11 @@ func (p *engineParty) round9() *tsslib.Error {
 	return nil
 }
 
-// finalize adds the s_j, normalizes s to the lower half as tss-lib does,
-// and verifies the signature before handing it out.
+// finalize adds the s_j and normalizes s to the lower half as tss-lib does.
+// It does not verify the signature: both sessions that receive it
+// (SignSession.Run, PresignSession.loop) verify it against the share's
+// public key and the digest before it leaves the package, and checking
+// twice would cost every signature one more verification.
 func (p *engineParty) finalize() *tsslib.Error {
 	ec := curve
 	q := ec.Params().N
@@ -829,10 +831,6 @@ func (p *engineParty) finalize() *tsslib.Error {
 		M:                 p.m.FillBytes(make([]byte, size)),
 	}
 	data.Signature = append(append([]byte{}, data.R...), data.S...)
-	pk := ecdsa.PublicKey{Curve: ec, X: p.keys.ECDSAPub.X(), Y: p.keys.ECDSAPub.Y()}
-	if !ecdsa.Verify(&pk, data.M, p.rx, sumS) {
-		return p.wrap(10, errors.New("signature verification failed"))
-	}
 	p.destroy()
 	p.end <- data
 	return nil
