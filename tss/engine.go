@@ -1,7 +1,6 @@
 package tss
 
 import (
-	"crypto/ecdsa"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -174,6 +173,10 @@ func (p *engineParty) context(j int) []byte {
 // forPeers runs f for every other member in parallel (the work of a round
 // is independent per peer: on idle cores this is latency saved) and
 // returns the members whose f failed, in order, with the first error.
+//
+// A panic in f (tss-lib panics on some malformed peer values) becomes
+// member j's error: these goroutines are outside runner.safely's recover,
+// and an unrecovered panic there would end the whole signer process.
 func (p *engineParty) forPeers(f func(j int) error) ([]int, error) {
 	errs := make([]error, len(p.ids))
 	var wg sync.WaitGroup
@@ -181,7 +184,14 @@ func (p *engineParty) forPeers(f func(j int) error) ([]int, error) {
 		if j == p.i {
 			continue
 		}
-		wg.Go(func() { errs[j] = f(j) })
+		wg.Go(func() {
+			defer func() {
+				if r := recover(); r != nil {
+					errs[j] = fmt.Errorf("panicked while handling %s's values: %v", p.names[j], r)
+				}
+			}()
+			errs[j] = f(j)
+		})
 	}
 	wg.Wait()
 	var culprits []int
@@ -561,6 +571,9 @@ func (p *engineParty) round3() *tsslib.Error {
 		}
 		theta = modQ.Add(theta, alphas[j].Add(alphas[j], p.betas[j]))
 		sigma = modQ.Add(sigma, us[j].Add(us[j], p.vs[j]))
+		// α_ij + β_ji and μ_ij + ν_ji are shares of k·γ and k·w: used.
+		alphas[j].SetInt64(0)
+		us[j].SetInt64(0)
 	}
 	p.theta, p.sigma = theta, sigma
 	p.betas, p.vs = nil, nil
@@ -783,8 +796,11 @@ func (p *engineParty) round9() *tsslib.Error {
 	return nil
 }
 
-// finalize adds the s_j, normalizes s to the lower half as tss-lib does,
-// and verifies the signature before handing it out.
+// finalize adds the s_j and normalizes s to the lower half as tss-lib does.
+// It does not verify the signature: both sessions that receive it
+// (SignSession.Run, PresignSession.loop) verify it against the share's
+// public key and the digest before it leaves the package, and checking
+// twice would cost every signature one more verification.
 func (p *engineParty) finalize() *tsslib.Error {
 	ec := curve
 	q := ec.Params().N
@@ -815,10 +831,6 @@ func (p *engineParty) finalize() *tsslib.Error {
 		M:                 p.m.FillBytes(make([]byte, size)),
 	}
 	data.Signature = append(append([]byte{}, data.R...), data.S...)
-	pk := ecdsa.PublicKey{Curve: ec, X: p.keys.ECDSAPub.X(), Y: p.keys.ECDSAPub.Y()}
-	if !ecdsa.Verify(&pk, data.M, p.rx, sumS) {
-		return p.wrap(10, errors.New("signature verification failed"))
-	}
 	p.destroy()
 	p.end <- data
 	return nil

@@ -197,14 +197,11 @@ func (s *PresignSession) Abort(err *SessionError) {
 }
 
 // destroy zeroes the party's secret per-signature state (k_i, γ_i, σ_i,
-// m: engineParty.destroy) and drops it. It runs in the session's own
-// goroutine, or before it ever started.
+// m, the decrypted MtA answers: runner.end) and drops it. It runs in the
+// session's own goroutine, or before it ever started.
 func (s *PresignSession) destroy() {
-	if p, ok := s.r.party.(*engineParty); ok {
-		p.destroy()
-	}
+	s.r.end()
 	s.r.party = nil
-	s.r.close()
 }
 
 func (s *PresignSession) loop(ctx context.Context) {

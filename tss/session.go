@@ -198,6 +198,22 @@ func (r *runner) stallBound() time.Duration {
 
 func (r *runner) close() { r.closeOnce.Do(func() { close(r.done) }) }
 
+// end closes the session and zeroes the secrets it leaves behind: the
+// signing party's per-signature values (engineParty.destroy) and the MtA
+// answers the range check decrypted (mtaCheck.clear). Every session kind
+// ends here, however it ends (result, error, stall, cancel), from the
+// goroutine that drove the party, or before the party was ever started.
+// Calling it again does nothing more.
+func (r *runner) end() {
+	if p, ok := r.party.(interface{ destroy() }); ok {
+		p.destroy()
+	}
+	if r.checks.mta != nil {
+		r.checks.mta.clear()
+	}
+	r.close()
+}
+
 // abort ends the session with err, for failures found outside tss-lib (an
 // equivocating member, found by the transport's echo check).
 func (r *runner) abort(err *SessionError) {
@@ -212,7 +228,7 @@ func (r *runner) abort(err *SessionError) {
 // or ctx ends.
 func run[T any](ctx context.Context, r *runner, end <-chan T) (T, error) {
 	var zero T
-	defer r.close()
+	defer r.end()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 

@@ -151,6 +151,14 @@ func TestSilentPeerHitsDeadline(t *testing.T) {
 	if len(se.Waiting) != 1 || se.Waiting[0] != "b" {
 		t.Fatalf("waiting %v, want [b]", se.Waiting)
 	}
+	// A session that ends without a signature still zeroes its secrets.
+	p, ok := sa.r.party.(*engineParty)
+	if !ok {
+		t.Fatalf("party is %T, want the engine", sa.r.party)
+	}
+	if p.k == nil || p.k.Sign() != 0 || p.gamma == nil || p.gamma.Sign() != 0 {
+		t.Fatalf("k_i or γ_i left set after the session ended")
+	}
 }
 
 type deliverFunc func(from string, broadcast bool, payload []byte) error

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"sync"
 
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/keygen"
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/signing"
@@ -138,19 +139,52 @@ type mtaCheck struct {
 	lower, upper *big.Int
 	// plain keeps each sender's answers as decrypted here, for the
 	// signing engine's round 3 (engine.go), which would decrypt them again.
-	plain map[string][2]decrypted
+	// They are α_ij and μ_ij, secret shares of k_i·γ_j and k_i·w_j: each
+	// entry is zeroed once consumed (plaintext) and the rest when the
+	// session ends (clear). mu guards it: round 3 takes entries from one
+	// goroutine per peer.
+	mu    sync.Mutex
+	plain map[mtaAnswer]decrypted
+}
+
+// mtaAnswer names one decrypted answer: its sender and which (0: C1, to
+// k·γ; 1: C2, to k·w).
+type mtaAnswer struct {
+	sender string
+	which  int
 }
 
 type decrypted struct{ ct, pt *big.Int }
 
-// plaintext returns the decryption of sender's answer ct (which: 0 for
-// C1, 1 for C2) if this check decrypted that very ciphertext, else nil.
+// plaintext takes the decryption of sender's answer ct (which: 0 for C1,
+// 1 for C2) if this check decrypted that very ciphertext, else nil. The
+// entry is removed either way: each answer is consumed once, and the
+// caller owns (and should clear) the value returned.
 func (c *mtaCheck) plaintext(sender string, which int, ct *big.Int) *big.Int {
-	d := c.plain[sender][which]
-	if d.ct == nil || d.ct.Cmp(ct) != 0 {
+	c.mu.Lock()
+	k := mtaAnswer{sender, which}
+	d, ok := c.plain[k]
+	delete(c.plain, k)
+	c.mu.Unlock()
+	if !ok {
 		return nil
 	}
-	return new(big.Int).Set(d.pt)
+	if d.ct.Cmp(ct) != 0 {
+		d.pt.SetInt64(0)
+		return nil
+	}
+	return d.pt
+}
+
+// clear zeroes and drops every decrypted answer not consumed: the session
+// ended before round 3 used them, or without the engine.
+func (c *mtaCheck) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, d := range c.plain {
+		d.pt.SetInt64(0)
+		delete(c.plain, k)
+	}
 }
 
 func newMtACheck(sk *paillierCRT) *mtaCheck {
@@ -158,11 +192,20 @@ func newMtACheck(sk *paillierCRT) *mtaCheck {
 	q2 := new(big.Int).Mul(q, q)
 	q4 := new(big.Int).Mul(q2, q2)
 	q5 := new(big.Int).Mul(q4, q)
-	return &mtaCheck{key: sk, lower: q4, upper: new(big.Int).Add(q5, q2), plain: map[string][2]decrypted{}}
+	return &mtaCheck{key: sk, lower: q4, upper: new(big.Int).Add(q5, q2), plain: map[mtaAnswer]decrypted{}}
 }
 
-func (c *mtaCheck) check(from string, m *signing.SignRound2Message) error {
+func (c *mtaCheck) check(from string, m *signing.SignRound2Message) (err error) {
 	var plain [2]decrypted
+	defer func() {
+		if err != nil {
+			for _, d := range plain {
+				if d.pt != nil {
+					d.pt.SetInt64(0)
+				}
+			}
+		}
+	}()
 	for i, a := range []struct {
 		name string
 		ct   []byte
@@ -175,11 +218,20 @@ func (c *mtaCheck) check(from string, m *signing.SignRound2Message) error {
 			return misbehaved("sign round 2: %s answer: %v", a.name, err)
 		}
 		if alpha.Cmp(c.lower) < 0 || alpha.Cmp(c.upper) >= 0 {
+			alpha.SetInt64(0)
 			return misbehaved("sign round 2: %s answer decrypts outside the range an honest answer has ([q⁴, q⁵+q²)): the MtA abort-oracle attack", a.name)
 		}
 		plain[i] = decrypted{ct: new(big.Int).SetBytes(a.ct), pt: alpha}
 	}
-	c.plain[from] = plain
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, d := range plain {
+		k := mtaAnswer{from, i}
+		if old, ok := c.plain[k]; ok {
+			old.pt.SetInt64(0)
+		}
+		c.plain[k] = d
+	}
 	return nil
 }
 
