@@ -119,3 +119,14 @@ func TestSummarizePercentiles(t *testing.T) {
 		t.Error("stats of nothing are not zero")
 	}
 }
+
+// A latency beyond the histogram's top (10 minutes) still counts: in N and
+// at the top of the percentiles, not silently dropped.
+func TestSummarizeBeyondTheTop(t *testing.T) {
+	top := 10 * time.Minute
+	s := Summarize([]time.Duration{time.Millisecond, 20 * time.Minute, 20 * time.Minute})
+	near := func(got, want time.Duration) bool { return got >= want-want/500 && got <= want+want/500 }
+	if s.N != 3 || !near(s.P50, top) || !near(s.P99, top) || s.Max != 20*time.Minute {
+		t.Errorf("stats = %+v", s)
+	}
+}
