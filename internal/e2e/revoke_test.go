@@ -24,20 +24,6 @@ import (
 	"github.com/tkeyless/tkeyless/keyless"
 )
 
-// metricOf reads one sample of a signer's /metrics (0 if absent).
-func metricOf(t *testing.T, sn *signerNode, series string) float64 {
-	t.Helper()
-	_, body := httpGet(t, "http://"+sn.httpAddr+"/metrics")
-	for _, line := range strings.Split(body, "\n") {
-		if rest, ok := strings.CutPrefix(line, series+" "); ok {
-			var v float64
-			fmt.Sscanf(rest, "%g", &v)
-			return v
-		}
-	}
-	return 0
-}
-
 // hangup sends every node SIGHUP and waits until each has counted one more
 // reload with result (ok or failed).
 func (c *cluster) hangup(t *testing.T, result string) {
@@ -45,13 +31,13 @@ func (c *cluster) hangup(t *testing.T, result string) {
 	series := `tkeyless_signer_reloads_total{result="` + result + `"}`
 	before := map[*signerNode]float64{}
 	for _, sn := range c.nodes {
-		before[sn] = metricOf(t, sn, series)
+		before[sn] = metric(t, "http://"+sn.httpAddr+"/metrics", series)
 		if err := sn.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, sn := range c.nodes {
-		waitFor(t, 30*time.Second, func() bool { return metricOf(t, sn, series) > before[sn] })
+		waitFor(t, 30*time.Second, func() bool { return metric(t, "http://"+sn.httpAddr+"/metrics", series) > before[sn] })
 	}
 }
 
