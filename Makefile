@@ -49,7 +49,8 @@ test: tools vet
 test-short:
 	$(GO) test -count=1 -short ./...
 
-## test-long: heavier suites (none yet beyond test; reserved for soak tests).
+## test-long: test plus the suites behind the long build tag (today internal/e2e's edge
+## identity rotation, whose real keygen takes about a minute).
 test-long: tools
 	$(GO) test -count=1 -timeout 80m -tags long ./...
 
@@ -62,8 +63,9 @@ fuzz:
 	  pkg=$${t%%:*}; fn=$${t#*:}; echo "== $$fn ($$pkg, $(FUZZTIME))"; \
 	  $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg; done
 
-## bench: the load-test matrix (reduced) and the overload sweep (about 15 minutes on 2 cores) →
-## BENCHMARKS.md and docs/bench/ (plots, CSV, JSON); then the engine benchmarks beside tss-lib's.
+## bench: the load-test matrix (reduced, about 6 minutes) and the overload sweep (about 5) →
+## BENCHMARKS.md and docs/bench/ (plots, CSV, JSON); then the engine benchmarks beside tss-lib's
+## (about 15 minutes in all on 2 cores).
 bench: build
 	$(GO) run ./loadtest matrix --bin $(BIN) --out docs/bench --markdown BENCHMARKS.md --overload
 	$(GO) test -run XXX -bench 'Sign$$|SignReference|Presign' -benchtime 5x -count 1 ./tss/ | tee docs/bench/engine.txt

@@ -174,8 +174,9 @@ level, and writes results.json, results.csv, BENCHMARKS.md and the plots
 (it uses bin/signer and bin/edge and the test pre-parameters in
 tss/testdata, so no safe primes are generated).
 
-The reduced matrix (the default; make bench) takes about 6 minutes on 2
-cores; --full sweeps concurrency up to 32.`,
+The reduced matrix (the default) takes about 6 minutes on 2 cores;
+--overload adds about 5 (make bench runs both, then the engine
+benchmarks: about 15 minutes in all); --full sweeps concurrency up to 32.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o := matrix.Reduced()

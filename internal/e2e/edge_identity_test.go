@@ -87,7 +87,9 @@ func TestEdgeIdentityReload(t *testing.T) {
 	if err := os.WriteFile(edgeKey, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e.proc.cmd.Process.Signal(syscall.SIGHUP)
+	if err := e.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(e.proc.Output(), "keyless identity reload refused") })
 	fullHandshakeFor("after a corrupt key file", "edge-rotated")
 }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -14,12 +13,9 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,76 +24,6 @@ import (
 	"github.com/tkeyless/tkeyless/internal/pki"
 	"github.com/tkeyless/tkeyless/keyless"
 )
-
-// floodReport is the part of loadtest's --json report the flood test reads.
-type floodReport struct {
-	Requests     int            `json:"requests"`
-	Successes    int            `json:"successes"`
-	Errors       int            `json:"errors"`
-	ByCause      map[string]int `json:"errors_by_cause"`
-	Full         int            `json:"full_handshakes"`
-	Resumed      int            `json:"resumed_handshakes"`
-	Goodput      float64        `json:"goodput_rps"`
-	FullTotal    latency        `json:"full_total"`
-	ResumedTotal latency        `json:"resumed_total"`
-}
-
-type latency struct {
-	N   int           `json:"n"`
-	P50 time.Duration `json:"p50_ns"`
-	P99 time.Duration `json:"p99_ns"`
-}
-
-// loadRun is a loadtest process running in the background.
-type loadRun struct {
-	args []string
-	out  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	r    floodReport
-	log  bytes.Buffer
-	err  error
-}
-
-// startLoad starts the loadtest binary; wait returns its report. It is bounded by two
-// minutes, far beyond any --duration used here.
-func startLoad(t *testing.T, args ...string) *loadRun {
-	t.Helper()
-	l := &loadRun{args: args, out: filepath.Join(t.TempDir(), "report.json"), done: make(chan struct{})}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	cmd := exec.CommandContext(ctx, filepath.Join(binaries(t), "loadtest"), append(args, "--json", l.out, "--no-progress")...)
-	cmd.Stdout, cmd.Stderr = &l.log, &l.log
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("loadtest: %v", err)
-	}
-	l.cmd = cmd
-	go func() {
-		defer close(l.done)
-		defer cancel()
-		if err := cmd.Wait(); err != nil && ctx.Err() != nil {
-			l.err = fmt.Errorf("did not stop by itself: %w", err)
-			return
-		}
-		b, err := os.ReadFile(l.out)
-		if err != nil {
-			l.err = fmt.Errorf("no report: %w", err)
-			return
-		}
-		l.err = json.Unmarshal(b, &l.r)
-	}()
-	t.Cleanup(func() { cancel(); <-l.done })
-	return l
-}
-
-func (l *loadRun) wait(t *testing.T) floodReport {
-	t.Helper()
-	<-l.done
-	if l.err != nil {
-		t.Fatalf("loadtest %s: %v\n%s", strings.Join(l.args, " "), l.err, l.log.String())
-	}
-	return l.r
-}
 
 // rssBytes reads a process's resident set from /proc.
 func rssBytes(pid int) (int64, error) {
@@ -114,24 +40,6 @@ func rssBytes(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
-}
-
-// metric reads one sample of a series from a Prometheus text endpoint, 0 if absent.
-func metric(t *testing.T, url, series string) float64 {
-	t.Helper()
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
-	if err != nil {
-		t.Fatalf("metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, series+" "); ok {
-			v, _ := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-			return v
-		}
-	}
-	return 0
 }
 
 // auditRecord is one signing audit record a signer logged: event "sign" on the coordinator
@@ -326,8 +234,8 @@ func TestHandshakeFlood(t *testing.T) {
 		raisePriority(t, returning.cmd.Process.Pid)
 	}
 
-	// Resident memory while the flood lasts, sampled every 250 ms.
-	var mu sync.Mutex
+	// Resident memory while the flood lasts, sampled every 250 ms. Only the
+	// sampler writes rssMax; it is read after <-sampled, so needs no lock.
 	rssMax := map[string]int64{}
 	stopSampling := make(chan struct{})
 	sampled := make(chan struct{})
@@ -338,9 +246,7 @@ func TestHandshakeFlood(t *testing.T) {
 		for {
 			for _, p := range procs {
 				if rss, err := rssBytes(p.cmd.Process.Pid); err == nil {
-					mu.Lock()
 					rssMax[p.name] = max(rssMax[p.name], rss)
-					mu.Unlock()
 				}
 			}
 			select {
@@ -559,7 +465,7 @@ func TestSignerFollowsEdgeDeadline(t *testing.T) {
 	for _, r := range []auditRecord{coord, member} {
 		t.Logf("one session: %v; the given-up request's %s record: deadline %v after its start, ended %d ms past it",
 			session, r.Event, r.budget().Round(time.Millisecond), *r.PastDeadlineMS)
-		// The deadline is the client's (150 ms and the trip), not the signer's 20 s.
+		// The deadline is the client's (short, plus the trip), not the signer's 20 s.
 		if r.budget() > short+500*time.Millisecond {
 			t.Errorf("%s: deadline %v after the request started, want the client's %v", r.Event, r.budget(), short)
 		}

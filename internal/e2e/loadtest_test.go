@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,38 +16,86 @@ import (
 
 // loadReport is the part of loadtest's --json report these tests read.
 type loadReport struct {
-	Requests  int            `json:"requests"`
-	Successes int            `json:"successes"`
-	Errors    int            `json:"errors"`
-	ByCause   map[string]int `json:"errors_by_cause"`
-	Full      int            `json:"full_handshakes"`
-	Resumed   int            `json:"resumed_handshakes"`
-	Reused    int            `json:"reused_connections"`
+	Requests     int            `json:"requests"`
+	Successes    int            `json:"successes"`
+	Errors       int            `json:"errors"`
+	ByCause      map[string]int `json:"errors_by_cause"`
+	Full         int            `json:"full_handshakes"`
+	Resumed      int            `json:"resumed_handshakes"`
+	Reused       int            `json:"reused_connections"`
+	Goodput      float64        `json:"goodput_rps"`
+	FullTotal    latency        `json:"full_total"`
+	ResumedTotal latency        `json:"resumed_total"`
 }
 
-// runLoadtest runs the loadtest binary to completion (bounded by a minute,
-// far beyond its own --duration) and returns its report and exit error.
+type latency struct {
+	N   int           `json:"n"`
+	P50 time.Duration `json:"p50_ns"`
+	P99 time.Duration `json:"p99_ns"`
+}
+
+// loadRun is a loadtest process running in the background.
+type loadRun struct {
+	args []string
+	out  string
+	cmd  *exec.Cmd
+	done chan struct{}
+	r    loadReport
+	log  bytes.Buffer
+	exit error // the process's exit status (nil: it exited 0)
+	err  error // no report to read: it did not stop, or wrote none
+}
+
+// startLoad starts the loadtest binary; wait returns its report. It is bounded by two
+// minutes, far beyond any --duration used here.
+func startLoad(t *testing.T, args ...string) *loadRun {
+	t.Helper()
+	l := &loadRun{args: args, out: filepath.Join(t.TempDir(), "report.json"), done: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	cmd := exec.CommandContext(ctx, filepath.Join(binaries(t), "loadtest"), append(args, "--json", l.out, "--no-progress")...)
+	cmd.Stdout, cmd.Stderr = &l.log, &l.log
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("loadtest: %v", err)
+	}
+	l.cmd = cmd
+	go func() {
+		defer close(l.done)
+		defer cancel()
+		l.exit = cmd.Wait()
+		if l.exit != nil && ctx.Err() != nil {
+			l.err = fmt.Errorf("did not stop by itself: %w", l.exit)
+			return
+		}
+		b, err := os.ReadFile(l.out)
+		if err != nil {
+			l.err = fmt.Errorf("no report: %w", err)
+			return
+		}
+		l.err = json.Unmarshal(b, &l.r)
+	}()
+	t.Cleanup(func() { cancel(); <-l.done })
+	return l
+}
+
+// wait returns the report of a run that stopped by itself, whatever its exit
+// status (a run against a stopped edge exits non-zero and still reports).
+func (l *loadRun) wait(t *testing.T) loadReport {
+	t.Helper()
+	<-l.done
+	if l.err != nil {
+		t.Fatalf("loadtest %s: %v\n%s", strings.Join(l.args, " "), l.err, l.log.String())
+	}
+	return l.r
+}
+
+// runLoadtest runs the loadtest binary to completion and returns its report,
+// its output and its exit error.
 func runLoadtest(t *testing.T, args ...string) (loadReport, string, error) {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "report.json")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binaries(t), "loadtest"), append(args, "--json", out, "--no-progress")...)
-	var output bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &output, &output
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		t.Fatalf("loadtest %s did not stop by itself:\n%s", strings.Join(args, " "), output.String())
-	}
-	var r loadReport
-	b, rerr := os.ReadFile(out)
-	if rerr != nil {
-		t.Fatalf("loadtest wrote no report (%v):\n%s", rerr, output.String())
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatalf("report: %v", err)
-	}
-	return r, output.String(), err
+	l := startLoad(t, args...)
+	r := l.wait(t)
+	return r, l.log.String(), l.exit
 }
 
 // The load tester against a real edge whose key is a (1,2) cluster: the

@@ -24,20 +24,6 @@ import (
 	"github.com/tkeyless/tkeyless/keyless"
 )
 
-// metricOf reads one sample of a signer's /metrics (0 if absent).
-func metricOf(t *testing.T, sn *signerNode, series string) float64 {
-	t.Helper()
-	_, body := httpGet(t, "http://"+sn.httpAddr+"/metrics")
-	for _, line := range strings.Split(body, "\n") {
-		if rest, ok := strings.CutPrefix(line, series+" "); ok {
-			var v float64
-			fmt.Sscanf(rest, "%g", &v)
-			return v
-		}
-	}
-	return 0
-}
-
 // hangup sends every node SIGHUP and waits until each has counted one more
 // reload with result (ok or failed).
 func (c *cluster) hangup(t *testing.T, result string) {
@@ -45,13 +31,13 @@ func (c *cluster) hangup(t *testing.T, result string) {
 	series := `tkeyless_signer_reloads_total{result="` + result + `"}`
 	before := map[*signerNode]float64{}
 	for _, sn := range c.nodes {
-		before[sn] = metricOf(t, sn, series)
+		before[sn] = metric(t, "http://"+sn.httpAddr+"/metrics", series)
 		if err := sn.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, sn := range c.nodes {
-		waitFor(t, 30*time.Second, func() bool { return metricOf(t, sn, series) > before[sn] })
+		waitFor(t, 30*time.Second, func() bool { return metric(t, "http://"+sn.httpAddr+"/metrics", series) > before[sn] })
 	}
 }
 
@@ -92,24 +78,28 @@ func dialRawKeyless(t *testing.T, c *cluster, sn *signerNode, certPath, keyPath 
 	return &rawKeyless{conn: conn, signer: &authority.Signer{Cert: pair.Leaf, Key: pair.PrivateKey.(crypto.Signer)}, ski: skiOf(t, c)}
 }
 
-func (r *rawKeyless) sign(t *testing.T, d []byte) ([]byte, error) {
-	t.Helper()
+// sign sends one signing request on the connection and reads its answer.
+// It reports every failure as its error rather than through a testing.T, so
+// it can run off the test goroutine; callers check the error as strictly.
+func (r *rawKeyless) sign(d []byte) ([]byte, error) {
 	a, err := r.signer.Sign(authority.Request{Op: byte(protocol.OpECDSASignSHA256), SKI: r.ski, Digest: d})
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("signing the request's authority: %w", err)
 	}
 	r.id++
 	frame, err := keylesswire.MarshalRequest(r.id, protocol.Operation{Opcode: protocol.OpECDSASignSHA256, SKI: r.ski, Payload: d}, keylesswire.Extras{Authority: a})
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("marshalling the request: %w", err)
 	}
 	if _, err := r.conn.Write(frame); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("writing the request: %w", err)
 	}
-	_ = r.conn.SetReadDeadline(time.Now().Add(time.Minute))
+	if err := r.conn.SetReadDeadline(time.Now().Add(time.Minute)); err != nil {
+		return nil, fmt.Errorf("setting the read deadline: %w", err)
+	}
 	_, op, _, err := keylesswire.ReadRequest(r.conn, 0)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the answer: %w", err)
 	}
 	if op.Opcode == protocol.OpError {
 		return nil, op.GetError()
@@ -136,7 +126,7 @@ func TestRevokeEdgeBySIGHUP(t *testing.T) {
 	run(t, "signer", "pki", "issue", "--dir", pkiDir, "--name", "keeper", "--role", "edge")
 	edgeConn := dialRawKeyless(t, c, c.nodes[0], c.edgeCert, c.edgeKey)
 	d := sha256.Sum256([]byte("before"))
-	if sig, err := edgeConn.sign(t, d[:]); err != nil || !ecdsa.VerifyASN1(pub, d[:], sig) {
+	if sig, err := edgeConn.sign(d[:]); err != nil || !ecdsa.VerifyASN1(pub, d[:], sig) {
 		t.Fatalf("before the reload: %v", err)
 	}
 
@@ -149,12 +139,7 @@ func TestRevokeEdgeBySIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, sn := range c.nodes {
-		f, err := os.OpenFile(sn.config, os.O_APPEND|os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(f, "revocation: {crl: pki/ca.crl}\n")
-		f.Close()
+		appendFile(t, sn.config, "revocation: {crl: pki/ca.crl}\n")
 	}
 
 	// A signature in flight on the edge's open connection when the
@@ -166,7 +151,7 @@ func TestRevokeEdgeBySIGHUP(t *testing.T) {
 	inFlight := make(chan result, 1)
 	d = sha256.Sum256([]byte("in flight"))
 	go func() {
-		sig, err := edgeConn.sign(t, d[:])
+		sig, err := edgeConn.sign(d[:])
 		inFlight <- result{sig, err}
 	}()
 	waitFor(t, time.Minute, func() bool { return sessionsLive(t, c.nodes[0]) > 0 && sessionsLive(t, c.nodes[1]) > 0 })
@@ -178,7 +163,7 @@ func TestRevokeEdgeBySIGHUP(t *testing.T) {
 
 	// From now on: refused on the open connection, through the edge's
 	// client (new connections, every signer), while another edge signs.
-	if _, err := edgeConn.sign(t, []byte(strings.Repeat("x", 32))); !errors.Is(err, protocol.ErrKeyNotFound) {
+	if _, err := edgeConn.sign([]byte(strings.Repeat("x", 32))); !errors.Is(err, protocol.ErrKeyNotFound) {
 		t.Fatalf("the revoked edge's open connection: %v, want %v", err, protocol.ErrKeyNotFound)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

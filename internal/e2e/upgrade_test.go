@@ -73,10 +73,12 @@ func (l *signLog) record(err error) {
 	l.lastOK = now
 }
 
-func (l *signLog) snapshot() (ok, fail int) {
+// snapshot copies the counts and errors under the lock, so a reader never
+// races the background signer's appends.
+func (l *signLog) snapshot() (ok, fail int, errs []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.ok, l.fail
+	return l.ok, l.fail, append([]string(nil), l.errs...)
 }
 
 // peerVersions is each peer's link version as sn's /status reports it.
@@ -178,18 +180,21 @@ func TestRollingUpgrade(t *testing.T) {
 	// progress waits until the background client has signed n more times.
 	progress := func(what string, n int) {
 		t.Helper()
-		from, _ := log.snapshot()
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			if ok, _ := log.snapshot(); ok >= from+n {
-				return
+		from, _, _ := log.snapshot()
+		reached := false
+		// waitFor's own message says only that time ran out; this says
+		// what the client saw meanwhile (deferred calls run on t.Fatal).
+		defer func() {
+			if !reached {
+				ok, fail, errs := log.snapshot()
+				t.Logf("%s: no %d signatures in 2 minutes (%d ok, %d failed: %v)", what, n, ok, fail, errs)
 			}
-			if time.Now().After(deadline) {
-				ok, fail := log.snapshot()
-				t.Fatalf("%s: no %d signatures in 2 minutes (%d ok, %d failed: %v)", what, n, ok, fail, log.errs)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		}()
+		waitFor(t, 2*time.Minute, func() bool {
+			ok, _, _ := log.snapshot()
+			reached = ok >= from+n
+			return reached
+		})
 	}
 	progress("before the upgrade", 2)
 
@@ -231,13 +236,13 @@ func TestRollingUpgrade(t *testing.T) {
 	close(stop)
 	<-done
 
-	ok, fail := log.snapshot()
+	ok, fail, errs := log.snapshot()
 	t.Logf("rolling upgrade: %d signatures, %d failed, longest gap %v", ok, fail, log.maxGap.Round(time.Millisecond))
 	// A stopped node finishes its sessions before it exits and the client
 	// fails over to the others, so a restart costs at most the one request
 	// that raced it.
 	if fail > restarts {
-		t.Errorf("%d signatures failed during %d restarts (want at most one each): %v", fail, restarts, log.errs)
+		t.Errorf("%d signatures failed during %d restarts (want at most one each): %v", fail, restarts, errs)
 	}
 	// Signing never stopped: no gap between two signatures is as long as
 	// a node's restart plus a request's deadline.

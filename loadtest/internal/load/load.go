@@ -415,7 +415,10 @@ func Summarize(ds []time.Duration) Stats {
 	h := hdrhistogram.New(1, int64(10*time.Minute/time.Microsecond), 3)
 	var maxD time.Duration
 	for _, d := range ds {
-		_ = h.RecordValue(max(1, d.Microseconds())) // beyond 10 minutes: counted at the top
+		// RecordValue refuses a value beyond the top (and records nothing),
+		// so clamp it: beyond 10 minutes counts at the top. The range is
+		// fixed and every value now fits, so there is no error to handle.
+		_ = h.RecordValue(min(max(1, d.Microseconds()), h.HighestTrackableValue()))
 		maxD = max(maxD, d)
 	}
 	us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }

@@ -90,16 +90,21 @@ func TestOpenLoopBound(t *testing.T) {
 }
 
 func TestOpenLoopRejects(t *testing.T) {
-	for _, o := range []Options{
-		{Rate: 10, Concurrency: 1}, // no duration
-		{Rate: 10, Concurrency: 1, Duration: time.Second, KeepAlive: true},  // keep-alive
-		{Rate: 10, Concurrency: 1, Duration: time.Second, Arrival: "burst"}, // unknown process
-		{Rate: -1, Concurrency: 1, Duration: time.Second},
-		{Concurrency: 1, Duration: time.Second, Source: "not-an-ip"},
+	for _, c := range []struct {
+		o    Options
+		want string // in the error: the check that refused it
+	}{
+		// A request count passes Run's general check, so the open loop's
+		// own check (it runs for a duration) is the one that refuses.
+		{Options{Rate: 10, Concurrency: 1, Requests: 5}, "open loop (a rate): give a duration"},
+		{Options{Rate: 10, Concurrency: 1, Duration: time.Second, KeepAlive: true}, "keep-alive"},
+		{Options{Rate: 10, Concurrency: 1, Duration: time.Second, Arrival: "burst"}, `arrival "burst"`},
+		{Options{Rate: -1, Concurrency: 1, Duration: time.Second}, "rate -1"},
+		{Options{Concurrency: 1, Duration: time.Second, Source: "not-an-ip"}, `source "not-an-ip"`},
 	} {
-		o.URL = "https://127.0.0.1:1/"
-		if _, _, err := Run(context.Background(), o, nil); err == nil {
-			t.Errorf("%+v accepted", o)
+		c.o.URL = "https://127.0.0.1:1/"
+		if _, _, err := Run(context.Background(), c.o, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: error %v, want one containing %q", c.o, err, c.want)
 		}
 	}
 }
@@ -117,5 +122,16 @@ func TestSummarizePercentiles(t *testing.T) {
 	}
 	if (Summarize(nil) != Stats{}) {
 		t.Error("stats of nothing are not zero")
+	}
+}
+
+// A latency beyond the histogram's top (10 minutes) still counts: in N and
+// at the top of the percentiles, not silently dropped.
+func TestSummarizeBeyondTheTop(t *testing.T) {
+	top := 10 * time.Minute
+	s := Summarize([]time.Duration{time.Millisecond, 20 * time.Minute, 20 * time.Minute})
+	near := func(got, want time.Duration) bool { return got >= want-want/500 && got <= want+want/500 }
+	if s.N != 3 || !near(s.P50, top) || !near(s.P99, top) || s.Max != 20*time.Minute {
+		t.Errorf("stats = %+v", s)
 	}
 }
