@@ -5,6 +5,7 @@ package node
 import (
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 
 	"github.com/tkeyless/tkeyless/internal/peerwire"
@@ -14,7 +15,8 @@ import (
 // failure tests to run one signer that misbehaves. Release builds leave
 // tamperOutgoing nil. TKEYLESS_ADVERSARY selects how:
 //
-//	equivocate  every broadcast goes to the member named by
+//	equivocate  every broadcast (of round TKEYLESS_ADVERSARY_FROM_ROUND
+//	            or later, 1 by default) goes to the member named by
 //	            TKEYLESS_ADVERSARY_VICTIM with one bit changed, signed like
 //	            the true one the other members get
 //	garbage     every message's payload is replaced by bytes that do not
@@ -26,8 +28,9 @@ func init() {
 	victim := os.Getenv("TKEYLESS_ADVERSARY_VICTIM")
 	switch os.Getenv("TKEYLESS_ADVERSARY") {
 	case "equivocate":
+		from, _ := strconv.Atoi(os.Getenv("TKEYLESS_ADVERSARY_FROM_ROUND"))
 		tamperOutgoing = func(to string, env *peerwire.Envelope) bool {
-			if env.Broadcast && len(env.Payload) > 0 && to == victim {
+			if env.Broadcast && len(env.Payload) > 0 && to == victim && env.Round >= from {
 				p := slices.Clone(env.Payload)
 				p[len(p)-1] ^= 0x01
 				env.Payload = p

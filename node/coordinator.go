@@ -266,6 +266,7 @@ func (n *Node) signWith(ctx context.Context, share *tss.Share, quorum []string, 
 			Key: req.Key.String(), Quorum: quorum, Hash: req.Hash.String(), Digest: req.Digest,
 			Edge: req.Edge, Authority: req.Authority, RequestID: req.RequestID,
 		},
+		CarryEchoes: n.canCarryEchoes(quorum),
 	}
 	res, bad, err := n.runSession(ctx, pr, quorum)
 	if err != nil {

@@ -66,6 +66,9 @@ func (n *Node) deliver(caller pki.Identity, env *peerwire.Envelope) error {
 	if err != nil {
 		return err
 	}
+	if err := n.takeCarriedEchoes(s, caller, env); err != nil {
+		return err
+	}
 	if !env.Broadcast || !s.echo {
 		return s.party.Deliver(env.From, env.Broadcast, env.Payload)
 	}
@@ -82,9 +85,21 @@ func (n *Node) deliver(caller pki.Identity, env *peerwire.Envelope) error {
 		s.party.Abort(&tss.SessionError{Round: env.Round, Culprits: []string{env.From}, Err: err})
 		return err
 	}
+	echo := peerwire.Echo{Version: peerwire.Version, Session: env.Session, Origin: env.From, Type: env.Type, Round: env.Round,
+		Hash: hash[:], Sig: env.Sig, OriginCert: caller.Cert.Raw}
+	carried := s.carried(env.Round)
 	s.mu.Lock()
 	b := s.broadcastFor(k)
-	b.env, b.hash = env, hash[:]
+	b.hash = hash[:]
+	if carried {
+		// Released at once; its echoes travel on the next round's
+		// envelopes, and this node's next-but-one round waits for them.
+		b.released = true
+		s.oweLocked(n.cfg.Name, echo)
+		s.wakeLocked()
+	} else {
+		b.env = env
+	}
 	if !checked {
 		b.checked = append(b.checked, sigCheck{caller.Cert.Raw, hash[:], env.Sig})
 	}
@@ -93,9 +108,10 @@ func (n *Node) deliver(caller pki.Identity, env *peerwire.Envelope) error {
 	if conflict {
 		return n.equivocation(s, env.From, env.Type, env.Round)
 	}
-	echo := &peerwire.Echo{Version: peerwire.Version, Session: env.Session, Origin: env.From, Type: env.Type, Round: env.Round,
-		Hash: hash[:], Sig: env.Sig, OriginCert: caller.Cert.Raw}
-	n.sendEchoes(s, echo)
+	if carried {
+		return s.party.Deliver(env.From, true, env.Payload)
+	}
+	n.sendEchoes(s, &echo)
 	return n.maybeRelease(s, k)
 }
 
@@ -127,7 +143,8 @@ func (b *broadcast) conflict() bool {
 	return false
 }
 
-// handleEcho records another member's echo of a broadcast.
+// handleEcho records another member's echo of a broadcast, sent in its
+// own call.
 func (n *Node) handleEcho(caller pki.Identity, e *peerwire.Echo) error {
 	if !peerwire.Supported(e.Version) {
 		return fmt.Errorf("echo version %d, want %d to %d", e.Version, peerwire.MinVersion, peerwire.Version)
@@ -136,6 +153,35 @@ func (n *Node) handleEcho(caller pki.Identity, e *peerwire.Echo) error {
 	if err != nil {
 		return err
 	}
+	if s.carried(e.Round) {
+		return fmt.Errorf("session %s: echo from %s of round %d: this session carries it on the next round's envelopes", s.id, caller.Name, e.Round)
+	}
+	if err := n.recordEcho(s, caller, e); err != nil {
+		return err
+	}
+	n.metrics.echoes.WithLabelValues("call").Inc()
+	return nil
+}
+
+// takeCarriedEchoes records the echoes an envelope carries: in a carry
+// session, the sender's echoes of the previous round's broadcasts.
+func (n *Node) takeCarriedEchoes(s *session, caller pki.Identity, env *peerwire.Envelope) error {
+	for i := range env.Echoes {
+		e := &env.Echoes[i]
+		if !s.carry || e.Session != env.Session || e.Round != env.Round-1 || !s.carried(e.Round) {
+			return fmt.Errorf("session %s: %s's round %d envelope carries an echo of round %d, which does not belong there", s.id, caller.Name, env.Round, e.Round)
+		}
+		if err := n.recordEcho(s, caller, e); err != nil {
+			return err
+		}
+		n.metrics.echoes.WithLabelValues("envelope").Inc()
+	}
+	return nil
+}
+
+// recordEcho records caller's echo of a broadcast of session s, and
+// releases the broadcast when it was the last echo it waited for.
+func (n *Node) recordEcho(s *session, caller pki.Identity, e *peerwire.Echo) error {
 	if !slices.Contains(s.members, caller.Name) || !slices.Contains(s.members, e.Origin) || caller.Name == e.Origin || e.Origin == n.cfg.Name {
 		return fmt.Errorf("session %s: echo from %s about %s does not fit members %v", s.id, caller.Name, e.Origin, s.members)
 	}
@@ -168,6 +214,7 @@ func (n *Node) handleEcho(caller pki.Identity, e *peerwire.Echo) error {
 		b.checked = append(b.checked, sigCheck{e.OriginCert, e.Hash, e.Sig})
 	}
 	conflict := b.conflict()
+	s.wakeLocked()
 	s.mu.Unlock()
 	if conflict {
 		return n.equivocation(s, e.Origin, e.Type, e.Round)

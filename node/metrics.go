@@ -30,6 +30,7 @@ type metrics struct {
 	cancelled    *prometheus.CounterVec
 	reloads      *prometheus.CounterVec
 	lastReload   prometheus.Gauge
+	echoes       *prometheus.CounterVec
 }
 
 func newMetrics(sessions func() float64) *metrics {
@@ -127,7 +128,11 @@ func newMetrics(sessions func() float64) *metrics {
 		Name: "tkeyless_signer_sessions",
 		Help: "Sessions (coordinated or joined) live on this node.",
 	}, sessions)
-	m.reg.MustRegister(m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp, m.presign, m.presignDepth, m.signPath,
+	m.echoes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tkeyless_signer_echoes_total",
+		Help: "Echoes of other members' broadcasts this node accepted, by how they came: call (an Echo call of its own) or envelope (carried on the echoer's next message, protocol version 4).",
+	}, []string{"via"})
+	m.reg.MustRegister(m.echoes, m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp, m.presign, m.presignDepth, m.signPath,
 		m.convictions, m.convicted, m.unattributed, m.suspended, m.queueLength, m.queueWait, m.computing, m.overloaded, m.cancelled, m.reloads, m.lastReload,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m

@@ -46,8 +46,11 @@ type Node struct {
 	mu     sync.RWMutex
 	shares map[tss.KeyID]*tss.Share
 
-	preParams   *preParamsCache
-	peers       map[string]*peerConn
+	preParams *preParamsCache
+	peers     map[string]*peerConn
+	// noCarry makes this node coordinate as a version-3 node would: with
+	// the immediate echo check only (tests of a mixed cluster).
+	noCarry     bool
 	sessions    *router
 	verifier    *authority.Verifier
 	metrics     *metrics

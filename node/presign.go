@@ -36,7 +36,7 @@ import (
 // for one coordinator and key than its own depth. A presignature costs a
 // full signature's offline rounds and needs no edge authority, so these
 // are what keep one node from filling another's tables with them.
-func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *peerwire.PresignRequest) error {
+func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *peerwire.PresignRequest, carry bool) error {
 	keyID, err := tss.ParseKeyID(req.Key)
 	if err != nil {
 		return err
@@ -76,7 +76,7 @@ func (n *Node) preparePresign(coordinator string, id peerwire.SessionID, req *pe
 		return err
 	}
 	ps.SetStallFunc(n.stallTimeout)
-	s := &session{id: id, kind: peerwire.KindPresign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ps, keep: true}
+	s := &session{id: id, kind: peerwire.KindPresign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ps, keep: true, carry: carry}
 	s.run = func(ctx context.Context) (*peerwire.RunResponse, error) {
 		life, cancel := context.WithTimeout(context.Background(), ttl)
 		ps.Start(life)
@@ -427,6 +427,7 @@ func (n *Node) presignOne(ctx context.Context, key tss.KeyID) error {
 			// still holds, pooled or being finished (refills run one at a
 			// time, so none is being made now).
 			Live: n.sessions.presignIDs(n.cfg.Name, key.String()), LiveListed: true},
+		CarryEchoes: n.canCarryEchoes(quorum),
 	}
 	if _, bad, err := n.runSession(ctx, pr, quorum); err != nil {
 		for _, m := range bad {

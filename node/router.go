@@ -46,6 +46,10 @@ type session struct {
 	// resharing's broadcasts reach one committee only; it compares every
 	// new member's result instead (reshare.go).
 	echo bool
+	// carry says the echoes of rounds carriedFrom and later travel on the
+	// next round's envelopes, not in Echo calls (echo.go); the coordinator
+	// chose it in the Prepare. Only with echo.
+	carry bool
 	// keep says the session outlives its Run call: a presignature stays
 	// registered, ready, until it is finished or expires.
 	keep    bool
@@ -64,6 +68,12 @@ type session struct {
 	// broadcasts tracks, in sessions of three or more, each broadcast
 	// message until every other member has echoed the same one.
 	broadcasts map[broadcastKey]*broadcast
+	// owed holds, in a carry session, the echoes this node owes each other
+	// member, sent with its next envelope to that member; echoWake is
+	// closed (and cleared) whenever a broadcast or an echo is recorded,
+	// for a send waiting on echoes (awaitEchoes).
+	owed     map[string][]peerwire.Echo
+	echoWake chan struct{}
 }
 
 // ErrUnknownSession is returned for a message or call that names a session
@@ -97,6 +107,8 @@ func (r *router) add(s *session) error {
 	if s.kind != peerwire.KindReshare && len(s.members) >= 3 {
 		s.echo = true
 	}
+	s.carry = s.carry && s.echo && (s.kind == peerwire.KindSign || s.kind == peerwire.KindPresign)
+	s.owed = map[string][]peerwire.Echo{}
 	s.lastRound = map[string]int{}
 	s.seen = map[seenKey]bool{}
 	s.broadcasts = map[broadcastKey]*broadcast{}

@@ -29,12 +29,15 @@ func (n *Node) prepare(coordinator string, req *peerwire.PrepareRequest) error {
 	if err := n.admit(coordinator, req); err != nil {
 		return err
 	}
+	// Whether echoes travel on envelopes is the coordinator's choice, the
+	// same for every member (it asks only when all speak the version).
+	carry := req.CarryEchoes && req.Version >= peerwire.CarryEchoesVersion
 	switch req.Kind {
 	case peerwire.KindSign:
 		if req.Sign == nil {
 			return errors.New("sign session without a sign request")
 		}
-		return n.prepareSign(coordinator, req.Session, req.Sign)
+		return n.prepareSign(coordinator, req.Session, req.Sign, carry)
 	case peerwire.KindKeygen:
 		if req.Keygen == nil {
 			return errors.New("keygen session without a keygen request")
@@ -44,7 +47,7 @@ func (n *Node) prepare(coordinator string, req *peerwire.PrepareRequest) error {
 		if req.Presign == nil {
 			return errors.New("presign session without a presign request")
 		}
-		return n.preparePresign(coordinator, req.Session, req.Presign)
+		return n.preparePresign(coordinator, req.Session, req.Presign, carry)
 	case peerwire.KindReshare:
 		if req.Reshare == nil {
 			return errors.New("reshare session without a reshare request")
@@ -165,7 +168,7 @@ func (n *Node) checkSignRequest(coordinator string, id peerwire.SessionID, req *
 	return share, claims, nil
 }
 
-func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerwire.SignRequest) error {
+func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerwire.SignRequest, carry bool) error {
 	share, claims, err := n.checkSignRequest(coordinator, id, req)
 	if err != nil {
 		return err
@@ -176,7 +179,7 @@ func (n *Node) prepareSign(coordinator string, id peerwire.SessionID, req *peerw
 	}
 	ss.SetStallFunc(n.stallTimeout)
 	return n.sessions.add(&session{
-		id: id, kind: peerwire.KindSign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ss,
+		id: id, kind: peerwire.KindSign, key: req.Key, members: slices.Clone(req.Quorum), coordinator: coordinator, party: ss, carry: carry,
 		run: func(ctx context.Context) (resp *peerwire.RunResponse, err error) {
 			if coordinator != n.cfg.Name {
 				// The coordinator took its slot from its own queue; this
@@ -301,6 +304,16 @@ func (n *Node) prepareKeygen(coordinator string, id peerwire.SessionID, req *pee
 // (see echo.go).
 func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, members int) tss.Outbox {
 	return tss.OutboxFunc(func(ctx context.Context, m tss.Outgoing) error {
+		// In a carry session, a round waits for the echoes of the
+		// next-but-last round's broadcasts, and carries this node's own of
+		// the last round's (carry.go).
+		s, _ := n.sessions.get(id)
+		carry := s != nil && s.carried(m.Round)
+		if carry {
+			if err := n.awaitEchoes(ctx, s, m.Round-2); err != nil {
+				return err
+			}
+		}
 		errs := make([]error, len(m.To))
 		// One signature serves every recipient of a broadcast: it covers
 		// nothing that differs between them.
@@ -314,6 +327,9 @@ func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, mem
 			}
 			env := &peerwire.Envelope{Version: peerwire.Version, Session: id, Kind: kind, Key: key, From: n.cfg.Name,
 				Round: m.Round, Type: m.Type, Broadcast: m.Broadcast, Payload: m.Payload}
+			if carry {
+				env.Echoes = s.takeOwed(to, m.Round-1)
+			}
 			if tamperOutgoing != nil && !tamperOutgoing(to, env) {
 				continue
 			}

@@ -178,6 +178,11 @@ type Verifier struct {
 	Window time.Duration
 	Now    func() time.Time
 
+	// chains remembers certificates already verified against the roots
+	// (certcache.go): every member checks the same edge certificate for
+	// every request.
+	chains chainCache
+
 	mu        sync.Mutex
 	used      map[[16]byte]time.Time // request ids that produced a signature, with their time
 	lastPrune time.Time
@@ -246,17 +251,23 @@ func (v *Verifier) currentRoots() *x509.CertPool {
 // identityIn returns the identity whose certificate d carries, checked to
 // be issued by the cluster CA and valid at time at.
 func (v *Verifier) identityIn(d *decoded, at time.Time) (pki.Identity, *x509.Certificate, error) {
+	roots := v.currentRoots()
+	if id, cert, ok := v.chains.get(roots, d.cert, at); ok {
+		return id, cert, nil
+	}
 	cert, err := x509.ParseCertificate(d.cert)
 	if err != nil {
 		return pki.Identity{}, nil, fmt.Errorf("certificate: %w", err)
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: v.currentRoots(), CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	chains, err := cert.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
 		return pki.Identity{}, nil, fmt.Errorf("certificate not issued by the cluster CA: %w", err)
 	}
 	id, err := pki.IdentityOf(cert)
 	if err != nil {
 		return pki.Identity{}, nil, err
 	}
+	v.chains.put(roots, d.cert, id, cert, chains)
 	return id, cert, nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -201,17 +203,26 @@ func TestCompromisedSignerCannotSign(t *testing.T) {
 
 // TestEquivocationIsCaught runs a (2,3) cluster whose node c is the
 // adversary build, sending each broadcast to b in a different (validly
-// signed) version than to a. The honest nodes' echo check aborts the
+// signed) version than to a: from round 1 (caught by the echo calls of
+// rounds 1–4) and from round 5 (caught by the echoes carried on rounds
+// 6–9's envelopes, carry.go). The honest nodes' echo check aborts the
 // session and names c; once c is replaced by an honest build, the cluster
 // signs again.
 func TestEquivocationIsCaught(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
+	for _, from := range []int{1, 5} {
+		t.Run(fmt.Sprintf("from round %d", from), func(t *testing.T) { equivocationIsCaught(t, from) })
+	}
+}
+
+func equivocationIsCaught(t *testing.T, fromRound int) {
 	c := startCluster(t, 2, 3)
 	evil := c.nodes[2]
 	evil.proc.stop()
-	c.startNodeBinary(t, evil, adversaryBinary(t), []string{"TKEYLESS_ADVERSARY=equivocate", "TKEYLESS_ADVERSARY_VICTIM=b"})
+	c.startNodeBinary(t, evil, adversaryBinary(t), []string{"TKEYLESS_ADVERSARY=equivocate", "TKEYLESS_ADVERSARY_VICTIM=b",
+		fmt.Sprintf("TKEYLESS_ADVERSARY_FROM_ROUND=%d", fromRound)})
 
 	edgeTLS, err := pki.MutualTLS(c.caPath, c.edgeCert, c.edgeKey)
 	if err != nil {
@@ -233,8 +244,19 @@ func TestEquivocationIsCaught(t *testing.T) {
 	named := false
 	for _, sn := range c.nodes[:2] {
 		out := sn.proc.Output()
-		if strings.Contains(out, "c equivocated") && strings.Contains(out, `"culprit":"c"`) {
-			named = true
+		if !strings.Contains(out, "c equivocated") {
+			continue
+		}
+		for _, line := range strings.Split(out, "\n") {
+			var ev struct {
+				Message, Culprit string
+				Round            int
+			}
+			// From round 5 on, only a carried echo can show it, in the
+			// round it happened.
+			if json.Unmarshal([]byte(line), &ev) == nil && ev.Message == "equivocation detected; session aborted" && ev.Culprit == "c" && ev.Round >= fromRound {
+				named = true
+			}
 		}
 	}
 	if !named {

@@ -28,7 +28,7 @@ var (
 
 // nextSignerBinary builds the signer with the peerwire_next build tag: a
 // node of the next protocol version (internal/peerwire/version_next.go),
-// which speaks versions 3 and 4 and, at 4, sends a field the plain build's
+// which speaks up to the plain build's version + 1 and, at it, sends a field the plain build's
 // schema does not know. It stands for the next release, built from this
 // same tree, so the test needs no other commit or network.
 func nextSignerBinary(t *testing.T) string {
@@ -81,6 +81,10 @@ func (l *signLog) snapshot() (ok, fail int, errs []string) {
 	return l.ok, l.fail, append([]string(nil), l.errs...)
 }
 
+// plainVersion is the protocol version of the plain build, which the
+// peerwire_next build follows.
+const plainVersion = 4
+
 // peerVersions is each peer's link version as sn's /status reports it.
 func peerVersions(t *testing.T, sn *signerNode) map[string]int {
 	out := map[string]int{}
@@ -91,7 +95,7 @@ func peerVersions(t *testing.T, sn *signerNode) map[string]int {
 }
 
 // TestRollingUpgrade upgrades every node of a (1,3) cluster, one at a
-// time, from the plain build (protocol version 3) to the next one (4),
+// time, from the plain build (protocol version 4) to the next one (5),
 // while a client signs without pause. Each restart may cost the request
 // in flight on the restarted node, nothing more (the client fails over);
 // signing never stops; a mixed pair speaks 3 and an upgraded pair 4, and
@@ -101,8 +105,8 @@ func TestRollingUpgrade(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
-	if peerwire.Version != 3 {
-		t.Skip("this test upgrades plain builds (version 3) to peerwire_next ones (4); it is built with another tag")
+	if peerwire.Version != plainVersion {
+		t.Skip("this test upgrades plain builds (version 4) to peerwire_next ones (5); it is built with another tag")
 	}
 	next := nextSignerBinary(t)
 	// Rounds wait up to 10 s for a peer (2 s by default): the test's two
@@ -205,13 +209,13 @@ func TestRollingUpgrade(t *testing.T) {
 		c.startNodeBinary(t, sn, path, nil)
 		upgraded[sn.name] = isNext
 		// Every node's link to every other settles at the highest version
-		// both ends speak: 4 between upgraded nodes, 3 otherwise.
+		// both ends speak: 5 between upgraded nodes, 4 otherwise.
 		waitFor(t, time.Minute, func() bool {
 			for _, x := range c.nodes {
 				for peer, v := range peerVersions(t, x) {
-					want := 3
+					want := plainVersion
 					if upgraded[x.name] && upgraded[peer] {
-						want = 4
+						want = plainVersion + 1
 					}
 					if v != want {
 						return false
@@ -227,7 +231,7 @@ func TestRollingUpgrade(t *testing.T) {
 		progress(state, 2)
 		everyCoordinates(state)
 	}
-	// An operator who rolls one node back (its peers have negotiated 4
+	// An operator who rolls one node back (its peers have negotiated 5
 	// with it, and learn otherwise at their next call) keeps signing too.
 	restarts := len(c.nodes) + 1
 	restart(c.nodes[2], filepath.Join(binaries(t), "signer"), false)

@@ -150,7 +150,7 @@ func signRequestFromPB(m *pb.SignRequest) *SignRequest {
 }
 
 func prepareRequestToPB(r *PrepareRequest) *pb.PrepareRequest {
-	m := &pb.PrepareRequest{Version: int64(r.Version), Session: sessionToPB(r.Session), Kind: string(r.Kind), Sign: signRequestToPB(r.Sign)}
+	m := &pb.PrepareRequest{Version: int64(r.Version), Session: sessionToPB(r.Session), Kind: string(r.Kind), Sign: signRequestToPB(r.Sign), CarryEchoes: r.CarryEchoes}
 	if k := r.Keygen; k != nil {
 		m.Keygen = &pb.KeygenRequest{Threshold: int64(k.Threshold), Parties: strs(k.Parties), Authority: bs(k.Authority)}
 	}
@@ -172,7 +172,7 @@ func prepareRequestFromPB(m *pb.PrepareRequest) (*PrepareRequest, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &PrepareRequest{Version: int(m.GetVersion()), Session: id, Kind: Kind(m.GetKind()), Sign: signRequestFromPB(m.GetSign())}
+	r := &PrepareRequest{Version: int(m.GetVersion()), Session: id, Kind: Kind(m.GetKind()), Sign: signRequestFromPB(m.GetSign()), CarryEchoes: m.GetCarryEchoes()}
 	if k := m.GetKeygen(); k != nil {
 		r.Keygen = &KeygenRequest{Threshold: int(k.GetThreshold()), Parties: strs(k.GetParties()), Authority: bs(k.GetAuthority())}
 	}
@@ -228,17 +228,36 @@ func runResponseFromPB(m *pb.RunResponse) *RunResponse {
 }
 
 func envelopeToPB(e *Envelope) *pb.Envelope {
-	return &pb.Envelope{Version: int64(e.Version), Session: sessionToPB(e.Session), Kind: string(e.Kind), Key: e.Key, From: e.From,
+	m := &pb.Envelope{Version: int64(e.Version), Session: sessionToPB(e.Session), Kind: string(e.Kind), Key: e.Key, From: e.From,
 		Round: int64(e.Round), Type: e.Type, Broadcast: e.Broadcast, Payload: bs(e.Payload), Sig: bs(e.Sig)}
+	for i := range e.Echoes {
+		m.Echoes = append(m.Echoes, echoToPB(&e.Echoes[i]))
+	}
+	return m
 }
+
+// maxCarriedEchoes bounds the echoes one envelope may carry: one per other
+// member of the largest session a cluster runs is far below it.
+const maxCarriedEchoes = 64
 
 func envelopeFromPB(m *pb.Envelope) (*Envelope, error) {
 	id, err := sessionFromPB(m.GetSession())
 	if err != nil {
 		return nil, err
 	}
-	return &Envelope{Version: int(m.GetVersion()), Session: id, Kind: Kind(m.GetKind()), Key: m.GetKey(), From: m.GetFrom(),
-		Round: int(m.GetRound()), Type: m.GetType(), Broadcast: m.GetBroadcast(), Payload: bs(m.GetPayload()), Sig: bs(m.GetSig())}, nil
+	e := &Envelope{Version: int(m.GetVersion()), Session: id, Kind: Kind(m.GetKind()), Key: m.GetKey(), From: m.GetFrom(),
+		Round: int(m.GetRound()), Type: m.GetType(), Broadcast: m.GetBroadcast(), Payload: bs(m.GetPayload()), Sig: bs(m.GetSig())}
+	if len(m.GetEchoes()) > maxCarriedEchoes {
+		return nil, fmt.Errorf("%w: envelope carries %d echoes, at most %d", ErrMalformed, len(m.GetEchoes()), maxCarriedEchoes)
+	}
+	for _, c := range m.GetEchoes() {
+		echo, err := echoFromPB(c)
+		if err != nil {
+			return nil, fmt.Errorf("carried echo: %w", err)
+		}
+		e.Echoes = append(e.Echoes, *echo)
+	}
+	return e, nil
 }
 
 func echoToPB(e *Echo) *pb.EchoRequest {

@@ -143,6 +143,10 @@ type PrepareRequest struct {
 	Keygen  *KeygenRequest  `json:"keygen,omitempty"`
 	Reshare *ReshareRequest `json:"reshare,omitempty"`
 	Presign *PresignRequest `json:"presign,omitempty"`
+	// CarryEchoes (version CarryEchoesVersion) says the members carry the
+	// echoes of a signature's rounds 5 to 9 on their next round's
+	// envelopes (Envelope.Echoes) instead of in Echo calls.
+	CarryEchoes bool `json:"carry_echoes,omitempty"`
 }
 
 // PrepareResponse acknowledges a prepared session.
@@ -187,6 +191,9 @@ type Envelope struct {
 	// BroadcastDigest, on broadcasts in sessions of three or more members,
 	// so that a receiver can prove to the others what the sender sent it.
 	Sig []byte `json:"sig,omitempty"`
+	// Echoes are the sender's echoes of broadcasts it received in the
+	// previous round, carried here in sessions prepared with CarryEchoes.
+	Echoes []Echo `json:"echoes,omitempty"`
 }
 
 // Echo tells the other members which broadcast a member received from an

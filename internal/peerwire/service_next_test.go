@@ -4,6 +4,7 @@ package peerwire
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -18,9 +19,9 @@ import (
 	pb "github.com/tkeyless/tkeyless/internal/peerwire/gen/tkeyless/peer/v2"
 )
 
-// olderNode is a peer rolled back to a build that speaks version 3 only,
-// as the plain build's service answers: a version-4 message is refused,
-// and every answer states the range.
+// olderNode is a peer rolled back to a build that speaks up to the plain
+// build's version (older), as the plain build's service answers: a message
+// in this build's Version is refused, and every answer states the range.
 type olderNode struct {
 	pb.UnimplementedPeerServiceServer
 	mu   sync.Mutex
@@ -28,20 +29,23 @@ type olderNode struct {
 }
 
 func (o *olderNode) Run(ctx context.Context, m *pb.RunRequest) (*pb.RunResponse, error) {
-	_ = grpc.SetTrailer(ctx, metadata.Pairs(versionsTrailer, "3-3"))
+	_ = grpc.SetTrailer(ctx, metadata.Pairs(versionsTrailer, fmt.Sprintf("%d-%d", MinVersion, older)))
 	o.mu.Lock()
 	o.seen = append(o.seen, m.GetVersion())
 	o.mu.Unlock()
-	if m.GetVersion() != 3 {
-		return nil, status.Errorf(codes.FailedPrecondition, "peer protocol version %d; this node speaks 3 to 3", m.GetVersion())
+	if m.GetVersion() > older {
+		return nil, status.Errorf(codes.FailedPrecondition, "peer protocol version %d; this node speaks %d to %d", m.GetVersion(), MinVersion, older)
 	}
 	return &pb.RunResponse{Signature: []byte{1}}, nil
 }
 
-// TestRetryAfterRollback: a client that negotiated version 4 with a peer
-// which then restarted with an older build has its next message refused;
-// the refusal states the peer's range and the client sends the message
-// again, once, in version 3.
+// older is the plain build's version, which this build's follows.
+const older = Version - 1
+
+// TestRetryAfterRollback: a client that negotiated this build's version
+// with a peer which then restarted with an older build has its next
+// message refused; the refusal states the peer's range and the client
+// sends the message again, once, in the older version.
 func TestRetryAfterRollback(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -58,22 +62,22 @@ func TestRetryAfterRollback(t *testing.T) {
 	}
 	defer cc.Close()
 	c := NewClient(cc)
-	c.learn(3, 4) // what the peer said before it was rolled back
+	c.learn(MinVersion, Version) // what the peer said before it was rolled back
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := c.Run(ctx, &RunRequest{Version: Version, Session: NewSessionID()})
 	if err != nil {
 		t.Fatalf("run after rollback: %v", err)
 	}
-	if len(resp.Signature) != 1 || len(old.seen) != 2 || old.seen[0] != 4 || old.seen[1] != 3 {
-		t.Fatalf("peer saw versions %v (want 4 then 3), answer %+v", old.seen, resp)
+	if len(resp.Signature) != 1 || len(old.seen) != 2 || old.seen[0] != Version || old.seen[1] != older {
+		t.Fatalf("peer saw versions %v (want %d then %d), answer %+v", old.seen, Version, older, resp)
 	}
-	if c.Version() != 3 {
-		t.Fatalf("link version %d after the rollback, want 3", c.Version())
+	if c.Version() != older {
+		t.Fatalf("link version %d after the rollback, want %d", c.Version(), older)
 	}
 }
 
-// refusingNode speaks 3 to 4 and refuses every Run for a reason of its own
+// refusingNode speaks MinVersion to Version and refuses every Run for a reason of its own
 // that shares the code of a version refusal.
 type refusingNode struct {
 	pb.UnimplementedPeerServiceServer
@@ -82,7 +86,7 @@ type refusingNode struct {
 }
 
 func (r *refusingNode) Run(ctx context.Context, m *pb.RunRequest) (*pb.RunResponse, error) {
-	_ = grpc.SetTrailer(ctx, metadata.Pairs(versionsTrailer, "3-4"))
+	_ = grpc.SetTrailer(ctx, metadata.Pairs(versionsTrailer, fmt.Sprintf("%d-%d", MinVersion, Version)))
 	r.mu.Lock()
 	r.calls++
 	r.mu.Unlock()
@@ -113,7 +117,7 @@ func TestNoRetryOfOtherRefusals(t *testing.T) {
 	if _, err := c.Run(ctx, &RunRequest{Version: Version, Session: NewSessionID()}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("run: %v", err)
 	}
-	if r.calls != 1 || c.Version() != 4 {
-		t.Fatalf("%d calls (want 1), link version %d (want 4)", r.calls, c.Version())
+	if r.calls != 1 || c.Version() != Version {
+		t.Fatalf("%d calls (want 1), link version %d (want %d)", r.calls, c.Version(), Version)
 	}
 }

@@ -13,14 +13,22 @@ import "google.golang.org/protobuf/proto"
 // version negotiated in Ping. Version 2 was JSON over a custom codec; a
 // cluster moves from 2 to 3 all at once, as it did for every version
 // before negotiation existed.
+//
+// Version 4: signatures of three or more members carry the echoes of
+// rounds 5 to 9 on the next round's envelopes (PrepareRequest.CarryEchoes,
+// Envelope.Echoes), used only when the coordinator's links to every member
+// speak 4; a version-3 node keeps the Echo calls.
 const (
-	Version    = 3
+	Version    = 4
 	MinVersion = 3
 )
 
+// CarryEchoesVersion is the first version that carries echoes.
+const CarryEchoesVersion = 4
+
 // stamp and inspect are where a newer protocol version adds to and reads
-// from the wire messages at the gRPC boundary; version 3 adds nothing.
-// (A build with the peerwire_next tag plays version 4, for the rolling
+// from the wire messages at the gRPC boundary; they add nothing here.
+// (A build with the peerwire_next tag plays version 5, for the rolling
 // upgrade test: version_next.go.)
 func stamp(proto.Message, int64) {}
 

@@ -9,24 +9,27 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// This build plays the next protocol version, 4, so that the rolling
+// This build plays the next protocol version, 5, so that the rolling
 // upgrade test (internal/e2e) runs a cluster of two builds: plain ones at
-// version 3 and these. Version 4 adds a field every request carries,
-// number nextField, which the version-3 schema does not know: a
-// version-3 node ignores it (unknown fields are kept and ignored by
-// protobuf), and a version-4 node refuses a version-4 message without it,
-// which proves two upgraded nodes really speak 4 to each other.
+// version 4 and these. Version 5 adds a field every request carries,
+// number nextField, which the version-4 schema does not know: a
+// version-4 node ignores it (unknown fields are kept and ignored by
+// protobuf), and a version-5 node refuses a version-5 message without it,
+// which proves two upgraded nodes really speak 5 to each other.
 const (
-	Version    = 4
+	Version    = 5
 	MinVersion = 3
 )
 
-// nextField is the number of version 4's new field: far above what
-// peer.proto uses, so it stays unknown to the version-3 schema.
+// CarryEchoesVersion is the first version that carries echoes.
+const CarryEchoesVersion = 4
+
+// nextField is the number of version 5's new field: far above what
+// peer.proto uses, so it stays unknown to the version-4 schema.
 const nextField protowire.Number = 1000
 
 // nextMark is the value a version-4 sender writes in nextField.
-const nextMark = "tkeyless peer v4"
+const nextMark = "tkeyless peer v5"
 
 func stamp(m proto.Message, _ int64) {
 	r := m.ProtoReflect()
@@ -35,7 +38,7 @@ func stamp(m proto.Message, _ int64) {
 }
 
 func inspect(m proto.Message, v int64) error {
-	if v < 4 {
+	if v < Version {
 		return nil
 	}
 	b := m.ProtoReflect().GetUnknown()
@@ -57,5 +60,5 @@ func inspect(m proto.Message, v int64) error {
 		}
 		b = b[n:]
 	}
-	return fmt.Errorf("%w: a version %d message without version 4's field %d", ErrMalformed, v, nextField)
+	return fmt.Errorf("%w: a version %d message without version %d's field %d", ErrMalformed, v, Version, nextField)
 }

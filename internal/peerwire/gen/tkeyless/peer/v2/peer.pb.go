@@ -584,14 +584,19 @@ func (x *PresignRequest) GetLiveListed() bool {
 }
 
 type PrepareRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       int64                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Session       []byte                 `protobuf:"bytes,2,opt,name=session,proto3" json:"session,omitempty"`
-	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
-	Sign          *SignRequest           `protobuf:"bytes,4,opt,name=sign,proto3" json:"sign,omitempty"`
-	Keygen        *KeygenRequest         `protobuf:"bytes,5,opt,name=keygen,proto3" json:"keygen,omitempty"`
-	Reshare       *ReshareRequest        `protobuf:"bytes,6,opt,name=reshare,proto3" json:"reshare,omitempty"`
-	Presign       *PresignRequest        `protobuf:"bytes,7,opt,name=presign,proto3" json:"presign,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version int64                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Session []byte                 `protobuf:"bytes,2,opt,name=session,proto3" json:"session,omitempty"`
+	Kind    string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Sign    *SignRequest           `protobuf:"bytes,4,opt,name=sign,proto3" json:"sign,omitempty"`
+	Keygen  *KeygenRequest         `protobuf:"bytes,5,opt,name=keygen,proto3" json:"keygen,omitempty"`
+	Reshare *ReshareRequest        `protobuf:"bytes,6,opt,name=reshare,proto3" json:"reshare,omitempty"`
+	Presign *PresignRequest        `protobuf:"bytes,7,opt,name=presign,proto3" json:"presign,omitempty"`
+	// carry_echoes (version 4) says the members carry the echoes of a
+	// signature's rounds 5 to 9 on their next round's envelopes instead of
+	// sending each in its own Echo call (node/echo.go). The coordinator sets
+	// it only when its links to every member speak version 4 or later.
+	CarryEchoes   bool `protobuf:"varint,8,opt,name=carry_echoes,json=carryEchoes,proto3" json:"carry_echoes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -673,6 +678,13 @@ func (x *PrepareRequest) GetPresign() *PresignRequest {
 		return x.Presign
 	}
 	return nil
+}
+
+func (x *PrepareRequest) GetCarryEchoes() bool {
+	if x != nil {
+		return x.CarryEchoes
+	}
+	return false
 }
 
 type PrepareResponse struct {
@@ -832,17 +844,21 @@ func (x *RunResponse) GetConfirmation() *ReshareConfirmation {
 }
 
 type Envelope struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       int64                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Session       []byte                 `protobuf:"bytes,2,opt,name=session,proto3" json:"session,omitempty"`
-	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
-	Key           string                 `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
-	From          string                 `protobuf:"bytes,5,opt,name=from,proto3" json:"from,omitempty"`
-	Round         int64                  `protobuf:"varint,6,opt,name=round,proto3" json:"round,omitempty"`
-	Type          string                 `protobuf:"bytes,7,opt,name=type,proto3" json:"type,omitempty"`
-	Broadcast     bool                   `protobuf:"varint,8,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
-	Payload       []byte                 `protobuf:"bytes,9,opt,name=payload,proto3" json:"payload,omitempty"`
-	Sig           []byte                 `protobuf:"bytes,10,opt,name=sig,proto3" json:"sig,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Version   int64                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Session   []byte                 `protobuf:"bytes,2,opt,name=session,proto3" json:"session,omitempty"`
+	Kind      string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Key       string                 `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
+	From      string                 `protobuf:"bytes,5,opt,name=from,proto3" json:"from,omitempty"`
+	Round     int64                  `protobuf:"varint,6,opt,name=round,proto3" json:"round,omitempty"`
+	Type      string                 `protobuf:"bytes,7,opt,name=type,proto3" json:"type,omitempty"`
+	Broadcast bool                   `protobuf:"varint,8,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
+	Payload   []byte                 `protobuf:"bytes,9,opt,name=payload,proto3" json:"payload,omitempty"`
+	Sig       []byte                 `protobuf:"bytes,10,opt,name=sig,proto3" json:"sig,omitempty"`
+	// echoes (version 4, sessions prepared with carry_echoes) are the
+	// sender's echoes of the broadcasts it received in the previous round
+	// from members other than the recipient.
+	Echoes        []*EchoRequest `protobuf:"bytes,11,rep,name=echoes,proto3" json:"echoes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -943,6 +959,13 @@ func (x *Envelope) GetPayload() []byte {
 func (x *Envelope) GetSig() []byte {
 	if x != nil {
 		return x.Sig
+	}
+	return nil
+}
+
+func (x *Envelope) GetEchoes() []*EchoRequest {
+	if x != nil {
+		return x.Echoes
 	}
 	return nil
 }
@@ -2637,7 +2660,7 @@ const file_tkeyless_peer_v2_peer_proto_rawDesc = "" +
 	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x12\n" +
 	"\x04live\x18\x04 \x03(\fR\x04live\x12\x1f\n" +
 	"\vlive_listed\x18\x05 \x01(\bR\n" +
-	"liveListed\"\xbc\x02\n" +
+	"liveListed\"\xdf\x02\n" +
 	"\x0ePrepareRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x18\n" +
 	"\asession\x18\x02 \x01(\fR\asession\x12\x12\n" +
@@ -2645,7 +2668,8 @@ const file_tkeyless_peer_v2_peer_proto_rawDesc = "" +
 	"\x04sign\x18\x04 \x01(\v2\x1d.tkeyless.peer.v2.SignRequestR\x04sign\x127\n" +
 	"\x06keygen\x18\x05 \x01(\v2\x1f.tkeyless.peer.v2.KeygenRequestR\x06keygen\x12:\n" +
 	"\areshare\x18\x06 \x01(\v2 .tkeyless.peer.v2.ReshareRequestR\areshare\x12:\n" +
-	"\apresign\x18\a \x01(\v2 .tkeyless.peer.v2.PresignRequestR\apresign\"\x11\n" +
+	"\apresign\x18\a \x01(\v2 .tkeyless.peer.v2.PresignRequestR\apresign\x12!\n" +
+	"\fcarry_echoes\x18\b \x01(\bR\vcarryEchoes\"\x11\n" +
 	"\x0fPrepareResponse\"@\n" +
 	"\n" +
 	"RunRequest\x12\x18\n" +
@@ -2656,7 +2680,7 @@ const file_tkeyless_peer_v2_peer_proto_rawDesc = "" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12 \n" +
 	"\vfingerprint\x18\x03 \x01(\fR\vfingerprint\x12I\n" +
-	"\fconfirmation\x18\x04 \x01(\v2%.tkeyless.peer.v2.ReshareConfirmationR\fconfirmation\"\xec\x01\n" +
+	"\fconfirmation\x18\x04 \x01(\v2%.tkeyless.peer.v2.ReshareConfirmationR\fconfirmation\"\xa3\x02\n" +
 	"\bEnvelope\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x18\n" +
 	"\asession\x18\x02 \x01(\fR\asession\x12\x12\n" +
@@ -2668,7 +2692,8 @@ const file_tkeyless_peer_v2_peer_proto_rawDesc = "" +
 	"\tbroadcast\x18\b \x01(\bR\tbroadcast\x12\x18\n" +
 	"\apayload\x18\t \x01(\fR\apayload\x12\x10\n" +
 	"\x03sig\x18\n" +
-	" \x01(\fR\x03sig\"\x11\n" +
+	" \x01(\fR\x03sig\x125\n" +
+	"\x06echoes\x18\v \x03(\v2\x1d.tkeyless.peer.v2.EchoRequestR\x06echoes\"\x11\n" +
 	"\x0fDeliverResponse\"\xca\x01\n" +
 	"\vEchoRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x18\n" +
@@ -2880,53 +2905,54 @@ var file_tkeyless_peer_v2_peer_proto_depIdxs = []int32{
 	5,  // 5: tkeyless.peer.v2.PrepareRequest.reshare:type_name -> tkeyless.peer.v2.ReshareRequest
 	6,  // 6: tkeyless.peer.v2.PrepareRequest.presign:type_name -> tkeyless.peer.v2.PresignRequest
 	21, // 7: tkeyless.peer.v2.RunResponse.confirmation:type_name -> tkeyless.peer.v2.ReshareConfirmation
-	21, // 8: tkeyless.peer.v2.FinishReshareRequest.confirmations:type_name -> tkeyless.peer.v2.ReshareConfirmation
-	3,  // 9: tkeyless.peer.v2.FinishPresignRequest.sign:type_name -> tkeyless.peer.v2.SignRequest
-	20, // 10: tkeyless.peer.v2.ReshareOutcomeResponse.finish:type_name -> tkeyless.peer.v2.FinishReshareRequest
-	21, // 11: tkeyless.peer.v2.ReshareOutcomeResponse.confirmation:type_name -> tkeyless.peer.v2.ReshareConfirmation
-	2,  // 12: tkeyless.peer.v2.SetKeyStateRequest.state:type_name -> tkeyless.peer.v2.KeyState
-	34, // 13: tkeyless.peer.v2.StatusResponse.keys:type_name -> tkeyless.peer.v2.KeyStatus
-	35, // 14: tkeyless.peer.v2.StatusResponse.peers:type_name -> tkeyless.peer.v2.PeerStatus
-	38, // 15: tkeyless.peer.v2.PeerStatus.last_error_at:type_name -> google.protobuf.Timestamp
-	38, // 16: tkeyless.peer.v2.PeerStatus.cool_until:type_name -> google.protobuf.Timestamp
-	36, // 17: tkeyless.peer.v2.PeerStatus.convicted:type_name -> tkeyless.peer.v2.Conviction
-	38, // 18: tkeyless.peer.v2.Conviction.at:type_name -> google.protobuf.Timestamp
-	2,  // 19: tkeyless.peer.v2.PingResponse.KeyStatesEntry.value:type_name -> tkeyless.peer.v2.KeyState
-	0,  // 20: tkeyless.peer.v2.PeerService.Ping:input_type -> tkeyless.peer.v2.PingRequest
-	7,  // 21: tkeyless.peer.v2.PeerService.Prepare:input_type -> tkeyless.peer.v2.PrepareRequest
-	9,  // 22: tkeyless.peer.v2.PeerService.Run:input_type -> tkeyless.peer.v2.RunRequest
-	11, // 23: tkeyless.peer.v2.PeerService.Deliver:input_type -> tkeyless.peer.v2.Envelope
-	13, // 24: tkeyless.peer.v2.PeerService.Echo:input_type -> tkeyless.peer.v2.EchoRequest
-	15, // 25: tkeyless.peer.v2.PeerService.KeygenCeremony:input_type -> tkeyless.peer.v2.KeygenCeremonyRequest
-	32, // 26: tkeyless.peer.v2.PeerService.Status:input_type -> tkeyless.peer.v2.StatusRequest
-	26, // 27: tkeyless.peer.v2.PeerService.SetKeyState:input_type -> tkeyless.peer.v2.SetKeyStateRequest
-	17, // 28: tkeyless.peer.v2.PeerService.ReshareCeremony:input_type -> tkeyless.peer.v2.ReshareCeremonyRequest
-	19, // 29: tkeyless.peer.v2.PeerService.ImportCeremony:input_type -> tkeyless.peer.v2.ImportCeremonyRequest
-	20, // 30: tkeyless.peer.v2.PeerService.FinishReshare:input_type -> tkeyless.peer.v2.FinishReshareRequest
-	23, // 31: tkeyless.peer.v2.PeerService.FinishPresign:input_type -> tkeyless.peer.v2.FinishPresignRequest
-	24, // 32: tkeyless.peer.v2.PeerService.ReshareOutcome:input_type -> tkeyless.peer.v2.ReshareOutcomeRequest
-	28, // 33: tkeyless.peer.v2.PeerService.Readmit:input_type -> tkeyless.peer.v2.ReadmitRequest
-	30, // 34: tkeyless.peer.v2.PeerService.ResumeKey:input_type -> tkeyless.peer.v2.ResumeKeyRequest
-	1,  // 35: tkeyless.peer.v2.PeerService.Ping:output_type -> tkeyless.peer.v2.PingResponse
-	8,  // 36: tkeyless.peer.v2.PeerService.Prepare:output_type -> tkeyless.peer.v2.PrepareResponse
-	10, // 37: tkeyless.peer.v2.PeerService.Run:output_type -> tkeyless.peer.v2.RunResponse
-	12, // 38: tkeyless.peer.v2.PeerService.Deliver:output_type -> tkeyless.peer.v2.DeliverResponse
-	14, // 39: tkeyless.peer.v2.PeerService.Echo:output_type -> tkeyless.peer.v2.EchoResponse
-	16, // 40: tkeyless.peer.v2.PeerService.KeygenCeremony:output_type -> tkeyless.peer.v2.KeygenCeremonyResponse
-	33, // 41: tkeyless.peer.v2.PeerService.Status:output_type -> tkeyless.peer.v2.StatusResponse
-	27, // 42: tkeyless.peer.v2.PeerService.SetKeyState:output_type -> tkeyless.peer.v2.SetKeyStateResponse
-	18, // 43: tkeyless.peer.v2.PeerService.ReshareCeremony:output_type -> tkeyless.peer.v2.ReshareCeremonyResponse
-	16, // 44: tkeyless.peer.v2.PeerService.ImportCeremony:output_type -> tkeyless.peer.v2.KeygenCeremonyResponse
-	22, // 45: tkeyless.peer.v2.PeerService.FinishReshare:output_type -> tkeyless.peer.v2.FinishReshareResponse
-	10, // 46: tkeyless.peer.v2.PeerService.FinishPresign:output_type -> tkeyless.peer.v2.RunResponse
-	25, // 47: tkeyless.peer.v2.PeerService.ReshareOutcome:output_type -> tkeyless.peer.v2.ReshareOutcomeResponse
-	29, // 48: tkeyless.peer.v2.PeerService.Readmit:output_type -> tkeyless.peer.v2.ReadmitResponse
-	31, // 49: tkeyless.peer.v2.PeerService.ResumeKey:output_type -> tkeyless.peer.v2.ResumeKeyResponse
-	35, // [35:50] is the sub-list for method output_type
-	20, // [20:35] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	13, // 8: tkeyless.peer.v2.Envelope.echoes:type_name -> tkeyless.peer.v2.EchoRequest
+	21, // 9: tkeyless.peer.v2.FinishReshareRequest.confirmations:type_name -> tkeyless.peer.v2.ReshareConfirmation
+	3,  // 10: tkeyless.peer.v2.FinishPresignRequest.sign:type_name -> tkeyless.peer.v2.SignRequest
+	20, // 11: tkeyless.peer.v2.ReshareOutcomeResponse.finish:type_name -> tkeyless.peer.v2.FinishReshareRequest
+	21, // 12: tkeyless.peer.v2.ReshareOutcomeResponse.confirmation:type_name -> tkeyless.peer.v2.ReshareConfirmation
+	2,  // 13: tkeyless.peer.v2.SetKeyStateRequest.state:type_name -> tkeyless.peer.v2.KeyState
+	34, // 14: tkeyless.peer.v2.StatusResponse.keys:type_name -> tkeyless.peer.v2.KeyStatus
+	35, // 15: tkeyless.peer.v2.StatusResponse.peers:type_name -> tkeyless.peer.v2.PeerStatus
+	38, // 16: tkeyless.peer.v2.PeerStatus.last_error_at:type_name -> google.protobuf.Timestamp
+	38, // 17: tkeyless.peer.v2.PeerStatus.cool_until:type_name -> google.protobuf.Timestamp
+	36, // 18: tkeyless.peer.v2.PeerStatus.convicted:type_name -> tkeyless.peer.v2.Conviction
+	38, // 19: tkeyless.peer.v2.Conviction.at:type_name -> google.protobuf.Timestamp
+	2,  // 20: tkeyless.peer.v2.PingResponse.KeyStatesEntry.value:type_name -> tkeyless.peer.v2.KeyState
+	0,  // 21: tkeyless.peer.v2.PeerService.Ping:input_type -> tkeyless.peer.v2.PingRequest
+	7,  // 22: tkeyless.peer.v2.PeerService.Prepare:input_type -> tkeyless.peer.v2.PrepareRequest
+	9,  // 23: tkeyless.peer.v2.PeerService.Run:input_type -> tkeyless.peer.v2.RunRequest
+	11, // 24: tkeyless.peer.v2.PeerService.Deliver:input_type -> tkeyless.peer.v2.Envelope
+	13, // 25: tkeyless.peer.v2.PeerService.Echo:input_type -> tkeyless.peer.v2.EchoRequest
+	15, // 26: tkeyless.peer.v2.PeerService.KeygenCeremony:input_type -> tkeyless.peer.v2.KeygenCeremonyRequest
+	32, // 27: tkeyless.peer.v2.PeerService.Status:input_type -> tkeyless.peer.v2.StatusRequest
+	26, // 28: tkeyless.peer.v2.PeerService.SetKeyState:input_type -> tkeyless.peer.v2.SetKeyStateRequest
+	17, // 29: tkeyless.peer.v2.PeerService.ReshareCeremony:input_type -> tkeyless.peer.v2.ReshareCeremonyRequest
+	19, // 30: tkeyless.peer.v2.PeerService.ImportCeremony:input_type -> tkeyless.peer.v2.ImportCeremonyRequest
+	20, // 31: tkeyless.peer.v2.PeerService.FinishReshare:input_type -> tkeyless.peer.v2.FinishReshareRequest
+	23, // 32: tkeyless.peer.v2.PeerService.FinishPresign:input_type -> tkeyless.peer.v2.FinishPresignRequest
+	24, // 33: tkeyless.peer.v2.PeerService.ReshareOutcome:input_type -> tkeyless.peer.v2.ReshareOutcomeRequest
+	28, // 34: tkeyless.peer.v2.PeerService.Readmit:input_type -> tkeyless.peer.v2.ReadmitRequest
+	30, // 35: tkeyless.peer.v2.PeerService.ResumeKey:input_type -> tkeyless.peer.v2.ResumeKeyRequest
+	1,  // 36: tkeyless.peer.v2.PeerService.Ping:output_type -> tkeyless.peer.v2.PingResponse
+	8,  // 37: tkeyless.peer.v2.PeerService.Prepare:output_type -> tkeyless.peer.v2.PrepareResponse
+	10, // 38: tkeyless.peer.v2.PeerService.Run:output_type -> tkeyless.peer.v2.RunResponse
+	12, // 39: tkeyless.peer.v2.PeerService.Deliver:output_type -> tkeyless.peer.v2.DeliverResponse
+	14, // 40: tkeyless.peer.v2.PeerService.Echo:output_type -> tkeyless.peer.v2.EchoResponse
+	16, // 41: tkeyless.peer.v2.PeerService.KeygenCeremony:output_type -> tkeyless.peer.v2.KeygenCeremonyResponse
+	33, // 42: tkeyless.peer.v2.PeerService.Status:output_type -> tkeyless.peer.v2.StatusResponse
+	27, // 43: tkeyless.peer.v2.PeerService.SetKeyState:output_type -> tkeyless.peer.v2.SetKeyStateResponse
+	18, // 44: tkeyless.peer.v2.PeerService.ReshareCeremony:output_type -> tkeyless.peer.v2.ReshareCeremonyResponse
+	16, // 45: tkeyless.peer.v2.PeerService.ImportCeremony:output_type -> tkeyless.peer.v2.KeygenCeremonyResponse
+	22, // 46: tkeyless.peer.v2.PeerService.FinishReshare:output_type -> tkeyless.peer.v2.FinishReshareResponse
+	10, // 47: tkeyless.peer.v2.PeerService.FinishPresign:output_type -> tkeyless.peer.v2.RunResponse
+	25, // 48: tkeyless.peer.v2.PeerService.ReshareOutcome:output_type -> tkeyless.peer.v2.ReshareOutcomeResponse
+	29, // 49: tkeyless.peer.v2.PeerService.Readmit:output_type -> tkeyless.peer.v2.ReadmitResponse
+	31, // 50: tkeyless.peer.v2.PeerService.ResumeKey:output_type -> tkeyless.peer.v2.ResumeKeyResponse
+	36, // [36:51] is the sub-list for method output_type
+	21, // [21:36] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_tkeyless_peer_v2_peer_proto_init() }
