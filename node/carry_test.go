@@ -245,8 +245,9 @@ func TestCarriedEchoRules(t *testing.T) {
 // TestCarriedEchoesInCluster: (2,3) signatures, full and presigned, carry
 // the echoes of rounds 5–9 on envelopes between version-4 nodes, and go
 // back to Echo calls when the coordinator does not ask for carrying (as a
-// version-3 coordinator would not). Each signature verifies either way
-// (c.sign checks it).
+// version-3 coordinator would not); the envelopes travel on the links'
+// Deliveries streams. Each signature verifies either way (c.sign checks
+// it).
 func TestCarriedEchoesInCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs (2,3) presignatures and signatures")
@@ -291,11 +292,32 @@ func TestCarriedEchoesInCluster(t *testing.T) {
 		})
 		c.keygen(2)
 		a := c.nodes["a"]
-		waitFor(t, 5*time.Minute, "a's pool fills", func() bool { return a.pool.depth(c.key) == 1 })
+		// Every pool full, so that no refill's messages run beside the
+		// request's (a refills only after a lull).
+		waitFor(t, 5*time.Minute, "every pool fills", func() bool {
+			for _, n := range c.nodes {
+				if n.pool.depth(c.key) < 1 {
+					return false
+				}
+			}
+			return true
+		})
 		hits := metricValue(t, a, "tkeyless_signer_presign_total", "event", "hit")
+		messages := func(via string) (sum float64) {
+			for _, n := range c.nodes {
+				sum += metricValue(t, n, "tkeyless_signer_peer_messages_total", "via", via)
+			}
+			return sum
+		}
+		streamed, called := messages("stream"), messages("call")
 		// Only rounds 5–9 run, every echo carried.
 		if calls, carried := echoDelta(c, func() error { return c.sign("a", "carried, presigned") }); calls != 0 || carried != 4*6 {
 			t.Fatalf("%v echo calls and %v carried echoes; want 0 and 24", calls, carried)
+		}
+		// And every message of them on the links' Deliveries streams:
+		// each node receives the other two's broadcast in each of 5 rounds.
+		if s, c := messages("stream")-streamed, messages("call")-called; s != 5*6 || c != 0 {
+			t.Fatalf("%v messages on streams, %v in calls; want 30 and 0", s, c)
 		}
 		if got := metricValue(t, a, "tkeyless_signer_presign_total", "event", "hit"); got != hits+1 {
 			t.Fatal("the request did not use a presignature")

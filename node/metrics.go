@@ -31,6 +31,7 @@ type metrics struct {
 	reloads      *prometheus.CounterVec
 	lastReload   prometheus.Gauge
 	echoes       *prometheus.CounterVec
+	messages     *prometheus.CounterVec
 }
 
 func newMetrics(sessions func() float64) *metrics {
@@ -132,7 +133,11 @@ func newMetrics(sessions func() float64) *metrics {
 		Name: "tkeyless_signer_echoes_total",
 		Help: "Echoes of other members' broadcasts this node accepted, by how they came: call (an Echo call of its own) or envelope (carried on the echoer's next message, protocol version 4).",
 	}, []string{"via"})
-	m.reg.MustRegister(m.echoes, m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp, m.presign, m.presignDepth, m.signPath,
+	m.messages = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tkeyless_signer_peer_messages_total",
+		Help: "Session messages other members delivered here, by how they came: stream (a link's Deliveries stream, protocol version 4) or call (a Deliver call each).",
+	}, []string{"via"})
+	m.reg.MustRegister(m.messages, m.echoes, m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp, m.presign, m.presignDepth, m.signPath,
 		m.convictions, m.convicted, m.unattributed, m.suspended, m.queueLength, m.queueWait, m.computing, m.overloaded, m.cancelled, m.reloads, m.lastReload,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m

@@ -291,6 +291,7 @@ func (n *Node) Serve(ctx context.Context, peerL, keylessL net.Listener) error {
 		grpc.Creds(credentials.NewTLS(n.serverTLS())),
 		grpc.MaxRecvMsgSize(4<<20),
 		grpc.ChainUnaryInterceptor(n.recoverInterceptor, n.identityInterceptor),
+		grpc.ChainStreamInterceptor(n.streamInterceptor),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	peerwire.Register(gs, &peerService{n: n})

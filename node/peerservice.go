@@ -25,26 +25,36 @@ func callerOf(ctx context.Context) pki.Identity {
 	return id
 }
 
+// peerIdentity authenticates a peer call from its client certificate, and
+// refuses a revoked one: every call, not only the handshake, since
+// connections opened before a reload that revoked the caller stay open but
+// carry nothing more.
+func (n *Node) peerIdentity(ctx context.Context) (pki.Identity, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return pki.Identity{}, status.Error(codes.Unauthenticated, "no peer")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return pki.Identity{}, status.Error(codes.Unauthenticated, "not a TLS connection")
+	}
+	id, err := pki.IdentityFromState(ti.State)
+	if err != nil {
+		return pki.Identity{}, status.Errorf(codes.Unauthenticated, "peer identity: %v", err)
+	}
+	if err := n.refuseRevoked(id.Cert, "peer"); err != nil {
+		return pki.Identity{}, status.Errorf(codes.PermissionDenied, "peer %v", err)
+	}
+	return id, nil
+}
+
 // identityInterceptor authenticates every peer call from its client
 // certificate and enforces which roles may make it: only nodes take part in
 // sessions; an admin may also start a ceremony or ping.
 func (n *Node) identityInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "no peer")
-	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "not a TLS connection")
-	}
-	id, err := pki.IdentityFromState(ti.State)
+	id, err := n.peerIdentity(ctx)
 	if err != nil {
-		return nil, status.Errorf(codes.Unauthenticated, "peer identity: %v", err)
-	}
-	// Every call, not only the handshake: connections opened before a
-	// reload that revoked the caller stay open but carry nothing more.
-	if err := n.refuseRevoked(id.Cert, "peer"); err != nil {
-		return nil, status.Errorf(codes.PermissionDenied, "peer %v", err)
+		return nil, err
 	}
 	allowed := []pki.Role{pki.RoleNode}
 	switch info.FullMethod {
@@ -85,6 +95,49 @@ func (n *Node) recoverInterceptor(ctx context.Context, req any, info *grpc.Unary
 		}
 	}()
 	return handler(ctx, req)
+}
+
+// streamInterceptor authenticates a Deliveries stream as identityInterceptor
+// does a call: only a node may open one, and every envelope on it is
+// refused once the caller is revoked, as a call would be. A panic ends
+// the stream, not the node.
+func (n *Node) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			n.log.Error().Str("method", info.FullMethod).Interface("panic", r).Bytes("stack", debug.Stack()).Msg("peer stream panicked; recovered")
+			err = status.Errorf(codes.Internal, "internal error in %s", info.FullMethod)
+		}
+	}()
+	id, err := n.peerIdentity(ss.Context())
+	if err != nil {
+		return err
+	}
+	if id.Role != pki.RoleNode {
+		n.log.Warn().Str("peer", id.Name).Str("role", string(id.Role)).Str("method", info.FullMethod).Msg("peer stream refused: role not allowed")
+		return status.Errorf(codes.PermissionDenied, "%s %q may not call %s", id.Role, id.Name, info.FullMethod)
+	}
+	return handler(srv, &identityStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), identityKey{}, id), n: n, id: id})
+}
+
+// identityStream is a peer's stream with its identity in the context, and
+// the revocation check before every message.
+type identityStream struct {
+	grpc.ServerStream
+	ctx context.Context
+	n   *Node
+	id  pki.Identity
+}
+
+func (s *identityStream) Context() context.Context { return s.ctx }
+
+func (s *identityStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if err := s.n.refuseRevoked(s.id.Cert, "peer"); err != nil {
+		return status.Errorf(codes.PermissionDenied, "peer %v", err)
+	}
+	return nil
 }
 
 // peerService answers the other signers.
@@ -137,6 +190,11 @@ func (s *peerService) Run(ctx context.Context, req *peerwire.RunRequest) (*peerw
 
 func (s *peerService) Deliver(ctx context.Context, env *peerwire.Envelope) (*peerwire.DeliverResponse, error) {
 	caller := callerOf(ctx)
+	via := "call"
+	if peerwire.Streamed(ctx) {
+		via = "stream"
+	}
+	s.n.metrics.messages.WithLabelValues(via).Inc()
 	if err := s.n.deliver(caller, env); err != nil {
 		s.n.metrics.refused.WithLabelValues("message").Inc()
 		s.n.log.Warn().Err(err).Str("peer", caller.Name).Str("session", env.Session.String()).Int("round", env.Round).Msg("message refused")

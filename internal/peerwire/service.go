@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -184,6 +185,13 @@ type Client struct {
 
 	mu   sync.Mutex
 	link int // the negotiated version; 0 until the peer stated its range
+
+	// smu guards ds, the link's Deliveries stream (stream.go), nil until
+	// first used; noStream is set once the peer answered that it serves
+	// none.
+	smu      sync.Mutex
+	ds       *deliveryStream
+	noStream atomic.Bool
 }
 
 // NewClient wraps a connection to a peer.
@@ -323,8 +331,19 @@ func (c *Client) Run(ctx context.Context, r *RunRequest, opts ...grpc.CallOption
 	return fromWire(w, err, ok(runResponseFromPB))
 }
 
-// Deliver calls Deliver.
+// Deliver delivers an envelope: on the link's Deliveries stream when the
+// link speaks StreamVersion (stream.go), else in a Deliver call.
 func (c *Client) Deliver(ctx context.Context, r *Envelope, opts ...grpc.CallOption) (*DeliverResponse, error) {
+	if r.Version >= StreamVersion && c.Version() >= StreamVersion && !c.noStream.Load() {
+		err := c.deliverOnStream(ctx, r)
+		if !errors.Is(err, errStreamUnsupported) {
+			if err != nil {
+				return nil, err
+			}
+			return &DeliverResponse{}, nil
+		}
+		c.noStream.Store(true)
+	}
 	w, err := call(ctx, c, r.Version, envelopeVersion, envelopeToPB(r), c.pc.Deliver, opts)
 	return fromWire(w, err, ok(func(*pb.DeliverResponse) *DeliverResponse { return &DeliverResponse{} }))
 }

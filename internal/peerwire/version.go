@@ -17,14 +17,19 @@ import "google.golang.org/protobuf/proto"
 // Version 4: signatures of three or more members carry the echoes of
 // rounds 5 to 9 on the next round's envelopes (PrepareRequest.CarryEchoes,
 // Envelope.Echoes), used only when the coordinator's links to every member
-// speak 4; a version-3 node keeps the Echo calls.
+// speak 4; a version-3 node keeps the Echo calls. A link at 4 carries its
+// envelopes on one Deliveries stream instead of a Deliver call each.
 const (
 	Version    = 4
 	MinVersion = 3
 )
 
-// CarryEchoesVersion is the first version that carries echoes.
-const CarryEchoesVersion = 4
+// CarryEchoesVersion is the first version that carries echoes, and
+// StreamVersion the first with the Deliveries stream.
+const (
+	CarryEchoesVersion = 4
+	StreamVersion      = 4
+)
 
 // stamp and inspect are where a newer protocol version adds to and reads
 // from the wire messages at the gRPC boundary; they add nothing here.

@@ -21,8 +21,12 @@ const (
 	MinVersion = 3
 )
 
-// CarryEchoesVersion is the first version that carries echoes.
-const CarryEchoesVersion = 4
+// CarryEchoesVersion is the first version that carries echoes, and
+// StreamVersion the first with the Deliveries stream.
+const (
+	CarryEchoesVersion = 4
+	StreamVersion      = 4
+)
 
 // nextField is the number of version 5's new field: far above what
 // peer.proto uses, so it stays unknown to the version-4 schema.

@@ -214,7 +214,7 @@ func (r *Results) Markdown(plotDir string) string {
 	}
 	if len(r.Warm) > 0 {
 		b.WriteString("## Presigning with a warm pool\n\n")
-		b.WriteString("Full handshakes one at a time while every node's pool is full, then the time until the pools are full again.\n\n")
+		fmt.Fprintf(&b, "Full handshakes one at a time while every node's pool is full (as many as one pool holds), then the time until the pools are full again; %d such bursts, one p50 over all their requests.\n\n", warmBursts)
 		b.WriteString("| config | requests | full-handshake p50 | mean | refill time | refill rate |\n|---|---|---|---|---|---|\n")
 		for _, w := range r.Warm {
 			fmt.Fprintf(&b, "| %s | %d | %.2f ms | %.2f ms | %.1f s | %.2f presignatures/s |\n", w.Config.Name, w.Requests, ms(w.P50), ms(w.Mean), w.RefillTime.Seconds(), w.RefillRate)

@@ -858,7 +858,9 @@ type Envelope struct {
 	// echoes (version 4, sessions prepared with carry_echoes) are the
 	// sender's echoes of the broadcasts it received in the previous round
 	// from members other than the recipient.
-	Echoes        []*EchoRequest `protobuf:"bytes,11,rep,name=echoes,proto3" json:"echoes,omitempty"`
+	Echoes []*EchoRequest `protobuf:"bytes,11,rep,name=echoes,proto3" json:"echoes,omitempty"`
+	// seq numbers an envelope on a Deliveries stream, for its answer.
+	Seq           uint64 `protobuf:"varint,12,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -970,6 +972,75 @@ func (x *Envelope) GetEchoes() []*EchoRequest {
 	return nil
 }
 
+func (x *Envelope) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// Delivered answers one envelope on a Deliveries stream: code and error
+// are what a Deliver call would have failed with (code 0: accepted).
+type Delivered struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Code          int32                  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Delivered) Reset() {
+	*x = Delivered{}
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Delivered) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Delivered) ProtoMessage() {}
+
+func (x *Delivered) ProtoReflect() protoreflect.Message {
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Delivered.ProtoReflect.Descriptor instead.
+func (*Delivered) Descriptor() ([]byte, []int) {
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Delivered) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Delivered) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *Delivered) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type DeliverResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -978,7 +1049,7 @@ type DeliverResponse struct {
 
 func (x *DeliverResponse) Reset() {
 	*x = DeliverResponse{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[12]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1061,7 @@ func (x *DeliverResponse) String() string {
 func (*DeliverResponse) ProtoMessage() {}
 
 func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[12]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1074,7 @@ func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverResponse.ProtoReflect.Descriptor instead.
 func (*DeliverResponse) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{12}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{13}
 }
 
 type EchoRequest struct {
@@ -1022,7 +1093,7 @@ type EchoRequest struct {
 
 func (x *EchoRequest) Reset() {
 	*x = EchoRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[13]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +1105,7 @@ func (x *EchoRequest) String() string {
 func (*EchoRequest) ProtoMessage() {}
 
 func (x *EchoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[13]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +1118,7 @@ func (x *EchoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EchoRequest.ProtoReflect.Descriptor instead.
 func (*EchoRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{13}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EchoRequest) GetVersion() int64 {
@@ -1114,7 +1185,7 @@ type EchoResponse struct {
 
 func (x *EchoResponse) Reset() {
 	*x = EchoResponse{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[14]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +1197,7 @@ func (x *EchoResponse) String() string {
 func (*EchoResponse) ProtoMessage() {}
 
 func (x *EchoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[14]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +1210,7 @@ func (x *EchoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EchoResponse.ProtoReflect.Descriptor instead.
 func (*EchoResponse) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{14}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{15}
 }
 
 type KeygenCeremonyRequest struct {
@@ -1153,7 +1224,7 @@ type KeygenCeremonyRequest struct {
 
 func (x *KeygenCeremonyRequest) Reset() {
 	*x = KeygenCeremonyRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[15]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1236,7 @@ func (x *KeygenCeremonyRequest) String() string {
 func (*KeygenCeremonyRequest) ProtoMessage() {}
 
 func (x *KeygenCeremonyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[15]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1249,7 @@ func (x *KeygenCeremonyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeygenCeremonyRequest.ProtoReflect.Descriptor instead.
 func (*KeygenCeremonyRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{15}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *KeygenCeremonyRequest) GetThreshold() int64 {
@@ -1212,7 +1283,7 @@ type KeygenCeremonyResponse struct {
 
 func (x *KeygenCeremonyResponse) Reset() {
 	*x = KeygenCeremonyResponse{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[16]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1295,7 @@ func (x *KeygenCeremonyResponse) String() string {
 func (*KeygenCeremonyResponse) ProtoMessage() {}
 
 func (x *KeygenCeremonyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[16]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1308,7 @@ func (x *KeygenCeremonyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeygenCeremonyResponse.ProtoReflect.Descriptor instead.
 func (*KeygenCeremonyResponse) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{16}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KeygenCeremonyResponse) GetKey() string {
@@ -1267,7 +1338,7 @@ type ReshareCeremonyRequest struct {
 
 func (x *ReshareCeremonyRequest) Reset() {
 	*x = ReshareCeremonyRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[17]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1350,7 @@ func (x *ReshareCeremonyRequest) String() string {
 func (*ReshareCeremonyRequest) ProtoMessage() {}
 
 func (x *ReshareCeremonyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[17]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1363,7 @@ func (x *ReshareCeremonyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReshareCeremonyRequest.ProtoReflect.Descriptor instead.
 func (*ReshareCeremonyRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{17}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReshareCeremonyRequest) GetKey() string {
@@ -1346,7 +1417,7 @@ type ReshareCeremonyResponse struct {
 
 func (x *ReshareCeremonyResponse) Reset() {
 	*x = ReshareCeremonyResponse{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[18]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +1429,7 @@ func (x *ReshareCeremonyResponse) String() string {
 func (*ReshareCeremonyResponse) ProtoMessage() {}
 
 func (x *ReshareCeremonyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[18]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +1442,7 @@ func (x *ReshareCeremonyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReshareCeremonyResponse.ProtoReflect.Descriptor instead.
 func (*ReshareCeremonyResponse) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{18}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReshareCeremonyResponse) GetKey() string {
@@ -1442,7 +1513,7 @@ type ImportCeremonyRequest struct {
 
 func (x *ImportCeremonyRequest) Reset() {
 	*x = ImportCeremonyRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[19]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1525,7 @@ func (x *ImportCeremonyRequest) String() string {
 func (*ImportCeremonyRequest) ProtoMessage() {}
 
 func (x *ImportCeremonyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[19]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1538,7 @@ func (x *ImportCeremonyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCeremonyRequest.ProtoReflect.Descriptor instead.
 func (*ImportCeremonyRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{19}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ImportCeremonyRequest) GetPrivateKey() []byte {
@@ -1514,7 +1585,7 @@ type FinishReshareRequest struct {
 
 func (x *FinishReshareRequest) Reset() {
 	*x = FinishReshareRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[20]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1597,7 @@ func (x *FinishReshareRequest) String() string {
 func (*FinishReshareRequest) ProtoMessage() {}
 
 func (x *FinishReshareRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[20]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1610,7 @@ func (x *FinishReshareRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishReshareRequest.ProtoReflect.Descriptor instead.
 func (*FinishReshareRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{20}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FinishReshareRequest) GetVersion() int64 {
@@ -1610,7 +1681,7 @@ type ReshareConfirmation struct {
 
 func (x *ReshareConfirmation) Reset() {
 	*x = ReshareConfirmation{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[21]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1693,7 @@ func (x *ReshareConfirmation) String() string {
 func (*ReshareConfirmation) ProtoMessage() {}
 
 func (x *ReshareConfirmation) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[21]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1706,7 @@ func (x *ReshareConfirmation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReshareConfirmation.ProtoReflect.Descriptor instead.
 func (*ReshareConfirmation) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{21}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReshareConfirmation) GetNode() string {
@@ -1674,7 +1745,7 @@ type FinishReshareResponse struct {
 
 func (x *FinishReshareResponse) Reset() {
 	*x = FinishReshareResponse{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[22]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +1757,7 @@ func (x *FinishReshareResponse) String() string {
 func (*FinishReshareResponse) ProtoMessage() {}
 
 func (x *FinishReshareResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[22]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +1770,7 @@ func (x *FinishReshareResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishReshareResponse.ProtoReflect.Descriptor instead.
 func (*FinishReshareResponse) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{22}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{23}
 }
 
 type FinishPresignRequest struct {
@@ -1713,7 +1784,7 @@ type FinishPresignRequest struct {
 
 func (x *FinishPresignRequest) Reset() {
 	*x = FinishPresignRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[23]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +1796,7 @@ func (x *FinishPresignRequest) String() string {
 func (*FinishPresignRequest) ProtoMessage() {}
 
 func (x *FinishPresignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[23]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,7 +1809,7 @@ func (x *FinishPresignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishPresignRequest.ProtoReflect.Descriptor instead.
 func (*FinishPresignRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{23}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FinishPresignRequest) GetVersion() int64 {
@@ -1773,7 +1844,7 @@ type ReshareOutcomeRequest struct {
 
 func (x *ReshareOutcomeRequest) Reset() {
 	*x = ReshareOutcomeRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[24]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +1856,7 @@ func (x *ReshareOutcomeRequest) String() string {
 func (*ReshareOutcomeRequest) ProtoMessage() {}
 
 func (x *ReshareOutcomeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[24]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +1869,7 @@ func (x *ReshareOutcomeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReshareOutcomeRequest.ProtoReflect.Descriptor instead.
 func (*ReshareOutcomeRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{24}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReshareOutcomeRequest) GetVersion() int64 {
@@ -1833,7 +1904,7 @@ type ReshareOutcomeResponse struct {
 
 func (x *ReshareOutcomeResponse) Reset() {
 	*x = ReshareOutcomeResponse{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[25]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +1916,7 @@ func (x *ReshareOutcomeResponse) String() string {
 func (*ReshareOutcomeResponse) ProtoMessage() {}
 
 func (x *ReshareOutcomeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[25]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +1929,7 @@ func (x *ReshareOutcomeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReshareOutcomeResponse.ProtoReflect.Descriptor instead.
 func (*ReshareOutcomeResponse) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{25}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReshareOutcomeResponse) GetState() string {
@@ -1893,7 +1964,7 @@ type SetKeyStateRequest struct {
 
 func (x *SetKeyStateRequest) Reset() {
 	*x = SetKeyStateRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[26]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +1976,7 @@ func (x *SetKeyStateRequest) String() string {
 func (*SetKeyStateRequest) ProtoMessage() {}
 
 func (x *SetKeyStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[26]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +1989,7 @@ func (x *SetKeyStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetKeyStateRequest.ProtoReflect.Descriptor instead.
 func (*SetKeyStateRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{26}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetKeyStateRequest) GetKey() string {
@@ -1952,7 +2023,7 @@ type SetKeyStateResponse struct {
 
 func (x *SetKeyStateResponse) Reset() {
 	*x = SetKeyStateResponse{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[27]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1964,7 +2035,7 @@ func (x *SetKeyStateResponse) String() string {
 func (*SetKeyStateResponse) ProtoMessage() {}
 
 func (x *SetKeyStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[27]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1977,7 +2048,7 @@ func (x *SetKeyStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetKeyStateResponse.ProtoReflect.Descriptor instead.
 func (*SetKeyStateResponse) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{27}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetKeyStateResponse) GetApplied() []string {
@@ -2003,7 +2074,7 @@ type ReadmitRequest struct {
 
 func (x *ReadmitRequest) Reset() {
 	*x = ReadmitRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[28]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2015,7 +2086,7 @@ func (x *ReadmitRequest) String() string {
 func (*ReadmitRequest) ProtoMessage() {}
 
 func (x *ReadmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[28]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2028,7 +2099,7 @@ func (x *ReadmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadmitRequest.ProtoReflect.Descriptor instead.
 func (*ReadmitRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{28}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadmitRequest) GetPeer() string {
@@ -2047,7 +2118,7 @@ type ReadmitResponse struct {
 
 func (x *ReadmitResponse) Reset() {
 	*x = ReadmitResponse{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[29]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2130,7 @@ func (x *ReadmitResponse) String() string {
 func (*ReadmitResponse) ProtoMessage() {}
 
 func (x *ReadmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[29]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2143,7 @@ func (x *ReadmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadmitResponse.ProtoReflect.Descriptor instead.
 func (*ReadmitResponse) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{29}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadmitResponse) GetWasConvicted() bool {
@@ -2091,7 +2162,7 @@ type ResumeKeyRequest struct {
 
 func (x *ResumeKeyRequest) Reset() {
 	*x = ResumeKeyRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[30]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2103,7 +2174,7 @@ func (x *ResumeKeyRequest) String() string {
 func (*ResumeKeyRequest) ProtoMessage() {}
 
 func (x *ResumeKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[30]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2116,7 +2187,7 @@ func (x *ResumeKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeKeyRequest.ProtoReflect.Descriptor instead.
 func (*ResumeKeyRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{30}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ResumeKeyRequest) GetKey() string {
@@ -2136,7 +2207,7 @@ type ResumeKeyResponse struct {
 
 func (x *ResumeKeyResponse) Reset() {
 	*x = ResumeKeyResponse{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[31]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2148,7 +2219,7 @@ func (x *ResumeKeyResponse) String() string {
 func (*ResumeKeyResponse) ProtoMessage() {}
 
 func (x *ResumeKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[31]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2161,7 +2232,7 @@ func (x *ResumeKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeKeyResponse.ProtoReflect.Descriptor instead.
 func (*ResumeKeyResponse) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{31}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ResumeKeyResponse) GetWasSuspended() bool {
@@ -2186,7 +2257,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[32]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2269,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[32]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2211,7 +2282,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{32}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{33}
 }
 
 type StatusResponse struct {
@@ -2227,7 +2298,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[33]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2239,7 +2310,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[33]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2252,7 +2323,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{33}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StatusResponse) GetNode() string {
@@ -2310,7 +2381,7 @@ type KeyStatus struct {
 
 func (x *KeyStatus) Reset() {
 	*x = KeyStatus{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[34]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2322,7 +2393,7 @@ func (x *KeyStatus) String() string {
 func (*KeyStatus) ProtoMessage() {}
 
 func (x *KeyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[34]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2335,7 +2406,7 @@ func (x *KeyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyStatus.ProtoReflect.Descriptor instead.
 func (*KeyStatus) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{34}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *KeyStatus) GetKey() string {
@@ -2441,7 +2512,7 @@ type PeerStatus struct {
 
 func (x *PeerStatus) Reset() {
 	*x = PeerStatus{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[35]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2524,7 @@ func (x *PeerStatus) String() string {
 func (*PeerStatus) ProtoMessage() {}
 
 func (x *PeerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[35]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2537,7 @@ func (x *PeerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStatus.ProtoReflect.Descriptor instead.
 func (*PeerStatus) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{35}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PeerStatus) GetName() string {
@@ -2544,7 +2615,7 @@ type Conviction struct {
 
 func (x *Conviction) Reset() {
 	*x = Conviction{}
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[36]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2627,7 @@ func (x *Conviction) String() string {
 func (*Conviction) ProtoMessage() {}
 
 func (x *Conviction) ProtoReflect() protoreflect.Message {
-	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[36]
+	mi := &file_tkeyless_peer_v2_peer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2640,7 @@ func (x *Conviction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Conviction.ProtoReflect.Descriptor instead.
 func (*Conviction) Descriptor() ([]byte, []int) {
-	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{36}
+	return file_tkeyless_peer_v2_peer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Conviction) GetAt() *timestamppb.Timestamp {
@@ -2680,7 +2751,7 @@ const file_tkeyless_peer_v2_peer_proto_rawDesc = "" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12 \n" +
 	"\vfingerprint\x18\x03 \x01(\fR\vfingerprint\x12I\n" +
-	"\fconfirmation\x18\x04 \x01(\v2%.tkeyless.peer.v2.ReshareConfirmationR\fconfirmation\"\xa3\x02\n" +
+	"\fconfirmation\x18\x04 \x01(\v2%.tkeyless.peer.v2.ReshareConfirmationR\fconfirmation\"\xb5\x02\n" +
 	"\bEnvelope\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x18\n" +
 	"\asession\x18\x02 \x01(\fR\asession\x12\x12\n" +
@@ -2693,7 +2764,12 @@ const file_tkeyless_peer_v2_peer_proto_rawDesc = "" +
 	"\apayload\x18\t \x01(\fR\apayload\x12\x10\n" +
 	"\x03sig\x18\n" +
 	" \x01(\fR\x03sig\x125\n" +
-	"\x06echoes\x18\v \x03(\v2\x1d.tkeyless.peer.v2.EchoRequestR\x06echoes\"\x11\n" +
+	"\x06echoes\x18\v \x03(\v2\x1d.tkeyless.peer.v2.EchoRequestR\x06echoes\x12\x10\n" +
+	"\x03seq\x18\f \x01(\x04R\x03seq\"G\n" +
+	"\tDelivered\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\x11\n" +
 	"\x0fDeliverResponse\"\xca\x01\n" +
 	"\vEchoRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x18\n" +
@@ -2822,13 +2898,15 @@ const file_tkeyless_peer_v2_peer_proto_rawDesc = "" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
 	"\asession\x18\x02 \x01(\tR\asession\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\tR\x03key\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason2\x99\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason2\xe4\n" +
 	"\n" +
 	"\vPeerService\x12E\n" +
 	"\x04Ping\x12\x1d.tkeyless.peer.v2.PingRequest\x1a\x1e.tkeyless.peer.v2.PingResponse\x12N\n" +
 	"\aPrepare\x12 .tkeyless.peer.v2.PrepareRequest\x1a!.tkeyless.peer.v2.PrepareResponse\x12B\n" +
 	"\x03Run\x12\x1c.tkeyless.peer.v2.RunRequest\x1a\x1d.tkeyless.peer.v2.RunResponse\x12H\n" +
-	"\aDeliver\x12\x1a.tkeyless.peer.v2.Envelope\x1a!.tkeyless.peer.v2.DeliverResponse\x12E\n" +
+	"\aDeliver\x12\x1a.tkeyless.peer.v2.Envelope\x1a!.tkeyless.peer.v2.DeliverResponse\x12I\n" +
+	"\n" +
+	"Deliveries\x12\x1a.tkeyless.peer.v2.Envelope\x1a\x1b.tkeyless.peer.v2.Delivered(\x010\x01\x12E\n" +
 	"\x04Echo\x12\x1d.tkeyless.peer.v2.EchoRequest\x1a\x1e.tkeyless.peer.v2.EchoResponse\x12c\n" +
 	"\x0eKeygenCeremony\x12'.tkeyless.peer.v2.KeygenCeremonyRequest\x1a(.tkeyless.peer.v2.KeygenCeremonyResponse\x12K\n" +
 	"\x06Status\x12\x1f.tkeyless.peer.v2.StatusRequest\x1a .tkeyless.peer.v2.StatusResponse\x12Z\n" +
@@ -2853,7 +2931,7 @@ func file_tkeyless_peer_v2_peer_proto_rawDescGZIP() []byte {
 	return file_tkeyless_peer_v2_peer_proto_rawDescData
 }
 
-var file_tkeyless_peer_v2_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_tkeyless_peer_v2_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_tkeyless_peer_v2_peer_proto_goTypes = []any{
 	(*PingRequest)(nil),             // 0: tkeyless.peer.v2.PingRequest
 	(*PingResponse)(nil),            // 1: tkeyless.peer.v2.PingResponse
@@ -2867,89 +2945,92 @@ var file_tkeyless_peer_v2_peer_proto_goTypes = []any{
 	(*RunRequest)(nil),              // 9: tkeyless.peer.v2.RunRequest
 	(*RunResponse)(nil),             // 10: tkeyless.peer.v2.RunResponse
 	(*Envelope)(nil),                // 11: tkeyless.peer.v2.Envelope
-	(*DeliverResponse)(nil),         // 12: tkeyless.peer.v2.DeliverResponse
-	(*EchoRequest)(nil),             // 13: tkeyless.peer.v2.EchoRequest
-	(*EchoResponse)(nil),            // 14: tkeyless.peer.v2.EchoResponse
-	(*KeygenCeremonyRequest)(nil),   // 15: tkeyless.peer.v2.KeygenCeremonyRequest
-	(*KeygenCeremonyResponse)(nil),  // 16: tkeyless.peer.v2.KeygenCeremonyResponse
-	(*ReshareCeremonyRequest)(nil),  // 17: tkeyless.peer.v2.ReshareCeremonyRequest
-	(*ReshareCeremonyResponse)(nil), // 18: tkeyless.peer.v2.ReshareCeremonyResponse
-	(*ImportCeremonyRequest)(nil),   // 19: tkeyless.peer.v2.ImportCeremonyRequest
-	(*FinishReshareRequest)(nil),    // 20: tkeyless.peer.v2.FinishReshareRequest
-	(*ReshareConfirmation)(nil),     // 21: tkeyless.peer.v2.ReshareConfirmation
-	(*FinishReshareResponse)(nil),   // 22: tkeyless.peer.v2.FinishReshareResponse
-	(*FinishPresignRequest)(nil),    // 23: tkeyless.peer.v2.FinishPresignRequest
-	(*ReshareOutcomeRequest)(nil),   // 24: tkeyless.peer.v2.ReshareOutcomeRequest
-	(*ReshareOutcomeResponse)(nil),  // 25: tkeyless.peer.v2.ReshareOutcomeResponse
-	(*SetKeyStateRequest)(nil),      // 26: tkeyless.peer.v2.SetKeyStateRequest
-	(*SetKeyStateResponse)(nil),     // 27: tkeyless.peer.v2.SetKeyStateResponse
-	(*ReadmitRequest)(nil),          // 28: tkeyless.peer.v2.ReadmitRequest
-	(*ReadmitResponse)(nil),         // 29: tkeyless.peer.v2.ReadmitResponse
-	(*ResumeKeyRequest)(nil),        // 30: tkeyless.peer.v2.ResumeKeyRequest
-	(*ResumeKeyResponse)(nil),       // 31: tkeyless.peer.v2.ResumeKeyResponse
-	(*StatusRequest)(nil),           // 32: tkeyless.peer.v2.StatusRequest
-	(*StatusResponse)(nil),          // 33: tkeyless.peer.v2.StatusResponse
-	(*KeyStatus)(nil),               // 34: tkeyless.peer.v2.KeyStatus
-	(*PeerStatus)(nil),              // 35: tkeyless.peer.v2.PeerStatus
-	(*Conviction)(nil),              // 36: tkeyless.peer.v2.Conviction
-	nil,                             // 37: tkeyless.peer.v2.PingResponse.KeyStatesEntry
-	(*timestamppb.Timestamp)(nil),   // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 39: google.protobuf.Duration
+	(*Delivered)(nil),               // 12: tkeyless.peer.v2.Delivered
+	(*DeliverResponse)(nil),         // 13: tkeyless.peer.v2.DeliverResponse
+	(*EchoRequest)(nil),             // 14: tkeyless.peer.v2.EchoRequest
+	(*EchoResponse)(nil),            // 15: tkeyless.peer.v2.EchoResponse
+	(*KeygenCeremonyRequest)(nil),   // 16: tkeyless.peer.v2.KeygenCeremonyRequest
+	(*KeygenCeremonyResponse)(nil),  // 17: tkeyless.peer.v2.KeygenCeremonyResponse
+	(*ReshareCeremonyRequest)(nil),  // 18: tkeyless.peer.v2.ReshareCeremonyRequest
+	(*ReshareCeremonyResponse)(nil), // 19: tkeyless.peer.v2.ReshareCeremonyResponse
+	(*ImportCeremonyRequest)(nil),   // 20: tkeyless.peer.v2.ImportCeremonyRequest
+	(*FinishReshareRequest)(nil),    // 21: tkeyless.peer.v2.FinishReshareRequest
+	(*ReshareConfirmation)(nil),     // 22: tkeyless.peer.v2.ReshareConfirmation
+	(*FinishReshareResponse)(nil),   // 23: tkeyless.peer.v2.FinishReshareResponse
+	(*FinishPresignRequest)(nil),    // 24: tkeyless.peer.v2.FinishPresignRequest
+	(*ReshareOutcomeRequest)(nil),   // 25: tkeyless.peer.v2.ReshareOutcomeRequest
+	(*ReshareOutcomeResponse)(nil),  // 26: tkeyless.peer.v2.ReshareOutcomeResponse
+	(*SetKeyStateRequest)(nil),      // 27: tkeyless.peer.v2.SetKeyStateRequest
+	(*SetKeyStateResponse)(nil),     // 28: tkeyless.peer.v2.SetKeyStateResponse
+	(*ReadmitRequest)(nil),          // 29: tkeyless.peer.v2.ReadmitRequest
+	(*ReadmitResponse)(nil),         // 30: tkeyless.peer.v2.ReadmitResponse
+	(*ResumeKeyRequest)(nil),        // 31: tkeyless.peer.v2.ResumeKeyRequest
+	(*ResumeKeyResponse)(nil),       // 32: tkeyless.peer.v2.ResumeKeyResponse
+	(*StatusRequest)(nil),           // 33: tkeyless.peer.v2.StatusRequest
+	(*StatusResponse)(nil),          // 34: tkeyless.peer.v2.StatusResponse
+	(*KeyStatus)(nil),               // 35: tkeyless.peer.v2.KeyStatus
+	(*PeerStatus)(nil),              // 36: tkeyless.peer.v2.PeerStatus
+	(*Conviction)(nil),              // 37: tkeyless.peer.v2.Conviction
+	nil,                             // 38: tkeyless.peer.v2.PingResponse.KeyStatesEntry
+	(*timestamppb.Timestamp)(nil),   // 39: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 40: google.protobuf.Duration
 }
 var file_tkeyless_peer_v2_peer_proto_depIdxs = []int32{
-	37, // 0: tkeyless.peer.v2.PingResponse.key_states:type_name -> tkeyless.peer.v2.PingResponse.KeyStatesEntry
-	38, // 1: tkeyless.peer.v2.KeyState.changed:type_name -> google.protobuf.Timestamp
-	39, // 2: tkeyless.peer.v2.PresignRequest.ttl:type_name -> google.protobuf.Duration
+	38, // 0: tkeyless.peer.v2.PingResponse.key_states:type_name -> tkeyless.peer.v2.PingResponse.KeyStatesEntry
+	39, // 1: tkeyless.peer.v2.KeyState.changed:type_name -> google.protobuf.Timestamp
+	40, // 2: tkeyless.peer.v2.PresignRequest.ttl:type_name -> google.protobuf.Duration
 	3,  // 3: tkeyless.peer.v2.PrepareRequest.sign:type_name -> tkeyless.peer.v2.SignRequest
 	4,  // 4: tkeyless.peer.v2.PrepareRequest.keygen:type_name -> tkeyless.peer.v2.KeygenRequest
 	5,  // 5: tkeyless.peer.v2.PrepareRequest.reshare:type_name -> tkeyless.peer.v2.ReshareRequest
 	6,  // 6: tkeyless.peer.v2.PrepareRequest.presign:type_name -> tkeyless.peer.v2.PresignRequest
-	21, // 7: tkeyless.peer.v2.RunResponse.confirmation:type_name -> tkeyless.peer.v2.ReshareConfirmation
-	13, // 8: tkeyless.peer.v2.Envelope.echoes:type_name -> tkeyless.peer.v2.EchoRequest
-	21, // 9: tkeyless.peer.v2.FinishReshareRequest.confirmations:type_name -> tkeyless.peer.v2.ReshareConfirmation
+	22, // 7: tkeyless.peer.v2.RunResponse.confirmation:type_name -> tkeyless.peer.v2.ReshareConfirmation
+	14, // 8: tkeyless.peer.v2.Envelope.echoes:type_name -> tkeyless.peer.v2.EchoRequest
+	22, // 9: tkeyless.peer.v2.FinishReshareRequest.confirmations:type_name -> tkeyless.peer.v2.ReshareConfirmation
 	3,  // 10: tkeyless.peer.v2.FinishPresignRequest.sign:type_name -> tkeyless.peer.v2.SignRequest
-	20, // 11: tkeyless.peer.v2.ReshareOutcomeResponse.finish:type_name -> tkeyless.peer.v2.FinishReshareRequest
-	21, // 12: tkeyless.peer.v2.ReshareOutcomeResponse.confirmation:type_name -> tkeyless.peer.v2.ReshareConfirmation
+	21, // 11: tkeyless.peer.v2.ReshareOutcomeResponse.finish:type_name -> tkeyless.peer.v2.FinishReshareRequest
+	22, // 12: tkeyless.peer.v2.ReshareOutcomeResponse.confirmation:type_name -> tkeyless.peer.v2.ReshareConfirmation
 	2,  // 13: tkeyless.peer.v2.SetKeyStateRequest.state:type_name -> tkeyless.peer.v2.KeyState
-	34, // 14: tkeyless.peer.v2.StatusResponse.keys:type_name -> tkeyless.peer.v2.KeyStatus
-	35, // 15: tkeyless.peer.v2.StatusResponse.peers:type_name -> tkeyless.peer.v2.PeerStatus
-	38, // 16: tkeyless.peer.v2.PeerStatus.last_error_at:type_name -> google.protobuf.Timestamp
-	38, // 17: tkeyless.peer.v2.PeerStatus.cool_until:type_name -> google.protobuf.Timestamp
-	36, // 18: tkeyless.peer.v2.PeerStatus.convicted:type_name -> tkeyless.peer.v2.Conviction
-	38, // 19: tkeyless.peer.v2.Conviction.at:type_name -> google.protobuf.Timestamp
+	35, // 14: tkeyless.peer.v2.StatusResponse.keys:type_name -> tkeyless.peer.v2.KeyStatus
+	36, // 15: tkeyless.peer.v2.StatusResponse.peers:type_name -> tkeyless.peer.v2.PeerStatus
+	39, // 16: tkeyless.peer.v2.PeerStatus.last_error_at:type_name -> google.protobuf.Timestamp
+	39, // 17: tkeyless.peer.v2.PeerStatus.cool_until:type_name -> google.protobuf.Timestamp
+	37, // 18: tkeyless.peer.v2.PeerStatus.convicted:type_name -> tkeyless.peer.v2.Conviction
+	39, // 19: tkeyless.peer.v2.Conviction.at:type_name -> google.protobuf.Timestamp
 	2,  // 20: tkeyless.peer.v2.PingResponse.KeyStatesEntry.value:type_name -> tkeyless.peer.v2.KeyState
 	0,  // 21: tkeyless.peer.v2.PeerService.Ping:input_type -> tkeyless.peer.v2.PingRequest
 	7,  // 22: tkeyless.peer.v2.PeerService.Prepare:input_type -> tkeyless.peer.v2.PrepareRequest
 	9,  // 23: tkeyless.peer.v2.PeerService.Run:input_type -> tkeyless.peer.v2.RunRequest
 	11, // 24: tkeyless.peer.v2.PeerService.Deliver:input_type -> tkeyless.peer.v2.Envelope
-	13, // 25: tkeyless.peer.v2.PeerService.Echo:input_type -> tkeyless.peer.v2.EchoRequest
-	15, // 26: tkeyless.peer.v2.PeerService.KeygenCeremony:input_type -> tkeyless.peer.v2.KeygenCeremonyRequest
-	32, // 27: tkeyless.peer.v2.PeerService.Status:input_type -> tkeyless.peer.v2.StatusRequest
-	26, // 28: tkeyless.peer.v2.PeerService.SetKeyState:input_type -> tkeyless.peer.v2.SetKeyStateRequest
-	17, // 29: tkeyless.peer.v2.PeerService.ReshareCeremony:input_type -> tkeyless.peer.v2.ReshareCeremonyRequest
-	19, // 30: tkeyless.peer.v2.PeerService.ImportCeremony:input_type -> tkeyless.peer.v2.ImportCeremonyRequest
-	20, // 31: tkeyless.peer.v2.PeerService.FinishReshare:input_type -> tkeyless.peer.v2.FinishReshareRequest
-	23, // 32: tkeyless.peer.v2.PeerService.FinishPresign:input_type -> tkeyless.peer.v2.FinishPresignRequest
-	24, // 33: tkeyless.peer.v2.PeerService.ReshareOutcome:input_type -> tkeyless.peer.v2.ReshareOutcomeRequest
-	28, // 34: tkeyless.peer.v2.PeerService.Readmit:input_type -> tkeyless.peer.v2.ReadmitRequest
-	30, // 35: tkeyless.peer.v2.PeerService.ResumeKey:input_type -> tkeyless.peer.v2.ResumeKeyRequest
-	1,  // 36: tkeyless.peer.v2.PeerService.Ping:output_type -> tkeyless.peer.v2.PingResponse
-	8,  // 37: tkeyless.peer.v2.PeerService.Prepare:output_type -> tkeyless.peer.v2.PrepareResponse
-	10, // 38: tkeyless.peer.v2.PeerService.Run:output_type -> tkeyless.peer.v2.RunResponse
-	12, // 39: tkeyless.peer.v2.PeerService.Deliver:output_type -> tkeyless.peer.v2.DeliverResponse
-	14, // 40: tkeyless.peer.v2.PeerService.Echo:output_type -> tkeyless.peer.v2.EchoResponse
-	16, // 41: tkeyless.peer.v2.PeerService.KeygenCeremony:output_type -> tkeyless.peer.v2.KeygenCeremonyResponse
-	33, // 42: tkeyless.peer.v2.PeerService.Status:output_type -> tkeyless.peer.v2.StatusResponse
-	27, // 43: tkeyless.peer.v2.PeerService.SetKeyState:output_type -> tkeyless.peer.v2.SetKeyStateResponse
-	18, // 44: tkeyless.peer.v2.PeerService.ReshareCeremony:output_type -> tkeyless.peer.v2.ReshareCeremonyResponse
-	16, // 45: tkeyless.peer.v2.PeerService.ImportCeremony:output_type -> tkeyless.peer.v2.KeygenCeremonyResponse
-	22, // 46: tkeyless.peer.v2.PeerService.FinishReshare:output_type -> tkeyless.peer.v2.FinishReshareResponse
-	10, // 47: tkeyless.peer.v2.PeerService.FinishPresign:output_type -> tkeyless.peer.v2.RunResponse
-	25, // 48: tkeyless.peer.v2.PeerService.ReshareOutcome:output_type -> tkeyless.peer.v2.ReshareOutcomeResponse
-	29, // 49: tkeyless.peer.v2.PeerService.Readmit:output_type -> tkeyless.peer.v2.ReadmitResponse
-	31, // 50: tkeyless.peer.v2.PeerService.ResumeKey:output_type -> tkeyless.peer.v2.ResumeKeyResponse
-	36, // [36:51] is the sub-list for method output_type
-	21, // [21:36] is the sub-list for method input_type
+	11, // 25: tkeyless.peer.v2.PeerService.Deliveries:input_type -> tkeyless.peer.v2.Envelope
+	14, // 26: tkeyless.peer.v2.PeerService.Echo:input_type -> tkeyless.peer.v2.EchoRequest
+	16, // 27: tkeyless.peer.v2.PeerService.KeygenCeremony:input_type -> tkeyless.peer.v2.KeygenCeremonyRequest
+	33, // 28: tkeyless.peer.v2.PeerService.Status:input_type -> tkeyless.peer.v2.StatusRequest
+	27, // 29: tkeyless.peer.v2.PeerService.SetKeyState:input_type -> tkeyless.peer.v2.SetKeyStateRequest
+	18, // 30: tkeyless.peer.v2.PeerService.ReshareCeremony:input_type -> tkeyless.peer.v2.ReshareCeremonyRequest
+	20, // 31: tkeyless.peer.v2.PeerService.ImportCeremony:input_type -> tkeyless.peer.v2.ImportCeremonyRequest
+	21, // 32: tkeyless.peer.v2.PeerService.FinishReshare:input_type -> tkeyless.peer.v2.FinishReshareRequest
+	24, // 33: tkeyless.peer.v2.PeerService.FinishPresign:input_type -> tkeyless.peer.v2.FinishPresignRequest
+	25, // 34: tkeyless.peer.v2.PeerService.ReshareOutcome:input_type -> tkeyless.peer.v2.ReshareOutcomeRequest
+	29, // 35: tkeyless.peer.v2.PeerService.Readmit:input_type -> tkeyless.peer.v2.ReadmitRequest
+	31, // 36: tkeyless.peer.v2.PeerService.ResumeKey:input_type -> tkeyless.peer.v2.ResumeKeyRequest
+	1,  // 37: tkeyless.peer.v2.PeerService.Ping:output_type -> tkeyless.peer.v2.PingResponse
+	8,  // 38: tkeyless.peer.v2.PeerService.Prepare:output_type -> tkeyless.peer.v2.PrepareResponse
+	10, // 39: tkeyless.peer.v2.PeerService.Run:output_type -> tkeyless.peer.v2.RunResponse
+	13, // 40: tkeyless.peer.v2.PeerService.Deliver:output_type -> tkeyless.peer.v2.DeliverResponse
+	12, // 41: tkeyless.peer.v2.PeerService.Deliveries:output_type -> tkeyless.peer.v2.Delivered
+	15, // 42: tkeyless.peer.v2.PeerService.Echo:output_type -> tkeyless.peer.v2.EchoResponse
+	17, // 43: tkeyless.peer.v2.PeerService.KeygenCeremony:output_type -> tkeyless.peer.v2.KeygenCeremonyResponse
+	34, // 44: tkeyless.peer.v2.PeerService.Status:output_type -> tkeyless.peer.v2.StatusResponse
+	28, // 45: tkeyless.peer.v2.PeerService.SetKeyState:output_type -> tkeyless.peer.v2.SetKeyStateResponse
+	19, // 46: tkeyless.peer.v2.PeerService.ReshareCeremony:output_type -> tkeyless.peer.v2.ReshareCeremonyResponse
+	17, // 47: tkeyless.peer.v2.PeerService.ImportCeremony:output_type -> tkeyless.peer.v2.KeygenCeremonyResponse
+	23, // 48: tkeyless.peer.v2.PeerService.FinishReshare:output_type -> tkeyless.peer.v2.FinishReshareResponse
+	10, // 49: tkeyless.peer.v2.PeerService.FinishPresign:output_type -> tkeyless.peer.v2.RunResponse
+	26, // 50: tkeyless.peer.v2.PeerService.ReshareOutcome:output_type -> tkeyless.peer.v2.ReshareOutcomeResponse
+	30, // 51: tkeyless.peer.v2.PeerService.Readmit:output_type -> tkeyless.peer.v2.ReadmitResponse
+	32, // 52: tkeyless.peer.v2.PeerService.ResumeKey:output_type -> tkeyless.peer.v2.ResumeKeyResponse
+	37, // [37:53] is the sub-list for method output_type
+	21, // [21:37] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -2966,7 +3047,7 @@ func file_tkeyless_peer_v2_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tkeyless_peer_v2_peer_proto_rawDesc), len(file_tkeyless_peer_v2_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,7 @@ const (
 	PeerService_Prepare_FullMethodName         = "/tkeyless.peer.v2.PeerService/Prepare"
 	PeerService_Run_FullMethodName             = "/tkeyless.peer.v2.PeerService/Run"
 	PeerService_Deliver_FullMethodName         = "/tkeyless.peer.v2.PeerService/Deliver"
+	PeerService_Deliveries_FullMethodName      = "/tkeyless.peer.v2.PeerService/Deliveries"
 	PeerService_Echo_FullMethodName            = "/tkeyless.peer.v2.PeerService/Echo"
 	PeerService_KeygenCeremony_FullMethodName  = "/tkeyless.peer.v2.PeerService/KeygenCeremony"
 	PeerService_Status_FullMethodName          = "/tkeyless.peer.v2.PeerService/Status"
@@ -62,6 +63,10 @@ type PeerServiceClient interface {
 	Prepare(ctx context.Context, in *PrepareRequest, opts ...grpc.CallOption) (*PrepareResponse, error)
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (*RunResponse, error)
 	Deliver(ctx context.Context, in *Envelope, opts ...grpc.CallOption) (*DeliverResponse, error)
+	// Deliveries (version 4) carries a link's envelopes on one long-lived
+	// stream, each answered in order by a Delivered with its seq: the same
+	// as a Deliver call each, without a call's cost.
+	Deliveries(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Envelope, Delivered], error)
 	Echo(ctx context.Context, in *EchoRequest, opts ...grpc.CallOption) (*EchoResponse, error)
 	KeygenCeremony(ctx context.Context, in *KeygenCeremonyRequest, opts ...grpc.CallOption) (*KeygenCeremonyResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -122,6 +127,19 @@ func (c *peerServiceClient) Deliver(ctx context.Context, in *Envelope, opts ...g
 	}
 	return out, nil
 }
+
+func (c *peerServiceClient) Deliveries(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Envelope, Delivered], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PeerService_ServiceDesc.Streams[0], PeerService_Deliveries_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[Envelope, Delivered]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PeerService_DeliveriesClient = grpc.BidiStreamingClient[Envelope, Delivered]
 
 func (c *peerServiceClient) Echo(ctx context.Context, in *EchoRequest, opts ...grpc.CallOption) (*EchoResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -247,6 +265,10 @@ type PeerServiceServer interface {
 	Prepare(context.Context, *PrepareRequest) (*PrepareResponse, error)
 	Run(context.Context, *RunRequest) (*RunResponse, error)
 	Deliver(context.Context, *Envelope) (*DeliverResponse, error)
+	// Deliveries (version 4) carries a link's envelopes on one long-lived
+	// stream, each answered in order by a Delivered with its seq: the same
+	// as a Deliver call each, without a call's cost.
+	Deliveries(grpc.BidiStreamingServer[Envelope, Delivered]) error
 	Echo(context.Context, *EchoRequest) (*EchoResponse, error)
 	KeygenCeremony(context.Context, *KeygenCeremonyRequest) (*KeygenCeremonyResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
@@ -279,6 +301,9 @@ func (UnimplementedPeerServiceServer) Run(context.Context, *RunRequest) (*RunRes
 }
 func (UnimplementedPeerServiceServer) Deliver(context.Context, *Envelope) (*DeliverResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Deliver not implemented")
+}
+func (UnimplementedPeerServiceServer) Deliveries(grpc.BidiStreamingServer[Envelope, Delivered]) error {
+	return status.Error(codes.Unimplemented, "method Deliveries not implemented")
 }
 func (UnimplementedPeerServiceServer) Echo(context.Context, *EchoRequest) (*EchoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Echo not implemented")
@@ -405,6 +430,13 @@ func _PeerService_Deliver_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _PeerService_Deliveries_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PeerServiceServer).Deliveries(&grpc.GenericServerStream[Envelope, Delivered]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PeerService_DeliveriesServer = grpc.BidiStreamingServer[Envelope, Delivered]
 
 func _PeerService_Echo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(EchoRequest)
@@ -672,6 +704,13 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _PeerService_ResumeKey_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Deliveries",
+			Handler:       _PeerService_Deliveries_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "tkeyless/peer/v2/peer.proto",
 }
