@@ -243,8 +243,8 @@ func TestRevokeEdgeByReload(t *testing.T) {
 }
 
 // TestRevokePeerByReload: a signer revoked by name (the plain list) is
-// refused on the peer endpoint, on the connection it already has and on a
-// new one, and left out of quorums.
+// refused on the peer endpoint, on the connection and the Deliveries
+// stream it already has and on a new one, and left out of quorums.
 func TestRevokePeerByReload(t *testing.T) {
 	c := newTestCluster(t, []string{"a", "b", "c"})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -253,12 +253,26 @@ func TestRevokePeerByReload(t *testing.T) {
 	if _, err := fromC.Ping(ctx, &peerwire.PingRequest{Version: peerwire.Version}); err != nil {
 		t.Fatalf("before the reload: %v", err)
 	}
+	// c's Deliveries stream to a is open: an envelope on it reaches a's
+	// session table (and finds no such session).
+	env := func() *peerwire.Envelope {
+		return &peerwire.Envelope{Version: peerwire.Version, Session: peerwire.NewSessionID(), Kind: peerwire.KindSign, From: "c"}
+	}
+	if _, err := fromC.Deliver(ctx, env()); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), ErrUnknownSession.Error()) {
+		t.Fatalf("an envelope before the reload: %v, want an unknown session", err)
+	}
+	if got := metricValue(t, c.nodes["a"], "tkeyless_signer_peer_messages_total", "via", "stream"); got != 1 {
+		t.Fatalf("%v envelopes on a stream, want the one", got)
+	}
 	list := filepath.Join(c.dir, "revoked.txt")
 	if err := os.WriteFile(list, []byte("# c's host was lost\nname c\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.reload("a", func(cfg *Config) { cfg.Revocation.List = list }); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := fromC.Deliver(ctx, env()); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("c on its open stream: %v, want PermissionDenied", err)
 	}
 	if _, err := fromC.Ping(ctx, &peerwire.PingRequest{Version: peerwire.Version}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("c on its open connection: %v, want PermissionDenied", err)
