@@ -58,7 +58,7 @@ func (s *session) carried(round int) bool { return s.carry && round >= carriedFr
 // carry its echoes: three or more members (two have no echo check), and a
 // link to every other member at a version that carries them.
 func (n *Node) canCarryEchoes(members []string) bool {
-	if len(members) < 3 || n.noCarry {
+	if len(members) < 3 || n.noCarry.Load() {
 		return false
 	}
 	for _, m := range members {

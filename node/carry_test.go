@@ -281,7 +281,7 @@ func TestCarriedEchoesInCluster(t *testing.T) {
 		if calls, carried := echoDelta(c, func() error { return c.sign("a", "carried, full") }); calls != 3*6 || carried != 4*6 {
 			t.Fatalf("%v echo calls and %v carried echoes; want 18 and 24", calls, carried)
 		}
-		c.nodes["a"].noCarry = true
+		c.nodes["a"].noCarry.Store(true)
 		if calls, carried := echoDelta(c, func() error { return c.sign("a", "not carried") }); calls != 8*6 || carried != 0 {
 			t.Fatalf("without carry: %v echo calls and %v carried echoes; want 48 and 0", calls, carried)
 		}

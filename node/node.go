@@ -50,7 +50,7 @@ type Node struct {
 	peers     map[string]*peerConn
 	// noCarry makes this node coordinate as a version-3 node would: with
 	// the immediate echo check only (tests of a mixed cluster).
-	noCarry     bool
+	noCarry     atomic.Bool
 	sessions    *router
 	verifier    *authority.Verifier
 	metrics     *metrics

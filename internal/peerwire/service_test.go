@@ -112,12 +112,20 @@ func (s *recorder) ResumeKey(_ context.Context, r *ResumeKeyRequest) (*ResumeKey
 // connection to it.
 func serve(t *testing.T, srv Server) *grpc.ClientConn {
 	t.Helper()
+	return serveWire(t, func(gs *grpc.Server) { Register(gs, srv) })
+}
+
+// serveWire runs the gRPC services register puts on a server on a
+// loopback port and returns a connection to it: for peers that answer the
+// wire messages themselves (older, newer or broken builds).
+func serveWire(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer()
-	Register(gs, srv)
+	register(gs)
 	go func() { _ = gs.Serve(l) }()
 	t.Cleanup(gs.Stop)
 	cc, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -340,23 +348,10 @@ func (futureNode) Ping(context.Context, *pb.PingRequest) (*pb.PingResponse, erro
 // TestPingWithoutCommonVersion: a peer that speaks no version this node
 // does fails its Ping, so health checks keep it out of sessions.
 func TestPingWithoutCommonVersion(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	pb.RegisterPeerServiceServer(gs, futureNode{})
-	go func() { _ = gs.Serve(l) }()
-	defer gs.Stop()
-	cc, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	c := NewClient(cc)
+	c := NewClient(serveWire(t, func(gs *grpc.Server) { pb.RegisterPeerServiceServer(gs, futureNode{}) }))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = c.Ping(ctx, &PingRequest{Version: Version})
+	_, err := c.Ping(ctx, &PingRequest{Version: Version})
 	if !errors.Is(err, ErrNoCommonVersion) || !strings.Contains(err.Error(), "9 to 10") {
 		t.Fatalf("ping of a node speaking 9 to 10: %v, want ErrNoCommonVersion", err)
 	}

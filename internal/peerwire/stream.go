@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -146,9 +148,7 @@ func (c *Client) deliverOnce(ctx context.Context, r *Envelope) error {
 		delete(ds.pending, m.Seq)
 		ds.mu.Unlock()
 	}
-	ds.send.Lock()
-	err = ds.stream.Send(m)
-	ds.send.Unlock()
+	err = ds.sendWithin(ctx, m)
 	if err != nil {
 		forget()
 		if errors.Is(err, io.EOF) {
@@ -178,6 +178,35 @@ func (c *Client) deliverOnce(ctx context.Context, r *Envelope) error {
 		forget()
 		return status.FromContextError(ctx.Err()).Err()
 	}
+}
+
+// stuckSend is how long a Send may stay blocked past its envelope's
+// deadline before the stream is given up: a gRPC Send takes no context,
+// and blocks once the peer stops reading (its flow-control window full).
+const stuckSend = time.Second
+
+// sendWithin sends m, waiting for its turn and for the peer's window. A
+// peer that stops reading would hold every later envelope of the link
+// forever; so once ctx has ended and the Send is still blocked stuckSend
+// later, the stream ends (every waiter fails, the next envelope opens a
+// new stream). A Send merely in progress when ctx ends is left alone:
+// ending the stream then would fail other sessions' envelopes.
+func (ds *deliveryStream) sendWithin(ctx context.Context, m *pb.Envelope) error {
+	var blocked atomic.Bool
+	blocked.Store(true)
+	stop := context.AfterFunc(ctx, func() {
+		time.AfterFunc(stuckSend, func() {
+			if blocked.Load() {
+				ds.end(status.Error(codes.DeadlineExceeded, "peer stopped reading its deliveries stream"))
+			}
+		})
+	})
+	defer stop()
+	ds.send.Lock()
+	defer ds.send.Unlock()
+	err := ds.stream.Send(m)
+	blocked.Store(false)
+	return err
 }
 
 // Deliveries serves a peer's stream: each envelope is handled exactly as a

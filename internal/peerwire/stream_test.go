@@ -3,14 +3,12 @@ package peerwire
 import (
 	"context"
 	"fmt"
-	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/tkeyless/tkeyless/internal/peerwire/gen/tkeyless/peer/v2"
@@ -126,20 +124,7 @@ func TestDeliveriesStreamEnds(t *testing.T) {
 	for _, noStream := range []bool{false, true} {
 		t.Run(fmt.Sprintf("noStream=%t", noStream), func(t *testing.T) {
 			node := &oneShotNode{noStream: noStream}
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			gs := grpc.NewServer()
-			pb.RegisterPeerServiceServer(gs, node)
-			go func() { _ = gs.Serve(l) }()
-			defer gs.Stop()
-			cc, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cc.Close()
-			c := NewClient(cc)
+			c := NewClient(serveWire(t, func(gs *grpc.Server) { pb.RegisterPeerServiceServer(gs, node) }))
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if _, err := c.Ping(ctx, &PingRequest{Version: Version}); err != nil {
@@ -174,5 +159,50 @@ func TestDeliveriesStreamEnds(t *testing.T) {
 				t.Fatalf("%d streamed, %d calls; want every envelope on a stream", node.streamed, node.calls)
 			}
 		})
+	}
+}
+
+// deafNode opens the Deliveries stream and then never reads from it, as a
+// compromised peer could: its flow-control window fills and a Send blocks.
+type deafNode struct {
+	pb.UnimplementedPeerServiceServer
+}
+
+func (deafNode) Ping(context.Context, *pb.PingRequest) (*pb.PingResponse, error) {
+	return &pb.PingResponse{Node: "m", MinVersion: MinVersion, MaxVersion: Version}, nil
+}
+
+func (deafNode) Deliveries(stream pb.PeerService_DeliveriesServer) error {
+	<-stream.Context().Done()
+	return nil
+}
+
+// TestDeliveriesPeerStopsReading: a peer that stops reading its stream
+// holds no envelope past its deadline (plus stuckSend): each Deliver fails
+// in time, and the link is not stuck for good.
+func TestDeliveriesPeerStopsReading(t *testing.T) {
+	c := NewClient(serveWire(t, func(gs *grpc.Server) { pb.RegisterPeerServiceServer(gs, deafNode{}) }))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.Ping(ctx, &PingRequest{Version: Version}); err != nil {
+		t.Fatal(err)
+	}
+	payload := make([]byte, 256<<10) // a few fill any window
+	for i := range 8 {
+		mctx, mcancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Deliver(mctx, &Envelope{Version: Version, Type: fmt.Sprint("m", i), Payload: payload})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatalf("envelope %d was answered by a peer that reads nothing", i)
+			}
+		case <-time.After(10 * stuckSend):
+			t.Fatalf("envelope %d: Deliver still blocked %v after its deadline", i, 10*stuckSend)
+		}
+		mcancel()
 	}
 }
