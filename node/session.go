@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tkeyless/tkeyless/internal/authority"
@@ -318,7 +317,6 @@ func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, mem
 		// One signature serves every recipient of a broadcast: it covers
 		// nothing that differs between them.
 		var signedDigest, sig []byte
-		var wg sync.WaitGroup
 		for i, to := range m.To {
 			p, ok := n.peers[to]
 			if !ok {
@@ -343,21 +341,29 @@ func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, mem
 				}
 				env.Sig = sig
 			}
-			wg.Go(func() {
-				// Members talk to each other here for the first time in
-				// the session (the coordinator prepared each of them), so
-				// a member that restarted may still be in this node's
-				// reconnect backoff: reconnect now, and wait for it
-				// within the session's bounds.
-				p.wake()
-				if _, err := p.client().Deliver(ctx, env); err != nil {
-					errs[i] = &memberError{member: to, err: err}
-				}
-			})
+			// Members talk to each other here for the first time in the
+			// session (the coordinator prepared each of them), so a member
+			// that restarted may still be in this node's reconnect backoff:
+			// reconnect now, and wait for it within the session's bounds.
+			p.wake()
+			// Posted, not delivered: the send does not wait for the member
+			// to take the envelope, and a refusal, which comes later,
+			// fails the session as a failed send would have.
+			refused := func(err error) { n.sendRefused(id, m, &memberError{member: to, err: err}) }
+			if err := p.client().Post(ctx, env, refused); err != nil {
+				errs[i] = &memberError{member: to, err: err}
+			}
 		}
-		wg.Wait()
 		return errors.Join(errs...)
 	})
+}
+
+// sendRefused fails session id as its outbox would have failed had the
+// send of m waited for the refusal err.
+func (n *Node) sendRefused(id peerwire.SessionID, m tss.Outgoing, err error) {
+	if s, _ := n.sessions.get(id); s != nil {
+		s.party.Abort(&tss.SessionError{Round: m.Round, Err: fmt.Errorf("send %s: %w", m.Type, err)})
+	}
 }
 
 // memberError is a failure attributed to one session member.

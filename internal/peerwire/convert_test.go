@@ -193,7 +193,7 @@ func TestEveryFieldCarried(t *testing.T) {
 		}
 	}
 	env := unsetFields(fullWire(r, envelopeToPB).ProtoReflect())
-	if want := []string{"tkeyless.peer.v2.Envelope.seq"}; !reflect.DeepEqual(env, want) {
+	if want := []string{"tkeyless.peer.v2.Envelope.seq", "tkeyless.peer.v2.Envelope.failures_only"}; !reflect.DeepEqual(env, want) {
 		t.Errorf("Envelope: unset %v, want only %v (the Client's, on a stream)", env, want)
 	}
 	ping := unsetFields(fullWire(r, pingRequestToPB).ProtoReflect())

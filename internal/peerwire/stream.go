@@ -26,6 +26,14 @@ import (
 // naming its seq and what a Deliver call would have answered. The sender
 // still waits for that answer, so nothing about a session's flow changes:
 // only the transport of its messages.
+//
+// Post goes one step further: its envelope is marked failures_only, the
+// peer answers it only if it refuses it, and the sender does not wait. An
+// accepted envelope then costs one write on one side and one read on the
+// other, where an answered one cost two of each and two more wakeups: in
+// a signature's online rounds the answers were about a third of the
+// signers' CPU (docs/bench/before-after.md). A refusal still comes back,
+// by seq, to the sender's failed callback.
 
 // deliveryStream is one open Deliveries stream of a Client.
 type deliveryStream struct {
@@ -36,8 +44,12 @@ type deliveryStream struct {
 	mu      sync.Mutex
 	next    uint64
 	pending map[uint64]chan *pb.Delivered
-	err     error         // why the stream ended; set once, with done closed
-	done    chan struct{} // closed when the stream ended
+	posted  map[uint64]func(error) // envelopes sent by Post, until refused, forgotten or the stream ends
+	// answered is set by the peer's first answer: the stream is served
+	// (a build without it fails the stream only then, as unimplemented).
+	answered atomic.Bool
+	err      error         // why the stream ended; set once, with done closed
+	done     chan struct{} // closed when the stream ended
 }
 
 // errStreamUnsupported marks a peer that answered the stream as an
@@ -65,7 +77,7 @@ func (c *Client) deliveries() (*deliveryStream, error) {
 		cancel()
 		return nil, err
 	}
-	ds := &deliveryStream{stream: st, cancel: cancel, pending: map[uint64]chan *pb.Delivered{}, done: make(chan struct{})}
+	ds := &deliveryStream{stream: st, cancel: cancel, pending: map[uint64]chan *pb.Delivered{}, posted: map[uint64]func(error){}, done: make(chan struct{})}
 	go ds.receive()
 	c.ds = ds
 	return ds, nil
@@ -83,17 +95,27 @@ func (ds *deliveryStream) receive() {
 			ds.end(err)
 			return
 		}
+		ds.answered.Store(true)
 		ds.mu.Lock()
 		ch, ok := ds.pending[d.GetSeq()]
 		delete(ds.pending, d.GetSeq())
+		failed, posted := ds.posted[d.GetSeq()]
+		delete(ds.posted, d.GetSeq())
 		ds.mu.Unlock()
 		if ok {
 			ch <- d
 		}
+		// A peer that predates failures_only answers a posted envelope
+		// it accepted as well: nothing to report.
+		if posted && d.GetCode() != 0 {
+			failed(status.Error(codes.Code(d.GetCode()), d.GetError()))
+		}
 	}
 }
 
-// end records why the stream ended and releases every waiter.
+// end records why the stream ended and releases every waiter. Posted
+// envelopes are not failed: an accepted one is never answered, so the
+// stream's end says nothing about it (Post).
 func (ds *deliveryStream) end(err error) {
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
@@ -103,6 +125,7 @@ func (ds *deliveryStream) end(err error) {
 	ds.err = err
 	close(ds.done)
 	ds.cancel()
+	ds.posted = nil
 }
 
 // deliverOnStream sends one envelope on the link's stream and waits for
@@ -148,19 +171,9 @@ func (c *Client) deliverOnce(ctx context.Context, r *Envelope) error {
 		delete(ds.pending, m.Seq)
 		ds.mu.Unlock()
 	}
-	err = ds.sendWithin(ctx, m)
-	if err != nil {
+	if err := ds.sendWithin(ctx, m); err != nil {
 		forget()
-		if errors.Is(err, io.EOF) {
-			// The stream had ended; Recv has the reason.
-			<-ds.done
-			err = ds.err
-		}
-		ds.end(err)
-		if status.Code(err) == codes.Unimplemented {
-			return errStreamUnsupported
-		}
-		return fmt.Errorf("%w: %w", errStreamEnded, err)
+		return ds.sendFailed(err)
 	}
 	select {
 	case d := <-ch:
@@ -178,6 +191,102 @@ func (c *Client) deliverOnce(ctx context.Context, r *Envelope) error {
 		forget()
 		return status.FromContextError(ctx.Err()).Err()
 	}
+}
+
+// Post sends r without waiting for the peer to take it. On a link with a
+// Deliveries stream the envelope is marked failures_only: the peer answers
+// only a refusal, and failed is called with it, at most once, never after
+// ctx ended (r's session is over then), and from the stream's own
+// goroutine, so it must not block.
+//
+// A stream that ends reports nothing about the envelopes posted on it:
+// accepted ones are never answered, so its end cannot tell those from ones
+// the peer never read, and a session's half kept for minutes (a pooled
+// presignature) must not fail because its link was replaced. A peer that
+// went away mid-session is caught where it always was: its refusal of the
+// session's next envelope (it has no such session), the coordinator's
+// call to it failing, or the session's stall bound.
+//
+// Until a stream has carried one answer, Post waits for its envelope's
+// (only an answer shows the peer serves the stream at all). Without a
+// stream (a link below StreamVersion, or a peer that serves none) Post is
+// Deliver: it waits, and returns the refusal. An error from Post itself
+// means r did not go out.
+func (c *Client) Post(ctx context.Context, r *Envelope, failed func(error)) error {
+	if r.Version >= StreamVersion && c.Version() >= StreamVersion && !c.noStream.Load() {
+		err := c.postOnce(ctx, r, failed)
+		if errors.Is(err, errStreamEnded) {
+			err = c.postOnce(ctx, r, failed)
+		}
+		if errors.Is(err, errStreamEnded) {
+			return status.Error(codes.Unavailable, err.Error())
+		}
+		if !errors.Is(err, errStreamUnsupported) {
+			return err
+		}
+		c.noStream.Store(true)
+	}
+	_, err := c.Deliver(ctx, r)
+	return err
+}
+
+func (c *Client) postOnce(ctx context.Context, r *Envelope, failed func(error)) error {
+	ds, err := c.deliveries()
+	if err != nil {
+		return err
+	}
+	if !ds.answered.Load() {
+		// Until the peer has answered once, it may not serve the stream
+		// at all; only an answer tells, so this envelope waits for one.
+		return c.deliverOnce(ctx, r)
+	}
+	m := envelopeToPB(r)
+	wire := c.wireVersion(r.Version)
+	m.Version = wire
+	m.FailuresOnly = true
+	stamp(m, wire)
+	ds.mu.Lock()
+	if ds.err != nil {
+		ds.mu.Unlock()
+		return fmt.Errorf("%w: %w", errStreamEnded, ds.err)
+	}
+	ds.next++
+	m.Seq = ds.next
+	ds.posted[m.Seq] = func(err error) {
+		if ctx.Err() == nil {
+			failed(err)
+		}
+	}
+	ds.mu.Unlock()
+	forget := func() {
+		ds.mu.Lock()
+		delete(ds.posted, m.Seq)
+		ds.mu.Unlock()
+	}
+	if err := ds.sendWithin(ctx, m); err != nil {
+		forget()
+		return ds.sendFailed(err)
+	}
+	// Accepted envelopes are never answered: the entry goes with the
+	// session (ctx), not with an answer.
+	context.AfterFunc(ctx, forget)
+	return nil
+}
+
+// sendFailed ends the stream after a Send of it failed with err and says
+// what to do: errStreamUnsupported (use calls), or errStreamEnded (the
+// envelope did not go out; a new stream may take it).
+func (ds *deliveryStream) sendFailed(err error) error {
+	if errors.Is(err, io.EOF) {
+		// The stream had ended; Recv has the reason.
+		<-ds.done
+		err = ds.err
+	}
+	ds.end(err)
+	if status.Code(err) == codes.Unimplemented {
+		return errStreamUnsupported
+	}
+	return fmt.Errorf("%w: %w", errStreamEnded, err)
 }
 
 // stuckSend is how long a Send may stay blocked past its envelope's
@@ -210,8 +319,9 @@ func (ds *deliveryStream) sendWithin(ctx context.Context, m *pb.Envelope) error 
 }
 
 // Deliveries serves a peer's stream: each envelope is handled exactly as a
-// Deliver call (version, decoding, the domain call) and answered in order.
-// An answer that cannot be sent ends the stream; the peer opens another.
+// Deliver call (version, decoding, the domain call) and answered in order,
+// except that one marked failures_only is answered only if refused. An
+// answer that cannot be sent ends the stream; the peer opens another.
 func (s *service) Deliveries(stream pb.PeerService_DeliveriesServer) error {
 	ctx := context.WithValue(stream.Context(), streamedKey{}, true)
 	for {
@@ -226,6 +336,9 @@ func (s *service) Deliveries(stream pb.PeerService_DeliveriesServer) error {
 		if _, err := s.deliverOne(ctx, m); err != nil {
 			st := status.Convert(err)
 			d.Code, d.Error = int32(st.Code()), st.Message()
+		}
+		if d.Code == 0 && m.GetFailuresOnly() {
+			continue
 		}
 		if err := stream.Send(d); err != nil {
 			return err

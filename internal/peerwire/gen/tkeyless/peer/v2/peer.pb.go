@@ -860,7 +860,12 @@ type Envelope struct {
 	// from members other than the recipient.
 	Echoes []*EchoRequest `protobuf:"bytes,11,rep,name=echoes,proto3" json:"echoes,omitempty"`
 	// seq numbers an envelope on a Deliveries stream, for its answer.
-	Seq           uint64 `protobuf:"varint,12,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq uint64 `protobuf:"varint,12,opt,name=seq,proto3" json:"seq,omitempty"`
+	// failures_only (on a Deliveries stream) asks the peer to answer this
+	// envelope only if it refuses it: the sender does not wait, and an
+	// accepted envelope costs no answer. A peer that predates it answers
+	// every envelope, which the sender accepts as well.
+	FailuresOnly  bool `protobuf:"varint,13,opt,name=failures_only,json=failuresOnly,proto3" json:"failures_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -977,6 +982,13 @@ func (x *Envelope) GetSeq() uint64 {
 		return x.Seq
 	}
 	return 0
+}
+
+func (x *Envelope) GetFailuresOnly() bool {
+	if x != nil {
+		return x.FailuresOnly
+	}
+	return false
 }
 
 // Delivered answers one envelope on a Deliveries stream: code and error
@@ -2751,7 +2763,7 @@ const file_tkeyless_peer_v2_peer_proto_rawDesc = "" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12 \n" +
 	"\vfingerprint\x18\x03 \x01(\fR\vfingerprint\x12I\n" +
-	"\fconfirmation\x18\x04 \x01(\v2%.tkeyless.peer.v2.ReshareConfirmationR\fconfirmation\"\xb5\x02\n" +
+	"\fconfirmation\x18\x04 \x01(\v2%.tkeyless.peer.v2.ReshareConfirmationR\fconfirmation\"\xda\x02\n" +
 	"\bEnvelope\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x18\n" +
 	"\asession\x18\x02 \x01(\fR\asession\x12\x12\n" +
@@ -2765,7 +2777,8 @@ const file_tkeyless_peer_v2_peer_proto_rawDesc = "" +
 	"\x03sig\x18\n" +
 	" \x01(\fR\x03sig\x125\n" +
 	"\x06echoes\x18\v \x03(\v2\x1d.tkeyless.peer.v2.EchoRequestR\x06echoes\x12\x10\n" +
-	"\x03seq\x18\f \x01(\x04R\x03seq\"G\n" +
+	"\x03seq\x18\f \x01(\x04R\x03seq\x12#\n" +
+	"\rfailures_only\x18\r \x01(\bR\ffailuresOnly\"G\n" +
 	"\tDelivered\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x14\n" +

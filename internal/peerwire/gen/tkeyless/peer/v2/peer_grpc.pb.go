@@ -65,7 +65,8 @@ type PeerServiceClient interface {
 	Deliver(ctx context.Context, in *Envelope, opts ...grpc.CallOption) (*DeliverResponse, error)
 	// Deliveries (version 4) carries a link's envelopes on one long-lived
 	// stream, each answered in order by a Delivered with its seq: the same
-	// as a Deliver call each, without a call's cost.
+	// as a Deliver call each, without a call's cost. An envelope marked
+	// failures_only is answered only if it is refused.
 	Deliveries(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Envelope, Delivered], error)
 	Echo(ctx context.Context, in *EchoRequest, opts ...grpc.CallOption) (*EchoResponse, error)
 	KeygenCeremony(ctx context.Context, in *KeygenCeremonyRequest, opts ...grpc.CallOption) (*KeygenCeremonyResponse, error)
@@ -267,7 +268,8 @@ type PeerServiceServer interface {
 	Deliver(context.Context, *Envelope) (*DeliverResponse, error)
 	// Deliveries (version 4) carries a link's envelopes on one long-lived
 	// stream, each answered in order by a Delivered with its seq: the same
-	// as a Deliver call each, without a call's cost.
+	// as a Deliver call each, without a call's cost. An envelope marked
+	// failures_only is answered only if it is refused.
 	Deliveries(grpc.BidiStreamingServer[Envelope, Delivered]) error
 	Echo(context.Context, *EchoRequest) (*EchoResponse, error)
 	KeygenCeremony(context.Context, *KeygenCeremonyRequest) (*KeygenCeremonyResponse, error)
