@@ -8,25 +8,20 @@ package wan
 //	edge → coordinator → edge    the keyless request and its answer     1
 //	Prepare to every member      a unary call, awaited                  1     (full path only)
 //	Run (FinishPresign)          reaches the members                    0.5
-//	each GG18 signing round      1: a member sends a round's message    1 × 9 (full) or × 5 (presigned: 5–9)
-//	                             with a unary Deliver and awaits its
-//	                             answer before sending the next one
-//	                             (tss/session.go sendLoop, node/session.go
-//	                             outbox), so a round costs the message's
-//	                             trip and the acknowledgement's
-//	each broadcast round, with   members wait for the third member's    0 today: the echo (sent on receipt, half a
-//	  three members              echo before using a broadcast           trip) travels while the sender still awaits
-//	                                                                     its acknowledgement; 0.5 × 8 (full) or × 5
-//	                                                                     (presigned) once acknowledgements are not
-//	                                                                     awaited
+//	each GG18 signing round      a member posts a round's message       0.5 × 9 (full) or × 5 (presigned: 5–9)
+//	                             (peerwire.Client.Post: no answer is
+//	                             awaited), so a round costs the
+//	                             message's way only
+//	each broadcast round, with   a broadcast of rounds 1–4 waits for    0.5 × 3 (full: rounds 1, 3 and 4); from
+//	  three members              the third member's echo (node/echo.go) round 5 the echoes ride on the next
+//	                                                                     round's envelopes (node/carry.go): 0
 //	Run answers                  the coordinator waits for them all     0.5
 //
-// Without the awaited acknowledgement a round would cost half a trip
-// (the message's way only), plus half for the echo with three members:
-// that is the largest saving the protocol allows. (The first bench run,
-// docs/bench/wan.md, fits this: (2,3) presigned costs the same trips as
-// (1,2).) Signing computes between the trips; the model adds the measured
-// p50 at RTT 0 for that, so model(RTT) = p50(0) + Rounds × RTT.
+// Until 3d5c486 a round's Deliver awaited its answer before the next
+// round could go out, a whole trip per round; the WAN bench of that time
+// (docs/bench/wan.md) fits the older count. Signing computes between the
+// trips; the model adds the measured p50 at RTT 0 for that, so
+// model(RTT) = p50(0) + Rounds × RTT.
 const (
 	gg18Rounds          = 9
 	gg18BroadcastRounds = 8 // every signing round but round 2 carries a broadcast
@@ -37,8 +32,8 @@ const (
 	prepareRoundTrip    = 1.0
 	runRequestOneWay    = 0.5
 	runResponseOneWay   = 0.5
-	roundTrip           = 1.0 // a round's Deliver and its answer
-	echoOneWay          = 0.0 // hidden behind the awaited acknowledgement
+	roundOneWay         = 0.5 // a round's envelope, posted
+	echoOneWay          = 0.5 // the echo a broadcast of rounds 1–4 waits for
 )
 
 // Rounds is the model's count of sequential round trips for one full
@@ -46,16 +41,18 @@ const (
 func Rounds(t, n int, presigned bool) float64 {
 	_ = n           // the quorum, not the cluster, sets the cost
 	quorum := t + 1 // any t+1 sign
-	rounds, broadcasts := gg18Rounds, gg18BroadcastRounds
+	// Broadcasts of the rounds before carried echoes start (node/carry.go:
+	// round 5, where the presigned path starts) wait for their echo.
+	rounds, echoed := gg18Rounds, gg18BroadcastRounds-presignedBroadcasts
 	r := keylessRoundTrip + runRequestOneWay + runResponseOneWay
 	if presigned {
-		rounds, broadcasts = presignedRounds, presignedBroadcasts
+		rounds, echoed = presignedRounds, 0
 	} else {
 		r += prepareRoundTrip
 	}
-	r += float64(rounds) * roundTrip
+	r += float64(rounds) * roundOneWay
 	if quorum >= echoQuorum {
-		r += float64(broadcasts) * echoOneWay
+		r += float64(echoed) * echoOneWay
 	}
 	return r
 }

@@ -15,8 +15,8 @@ func TestRounds(t *testing.T) {
 		presigned bool
 		want      float64
 	}{
-		{1, 2, false, 12}, {1, 3, false, 12}, {2, 3, false, 12},
-		{1, 2, true, 7}, {1, 3, true, 7}, {2, 3, true, 7},
+		{1, 2, false, 7.5}, {1, 3, false, 7.5}, {2, 3, false, 9},
+		{1, 2, true, 4.5}, {1, 3, true, 4.5}, {2, 3, true, 4.5},
 	} {
 		if got := Rounds(tc.t, tc.n, tc.presigned); got != tc.want {
 			t.Errorf("Rounds(%d,%d, presigned %v) = %v, want %v", tc.t, tc.n, tc.presigned, got, tc.want)
