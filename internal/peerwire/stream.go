@@ -152,24 +152,10 @@ func (c *Client) deliverOnce(ctx context.Context, r *Envelope) error {
 	if err != nil {
 		return err
 	}
-	m := envelopeToPB(r)
-	wire := c.wireVersion(r.Version)
-	m.Version = wire
-	stamp(m, wire)
 	ch := make(chan *pb.Delivered, 1)
-	ds.mu.Lock()
-	if ds.err != nil {
-		ds.mu.Unlock()
-		return fmt.Errorf("%w: %w", errStreamEnded, ds.err)
-	}
-	ds.next++
-	m.Seq = ds.next
-	ds.pending[m.Seq] = ch
-	ds.mu.Unlock()
-	forget := func() {
-		ds.mu.Lock()
-		delete(ds.pending, m.Seq)
-		ds.mu.Unlock()
+	m, forget, err := ds.number(c.toWire(r, false), func(seq uint64) { ds.pending[seq] = ch }, func(seq uint64) { delete(ds.pending, seq) })
+	if err != nil {
+		return err
 	}
 	if err := ds.sendWithin(ctx, m); err != nil {
 		forget()
@@ -240,28 +226,14 @@ func (c *Client) postOnce(ctx context.Context, r *Envelope, failed func(error)) 
 		// at all; only an answer tells, so this envelope waits for one.
 		return c.deliverOnce(ctx, r)
 	}
-	m := envelopeToPB(r)
-	wire := c.wireVersion(r.Version)
-	m.Version = wire
-	m.FailuresOnly = true
-	stamp(m, wire)
-	ds.mu.Lock()
-	if ds.err != nil {
-		ds.mu.Unlock()
-		return fmt.Errorf("%w: %w", errStreamEnded, ds.err)
-	}
-	ds.next++
-	m.Seq = ds.next
-	ds.posted[m.Seq] = func(err error) {
+	report := func(err error) {
 		if ctx.Err() == nil {
 			failed(err)
 		}
 	}
-	ds.mu.Unlock()
-	forget := func() {
-		ds.mu.Lock()
-		delete(ds.posted, m.Seq)
-		ds.mu.Unlock()
+	m, forget, err := ds.number(c.toWire(r, true), func(seq uint64) { ds.posted[seq] = report }, func(seq uint64) { delete(ds.posted, seq) })
+	if err != nil {
+		return err
 	}
 	if err := ds.sendWithin(ctx, m); err != nil {
 		forget()
@@ -271,6 +243,34 @@ func (c *Client) postOnce(ctx context.Context, r *Envelope, failed func(error)) 
 	// session (ctx), not with an answer.
 	context.AfterFunc(ctx, forget)
 	return nil
+}
+
+// toWire is r as this link writes it on the stream.
+func (c *Client) toWire(r *Envelope, failuresOnly bool) *pb.Envelope {
+	m := envelopeToPB(r)
+	wire := c.wireVersion(r.Version)
+	m.Version, m.FailuresOnly = wire, failuresOnly
+	stamp(m, wire)
+	return m
+}
+
+// number gives m the stream's next seq and records it with add, both under
+// ds.mu; forget undoes the record with remove. A stream that has ended
+// numbers nothing (errStreamEnded).
+func (ds *deliveryStream) number(m *pb.Envelope, add, remove func(seq uint64)) (_ *pb.Envelope, forget func(), err error) {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	if ds.err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", errStreamEnded, ds.err)
+	}
+	ds.next++
+	m.Seq = ds.next
+	add(m.Seq)
+	return m, func() {
+		ds.mu.Lock()
+		defer ds.mu.Unlock()
+		remove(m.Seq)
+	}, nil
 }
 
 // sendFailed ends the stream after a Send of it failed with err and says
