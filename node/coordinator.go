@@ -57,7 +57,7 @@ func (n *Node) Sign(ctx context.Context, req SignRequest) (sig []byte, err error
 			ev, outcome = n.log.Warn().AnErr("err", err), "overloaded"
 		case errors.Is(err, errUnauthorized), errors.Is(err, ErrUnknownKey), errors.Is(err, ErrKeyDisabled), errors.Is(err, ErrKeySuspended):
 			ev, outcome = n.log.Warn().AnErr("err", err), "refused"
-		case err != nil && ctx.Err() != nil:
+		case err != nil && contextEnded(ctx, ended):
 			// The requester gave up (its connection went away) or the
 			// deadline passed: the session stopped on every member.
 			ev, outcome = n.log.Warn().AnErr("err", err), "cancelled"

@@ -229,7 +229,7 @@ func (n *Node) memberAudit(ctx context.Context, id peerwire.SessionID, coordinat
 	var me *memberError
 	coordinatorGone := errors.As(err, &me) && me.member == coordinator && strings.Contains(me.Error(), ErrUnknownSession.Error())
 	switch {
-	case err != nil && (ctx.Err() != nil || coordinatorGone):
+	case err != nil && (contextEnded(ctx, ended) || coordinatorGone):
 		ev, outcome = n.log.Warn().AnErr("err", err), "cancelled"
 		n.metrics.cancelled.WithLabelValues("member").Inc()
 	case err != nil:
@@ -364,6 +364,18 @@ func (n *Node) sendRefused(id peerwire.SessionID, m tss.Outgoing, err error) {
 	if s, _ := n.sessions.get(id); s != nil {
 		s.party.Abort(&tss.SessionError{Round: m.Round, Err: fmt.Errorf("send %s: %w", m.Type, err)})
 	}
+}
+
+// contextEnded reports whether ctx was cancelled, or its deadline had
+// passed at now. ctx.Err() alone can lag: a deadline is noticed when its
+// timer fires, and on a busy machine a member's refusal at the same
+// deadline (its copy, from the call's timeout) can come back first.
+func contextEnded(ctx context.Context, now time.Time) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	deadline, ok := ctx.Deadline()
+	return ok && !now.Before(deadline)
 }
 
 // memberError is a failure attributed to one session member.

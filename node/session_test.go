@@ -218,3 +218,25 @@ func testPresignRefusedWhenDepthZero(t *testing.T, c *testCluster) {
 		}
 	}
 }
+
+// TestContextEnded: a deadline counts as passed at a time past it even
+// before the context's timer has fired (an audit written then says
+// "cancelled", not "failed").
+func TestContextEnded(t *testing.T) {
+	deadline := time.Now().Add(time.Hour)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if contextEnded(ctx, deadline.Add(-time.Millisecond)) {
+		t.Fatal("ended before its deadline")
+	}
+	if ctx.Err() != nil || !contextEnded(ctx, deadline) {
+		t.Fatal("not ended at its deadline")
+	}
+	cancel()
+	if !contextEnded(ctx, deadline.Add(-time.Minute)) {
+		t.Fatal("a cancelled context not ended")
+	}
+	if contextEnded(context.Background(), deadline) {
+		t.Fatal("a context without deadline ended")
+	}
+}
