@@ -347,8 +347,9 @@ func (n *Node) outbox(id peerwire.SessionID, kind peerwire.Kind, key string, mem
 			// reconnect now, and wait for it within the session's bounds.
 			p.wake()
 			// Posted, not delivered: the send does not wait for the member
-			// to take the envelope, and a refusal, which comes later,
-			// fails the session as a failed send would have.
+			// to take the envelope (so the members are sent to one after
+			// the other), and a refusal, which comes later, fails the
+			// session as a failed send would have.
 			refused := func(err error) { n.sendRefused(id, m, &memberError{member: to, err: err}) }
 			if err := p.client().Post(ctx, env, refused); err != nil {
 				errs[i] = &memberError{member: to, err: err}

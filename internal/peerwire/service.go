@@ -334,8 +334,8 @@ func (c *Client) Run(ctx context.Context, r *RunRequest, opts ...grpc.CallOption
 // Deliver delivers an envelope: on the link's Deliveries stream when the
 // link speaks StreamVersion (stream.go), else in a Deliver call.
 func (c *Client) Deliver(ctx context.Context, r *Envelope, opts ...grpc.CallOption) (*DeliverResponse, error) {
-	if r.Version >= StreamVersion && c.Version() >= StreamVersion && !c.noStream.Load() {
-		err := c.deliverOnStream(ctx, r)
+	if c.streamed(r) {
+		err := c.onStream(func() error { return c.deliverOnce(ctx, r) })
 		if !errors.Is(err, errStreamUnsupported) {
 			if err != nil {
 				return nil, err

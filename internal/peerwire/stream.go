@@ -30,10 +30,10 @@ import (
 // Post goes one step further: its envelope is marked failures_only, the
 // peer answers it only if it refuses it, and the sender does not wait. An
 // accepted envelope then costs one write on one side and one read on the
-// other, where an answered one cost two of each and two more wakeups: in
-// a signature's online rounds the answers were about a third of the
-// signers' CPU (docs/bench/before-after.md). A refusal still comes back,
-// by seq, to the sender's failed callback.
+// other, where an answered one cost two of each and the wakeups of the
+// goroutine waiting for the answer (docs/bench/before-after.md has the
+// measured effect). A refusal still comes back, by seq, to the sender's
+// failed callback.
 
 // deliveryStream is one open Deliveries stream of a Client.
 type deliveryStream struct {
@@ -128,15 +128,22 @@ func (ds *deliveryStream) end(err error) {
 	ds.posted = nil
 }
 
-// deliverOnStream sends one envelope on the link's stream and waits for
-// its answer, within ctx. errStreamUnsupported says to use a call. An
-// envelope the stream refused to take (it had ended: the peer restarted,
-// the connection was replaced) goes once more on a new stream; one taken
-// and then left unanswered is not sent again (the peer may have it).
-func (c *Client) deliverOnStream(ctx context.Context, r *Envelope) error {
-	err := c.deliverOnce(ctx, r)
+// streamed reports whether r goes on the link's Deliveries stream: the
+// link speaks StreamVersion and the peer has not answered the stream as
+// unimplemented.
+func (c *Client) streamed(r *Envelope) bool {
+	return r.Version >= StreamVersion && c.Version() >= StreamVersion && !c.noStream.Load()
+}
+
+// onStream sends one envelope on the link's stream with once (deliverOnce
+// or postOnce). errStreamUnsupported says to use a call. An envelope the
+// stream refused to take (it had ended: the peer restarted, the connection
+// was replaced) goes once more on a new stream; one taken and then left
+// unanswered is not sent again (the peer may have it).
+func (c *Client) onStream(once func() error) error {
+	err := once()
 	if errors.Is(err, errStreamEnded) {
-		err = c.deliverOnce(ctx, r)
+		err = once()
 	}
 	if errors.Is(err, errStreamEnded) {
 		return status.Error(codes.Unavailable, err.Error())
@@ -199,14 +206,8 @@ func (c *Client) deliverOnce(ctx context.Context, r *Envelope) error {
 // Deliver: it waits, and returns the refusal. An error from Post itself
 // means r did not go out.
 func (c *Client) Post(ctx context.Context, r *Envelope, failed func(error)) error {
-	if r.Version >= StreamVersion && c.Version() >= StreamVersion && !c.noStream.Load() {
-		err := c.postOnce(ctx, r, failed)
-		if errors.Is(err, errStreamEnded) {
-			err = c.postOnce(ctx, r, failed)
-		}
-		if errors.Is(err, errStreamEnded) {
-			return status.Error(codes.Unavailable, err.Error())
-		}
+	if c.streamed(r) {
+		err := c.onStream(func() error { return c.postOnce(ctx, r, failed) })
 		if !errors.Is(err, errStreamUnsupported) {
 			return err
 		}
