@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/tkeyless/tkeyless/internal/p256"
 	"github.com/tkeyless/tkeyless/internal/peerwire"
 	"github.com/tkeyless/tkeyless/internal/pki"
 	"github.com/tkeyless/tkeyless/tss"
@@ -319,7 +320,7 @@ func (n *Node) signWithNodeKey(digest []byte) ([]byte, error) {
 func verifyNodeSig(pub any, digest, sig []byte) bool {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
-		return ecdsa.VerifyASN1(k, digest, sig)
+		return p256.VerifyASN1(k, digest, sig)
 	case ed25519.PublicKey:
 		return ed25519.Verify(k, digest, sig)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/signing"
 	tsslib "github.com/bnb-chain/tss-lib/v2/tss"
 
+	"github.com/tkeyless/tkeyless/internal/p256"
 	"github.com/tkeyless/tkeyless/tss/internal/gg18"
 )
 
@@ -80,6 +81,7 @@ type engineParty struct {
 	// rounds 5–9
 	si, li, roi, rx, ry       *big.Int
 	bigR, bigAi, bigLi, bigVi *crypto.ECPoint
+	pointVi                   *p256.Point       // bigVi, projective
 	piAi                      *schnorr.ZKProof  // proof of knowledge of ρ_i
 	bigGammas                 []*crypto.ECPoint // the others' Γ_j, checked
 	dPower, dTelda            commitments.HashDeCommitment
@@ -245,7 +247,7 @@ func (p *engineParty) Start() *tsslib.Error {
 	p.ssid = ssid
 	p.k = common.GetRandomPositiveInt(rand.Reader, q)
 	p.gamma = common.GetRandomPositiveInt(rand.Reader, q)
-	p.pointGamma = crypto.ScalarBaseMult(curve, p.gamma)
+	p.pointGamma = gg18.BaseMult(p.gamma)
 	cmt := commitments.NewHashCommitment(rand.Reader, p.pointGamma.X(), p.pointGamma.Y())
 	p.deCommit = cmt.D
 
@@ -607,7 +609,7 @@ func (p *engineParty) round4() *tsslib.Error {
 	if p.thetaInverse == nil {
 		return p.wrap(4, errors.New("θ is not invertible"))
 	}
-	piGamma, err := schnorr.NewZKProof(p.context(p.i), p.gamma, p.pointGamma, rand.Reader)
+	piGamma, err := gg18.ProveZK(p.context(p.i), p.gamma, p.pointGamma, rand.Reader)
 	if err != nil {
 		return p.wrap(4, fmt.Errorf("NewZKProof(gamma, bigGamma): %w", err))
 	}
@@ -648,9 +650,9 @@ func (p *engineParty) prepareOnline() *tsslib.Error {
 	q := curve.Params().N
 	p.li = common.GetRandomPositiveInt(rand.Reader, q)
 	p.roi = common.GetRandomPositiveInt(rand.Reader, q)
-	p.bigLi = crypto.ScalarBaseMult(curve, p.li)
-	p.bigAi = crypto.ScalarBaseMult(curve, p.roi)
-	piAi, err := schnorr.NewZKProof(p.context(p.i), p.roi, p.bigAi, rand.Reader)
+	p.bigLi = gg18.BaseMult(p.li)
+	p.bigAi = gg18.BaseMult(p.roi)
+	piAi, err := gg18.ProveZK(p.context(p.i), p.roi, p.bigAi, rand.Reader)
 	if err != nil {
 		return p.wrap(6, fmt.Errorf("NewZKProof(roi, bigAi): %w", err))
 	}
@@ -662,29 +664,47 @@ func (p *engineParty) prepareOnline() *tsslib.Error {
 // and the commitment to V_i = s_i·R + l_i·G and A_i = ρ_i·G (prepareOnline
 // checked the Γ_j and made l_i·G and A_i). k_i and w_i are cleared.
 func (p *engineParty) round5() *tsslib.Error {
-	R := p.pointGamma
+	sum, err := p256.FromAffine(p.pointGamma.X(), p.pointGamma.Y())
+	if err != nil {
+		return p.wrap(5, fmt.Errorf("Γ_i: %w", err))
+	}
 	for j, point := range p.bigGammas {
 		if j == p.i {
 			continue
 		}
-		var err error
-		if R, err = R.Add(point); err != nil {
-			return p.wrap(5, fmt.Errorf("R.Add(bigGammaJ): %w", err), j)
+		gammaJ, err := p256.FromAffine(point.X(), point.Y())
+		if err != nil {
+			return p.wrap(5, fmt.Errorf("Γ_j: %w", err), j)
+		}
+		// tss-lib's R.Add refuses a sum at infinity, naming member j.
+		if sum = p256.Add(sum, gammaJ); sum.IsInfinity() == 1 {
+			return p.wrap(5, errors.New("R.Add(bigGammaJ): the point at infinity"), j)
 		}
 	}
 	q := curve.Params().N
 	modQ := common.ModInt(q)
-	R = R.ScalarMult(p.thetaInverse)
-	p.rx, p.ry = R.X(), R.Y()
+	// δ⁻¹ is public (round 3 broadcast every share of δ), and sum is not
+	// infinity, so neither is R.
+	R := p256.ScalarMult(sum, p.thetaInverse)
+	if p.rx, p.ry, err = p256.Affine(R); err != nil {
+		return p.wrap(5, fmt.Errorf("R: %w", err))
+	}
 	p.si = modQ.Add(modQ.Mul(p.m, p.k), modQ.Mul(p.rx, p.sigma))
 	p.k.SetInt64(0)
 	p.w.SetInt64(0)
-	bigVi, err := R.ScalarMult(p.si).Add(p.bigLi)
+	li, err := p256.FromAffine(p.bigLi.X(), p.bigLi.Y())
+	if err != nil {
+		return p.wrap(5, fmt.Errorf("l_i·G: %w", err))
+	}
+	bigVi := p256.Add(p256.ScalarMult(R, p.si), li)
+	vx, vy, err := p256.Affine(bigVi)
 	if err != nil {
 		return p.wrap(5, fmt.Errorf("rToSi.Add(li): %w", err))
 	}
-	p.bigVi, p.bigR = bigVi, R
-	cmt := commitments.NewHashCommitment(rand.Reader, bigVi.X(), bigVi.Y(), p.bigAi.X(), p.bigAi.Y())
+	p.pointVi = bigVi
+	p.bigR = crypto.NewECPointNoCurveCheck(curve, p.rx, p.ry) // nistec's results are on the curve
+	p.bigVi = crypto.NewECPointNoCurveCheck(curve, vx, vy)
+	cmt := commitments.NewHashCommitment(rand.Reader, vx, vy, p.bigAi.X(), p.bigAi.Y())
 	p.dPower = cmt.D
 	p.out <- signing.NewSignRound5Message(p.self, cmt.C)
 	return nil
@@ -692,7 +712,7 @@ func (p *engineParty) round5() *tsslib.Error {
 
 // round6 opens V_i and A_i with proofs of knowledge of ρ_i and (s_i, l_i).
 func (p *engineParty) round6() *tsslib.Error {
-	piV, err := schnorr.NewZKVProof(p.context(p.i), p.bigVi, p.bigR, p.si, p.li, rand.Reader)
+	piV, err := gg18.ProveZKV(p.context(p.i), p.bigVi, p.bigR, p.si, p.li, rand.Reader)
 	if err != nil {
 		return p.wrap(6, fmt.Errorf("NewZKVProof(bigVi, bigR, si, li): %w", err))
 	}
@@ -702,10 +722,18 @@ func (p *engineParty) round6() *tsslib.Error {
 
 // round7 checks the others' V_j, A_j and commits to U_i = ρ_i·V and
 // T_i = l_i·A, V = −m·G − r·Y + Σ V_j, A = Σ A_j.
+//
+// The others' proofs are checked in one batch (gg18.VerifySchnorrBatch);
+// only if it fails are they checked one by one with tss-lib's Verify, to
+// name the member whose proof is wrong. V and A are sums of public values
+// and use variable-time arithmetic; ρ_i and l_i multiply in constant time.
 func (p *engineParty) round7() *tsslib.Error {
 	ec := curve
 	n := len(p.ids)
 	vs, as := make([]*crypto.ECPoint, n), make([]*crypto.ECPoint, n)
+	pfAs, pfVs := make([]*schnorr.ZKProof, n), make([]*schnorr.ZKVProof, n)
+	var zk []gg18.ZKClaim
+	var zkv []gg18.ZKVClaim
 	for j := range p.ids {
 		if j == p.i {
 			continue
@@ -727,38 +755,80 @@ func (p *engineParty) round7() *tsslib.Error {
 			return p.wrap(7, fmt.Errorf("NewECPoint(bigAj): %w", err), j)
 		}
 		pfA, err := r6.UnmarshalZKProof(ec)
-		if err != nil || !pfA.Verify(ctxJ, aj) {
+		if err != nil {
 			return p.wrap(7, errors.New("schnorr verify for Aj failed"), j)
 		}
 		pfV, err := r6.UnmarshalZKVProof(ec)
-		if err != nil || !pfV.Verify(ctxJ, vj, p.bigR) {
+		if err != nil {
 			return p.wrap(7, errors.New("vverify for Vj failed"), j)
 		}
-		vs[j], as[j] = vj, aj
+		zk = append(zk, gg18.ZKClaim{Session: ctxJ, X: aj, Proof: pfA})
+		zkv = append(zkv, gg18.ZKVClaim{Session: ctxJ, V: vj, R: p.bigR, Proof: pfV})
+		vs[j], as[j], pfAs[j], pfVs[j] = vj, aj, pfA, pfV
+	}
+	ok, err := gg18.VerifySchnorrBatch(zk, zkv, rand.Reader)
+	if err != nil {
+		return p.wrap(7, err)
+	}
+	if !ok {
+		for j := range p.ids {
+			if j == p.i {
+				continue
+			}
+			ctxJ := p.context(j)
+			if !pfAs[j].Verify(ctxJ, as[j]) {
+				return p.wrap(7, errors.New("schnorr verify for Aj failed"), j)
+			}
+			if !pfVs[j].Verify(ctxJ, vs[j], p.bigR) {
+				return p.wrap(7, errors.New("vverify for Vj failed"), j)
+			}
+		}
+		// Every proof passed on its own: the batch is only a shortcut.
+	}
+	// Y is the same in every session of this key: −r·Y uses its table.
+	y, err := p256.Table(p.keys.ECDSAPub.X(), p.keys.ECDSAPub.Y())
+	if err != nil {
+		return p.wrap(7, fmt.Errorf("public key: %w", err))
+	}
+	a, err := p256.FromAffine(p.bigAi.X(), p.bigAi.Y())
+	if err != nil {
+		return p.wrap(7, fmt.Errorf("A_i: %w", err))
 	}
 	modQ := common.ModInt(ec.Params().N)
-	ax, ay := p.bigAi.X(), p.bigAi.Y()
-	minusM := modQ.Sub(big.NewInt(0), p.m)
-	gx, gy := ec.ScalarBaseMult(minusM.Bytes())
-	minusR := modQ.Sub(big.NewInt(0), p.rx)
-	yx, yy := ec.ScalarMult(p.keys.ECDSAPub.X(), p.keys.ECDSAPub.Y(), minusR.Bytes())
-	vx, vy := ec.Add(gx, gy, yx, yy)
-	vx, vy = ec.Add(vx, vy, p.bigVi.X(), p.bigVi.Y())
+	V := p256.Add(y.Mult(modQ.Sub(big.NewInt(0), p.rx)), p256.ScalarBaseMult(modQ.Sub(big.NewInt(0), p.m)))
+	V = p256.Add(V, p.pointVi)
 	for j := range p.ids {
 		if j == p.i {
 			continue
 		}
-		vx, vy = ec.Add(vx, vy, vs[j].X(), vs[j].Y())
-		ax, ay = ec.Add(ax, ay, as[j].X(), as[j].Y())
+		vj, err := p256.FromAffine(vs[j].X(), vs[j].Y())
+		if err != nil {
+			return p.wrap(7, fmt.Errorf("bigVj: %w", err), j)
+		}
+		aj, err := p256.FromAffine(as[j].X(), as[j].Y())
+		if err != nil {
+			return p.wrap(7, fmt.Errorf("bigAj: %w", err), j)
+		}
+		V, a = p256.Add(V, vj), p256.Add(a, aj)
 	}
-	ux, uy := ec.ScalarMult(vx, vy, p.roi.Bytes())
-	tx, ty := ec.ScalarMult(ax, ay, p.li.Bytes())
+	ux, uy := affineOrZero(p256.ScalarMult(V, p.roi))
+	tx, ty := affineOrZero(p256.ScalarMult(a, p.li))
 	p.ui = crypto.NewECPointNoCurveCheck(ec, ux, uy)
 	p.ti = crypto.NewECPointNoCurveCheck(ec, tx, ty)
 	cmt := commitments.NewHashCommitment(rand.Reader, ux, uy, tx, ty)
 	p.dTelda = cmt.D
 	p.out <- signing.NewSignRound7Message(p.self, cmt.C)
 	return nil
+}
+
+// affineOrZero is p's affine coordinates, with the point at infinity as
+// (0, 0): crypto/elliptic's encoding, which tss-lib commits to.
+func affineOrZero(p *p256.Point) (x, y *big.Int) {
+	x, y, err := p256.Affine(p)
+	if err != nil {
+		return new(big.Int), new(big.Int)
+	}
+	return x, y
 }
 
 // round8 opens U_i and T_i.
@@ -770,9 +840,14 @@ func (p *engineParty) round8() *tsslib.Error {
 // round9 checks Σ U_j = Σ T_j, which holds only if the s_j will add up to a
 // valid signature, and then releases s_i.
 func (p *engineParty) round9() *tsslib.Error {
-	ec := curve
-	ux, uy := p.ui.X(), p.ui.Y()
-	tx, ty := p.ti.X(), p.ti.Y()
+	u, err := fromAffineOrZero(p.ui.X(), p.ui.Y())
+	if err != nil {
+		return p.wrap(9, fmt.Errorf("U_i: %w", err))
+	}
+	t, err := fromAffineOrZero(p.ti.X(), p.ti.Y())
+	if err != nil {
+		return p.wrap(9, fmt.Errorf("T_i: %w", err))
+	}
 	for j := range p.ids {
 		if j == p.i {
 			continue
@@ -786,14 +861,32 @@ func (p *engineParty) round9() *tsslib.Error {
 		if !ok || len(values) != 4 {
 			return p.wrap(9, errors.New("de-commitment for Uj and Tj failed"), j)
 		}
-		ux, uy = ec.Add(ux, uy, values[0], values[1])
-		tx, ty = ec.Add(tx, ty, values[2], values[3])
+		// tss-lib adds these with crypto/elliptic, which panics on a point
+		// off the curve; here that is member j's fault, said as such.
+		uj, err := fromAffineOrZero(values[0], values[1])
+		if err != nil {
+			return p.wrap(9, fmt.Errorf("U_j: %w", err), j)
+		}
+		tj, err := fromAffineOrZero(values[2], values[3])
+		if err != nil {
+			return p.wrap(9, fmt.Errorf("T_j: %w", err), j)
+		}
+		u, t = p256.Add(u, uj), p256.Add(t, tj)
 	}
-	if ux.Cmp(tx) != 0 || uy.Cmp(ty) != 0 {
+	if !p256.Equal(u, t) {
 		return p.wrap(9, errors.New("U doesn't equal T"), p.i)
 	}
 	p.out <- signing.NewSignRound9Message(p.self, p.si)
 	return nil
+}
+
+// fromAffineOrZero reads crypto/elliptic's encoding of a point, where
+// (0, 0) is the point at infinity (affineOrZero's inverse).
+func fromAffineOrZero(x, y *big.Int) (*p256.Point, error) {
+	if x != nil && y != nil && x.Sign() == 0 && y.Sign() == 0 {
+		return p256.NewPoint(), nil
+	}
+	return p256.FromAffine(x, y)
 }
 
 // finalize adds the s_j and normalizes s to the lower half as tss-lib does.

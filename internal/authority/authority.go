@@ -39,6 +39,7 @@ import (
 
 	"golang.org/x/crypto/cryptobyte"
 
+	"github.com/tkeyless/tkeyless/internal/p256"
 	"github.com/tkeyless/tkeyless/internal/pki"
 )
 
@@ -333,7 +334,7 @@ func verifySig(pub any, msg, sig []byte) bool {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		d := sha256.Sum256(msg)
-		return ecdsa.VerifyASN1(k, d[:], sig)
+		return p256.VerifyASN1(k, d[:], sig)
 	case ed25519.PublicKey:
 		return ed25519.Verify(k, msg, sig)
 	default:
