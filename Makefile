@@ -65,9 +65,11 @@ fuzz:
 
 ## bench: the load-test matrix (reduced, about 6 minutes) and the overload sweep (about 5) →
 ## BENCHMARKS.md and docs/bench/ (plots, CSV, JSON); then the engine benchmarks beside tss-lib's
-## (about 15 minutes in all on 2 cores).
+## (about 15 minutes in all on 2 cores). BENCHMARKS.md sets the new figures beside the previous
+## run's (the committed docs/bench/results.json, read before it is replaced).
 bench: build
-	$(GO) run ./loadtest matrix --bin $(BIN) --out docs/bench --markdown BENCHMARKS.md --overload
+	$(GO) run ./loadtest matrix --bin $(BIN) --out docs/bench --markdown BENCHMARKS.md --overload \
+	  $(if $(wildcard docs/bench/results.json),--compare docs/bench/results.json)
 	$(GO) test -run XXX -bench 'Sign$$|SignReference|Presign' -benchtime 5x -count 1 ./tss/ | tee docs/bench/engine.txt
 
 ## bench-full: the whole matrix, concurrency 1–32.

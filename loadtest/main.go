@@ -159,7 +159,7 @@ Only loopback targets are accepted unless --allow-remote is given.`,
 
 func matrixCmd() *cobra.Command {
 	var full, quick, keep, overload, overloadOnly bool
-	var bin, out, markdown, render, thresholds string
+	var bin, out, markdown, render, thresholds, compare string
 	var concurrency []int
 	var duration, overloadTimeout time.Duration
 	cmd := &cobra.Command{
@@ -213,6 +213,15 @@ benchmarks: about 15 minutes in all); --full sweeps concurrency up to 32.`,
 				return err
 			}
 			o.Bin, o.Repo, o.Out, o.Log, o.Keep = bin, repo, out, os.Stderr, keep
+			if compare != "" && (render != "" || overloadOnly) {
+				return errors.New("--compare goes with a measuring run; --render and --overload-only keep the comparison their results.json holds")
+			}
+			if compare != "" {
+				// Read now: the run overwrites --out/results.json, usually this file.
+				if o.Previous, err = matrix.LoadPrevious(compare); err != nil {
+					return err
+				}
+			}
 			if _, err := os.Stat(filepath.Join(bin, "signer")); err != nil {
 				return fmt.Errorf("%s/signer not found: run make build first", bin)
 			}
@@ -269,6 +278,7 @@ benchmarks: about 15 minutes in all); --full sweeps concurrency up to 32.`,
 	cmd.Flags().DurationVar(&overloadTimeout, "overload-sign-timeout", 0, "the overload sweep's edge --sign-timeout (default 5s, the edge's default; raise it on a machine busy with other work)")
 	cmd.Flags().BoolVar(&overloadOnly, "overload-only", false, "run only the overload sweep, keeping the other results in --out/results.json")
 	cmd.Flags().StringVar(&render, "render", "", "measure nothing: redraw the outputs from this results.json")
+	cmd.Flags().StringVar(&compare, "compare", "", "an earlier run's results.json (e.g. the committed docs/bench/results.json): BENCHMARKS.md sets its full-handshake p50 and req/s and its warm pools beside this run's")
 	cmd.Flags().StringVar(&markdown, "markdown", "BENCHMARKS.md", "also write the Markdown summary here, with plot links into --out (empty: only in --out)")
 	return cmd
 }

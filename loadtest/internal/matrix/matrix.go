@@ -29,6 +29,9 @@ type Options struct {
 	Thresholds    [][2]int
 	Log           io.Writer
 	Keep          bool // keep each configuration's files and process logs
+	// Previous, if set, is an earlier run's figures, carried into
+	// results.json and set beside this run's in BENCHMARKS.md.
+	Previous *Previous
 }
 
 // Reduced is the matrix `make bench` runs: about 6 minutes on 2 cores.
@@ -93,6 +96,8 @@ type Results struct {
 	// The overload sweep, if it ran.
 	OverloadOptions *OverloadOptions `json:"overload_options,omitempty"`
 	Overload        []OverloadPoint  `json:"overload,omitempty"`
+	// The earlier run this one is compared with (--compare), if any.
+	Previous *Previous `json:"previous,omitempty"`
 }
 
 // Run runs the matrix and writes its outputs into o.Out.
@@ -100,7 +105,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, err
 	}
-	res := &Results{Machine: thisMachine()}
+	res := &Results{Machine: thisMachine(), Previous: o.Previous}
 	res.Options.Concurrencies, res.Options.Resumptions = o.Concurrencies, o.Resumptions
 	res.Options.Duration, res.Options.PresignDepth = o.Duration.String(), o.PresignDepth
 	configs := []Config{{Name: "local key", Kind: "local", Baseline: true}, {Name: "gokeyless", Kind: "gokeyless", Baseline: true}}

@@ -63,6 +63,9 @@ func (r *Results) write(dir string) error {
 	if err != nil {
 		return err
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil { // --render into a new directory
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(dir, "results.json"), b, 0o644); err != nil {
 		return err
 	}
@@ -212,6 +215,7 @@ func (r *Results) Markdown(plotDir string) string {
 	for _, resume := range r.Options.Resumptions {
 		fmt.Fprintf(&b, "![latency, %d%% resumed](%slatency-resume%d.png)\n![throughput, %d%% resumed](%sthroughput-resume%d.png)\n\n", resume, plotDir, resume, resume, plotDir, resume)
 	}
+	r.compareMarkdown(&b)
 	if len(r.Warm) > 0 {
 		b.WriteString("## Presigning with a warm pool\n\n")
 		fmt.Fprintf(&b, "Full handshakes one at a time while every node's pool is full (as many as one pool holds), then the time until the pools are full again; %d such bursts, one p50 over all their requests.\n\n", warmBursts)

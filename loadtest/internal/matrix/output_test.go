@@ -32,3 +32,45 @@ func TestRenderOneConcurrency(t *testing.T) {
 		}
 	}
 }
+
+// A run compared with an earlier one (--compare) shows both side by side,
+// and keeps the comparison through results.json, so --render and the
+// overload sweep, which re-read it, do not lose it.
+func TestRenderCompare(t *testing.T) {
+	prev, err := LoadPrevious("testdata/one-concurrency.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Render("testdata/one-concurrency.json", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(r.Markdown(""), "Against the previous run") {
+		t.Fatal("a run without --compare shows a comparison")
+	}
+	// The earlier run was twice as slow at (2,3), c=1.
+	for i := range prev.Points {
+		if prev.Points[i].Config == "tkeyless (2,3)" && prev.Points[i].Resume == 0 {
+			prev.Points[i].P50 *= 2
+			prev.Points[i].Goodput /= 2
+		}
+	}
+	r.Previous = prev
+	dir := t.TempDir()
+	if err := r.write(dir); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Render(filepath.Join(dir, "results.json"), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := again.Markdown("")
+	for _, want := range []string{"## Against the previous run", "| tkeyless (2,3) | 1 |", "| 0.50 |", "| 2.00 |", "| local key | 1 |", "| 1.00 |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("comparison lacks %q:\n%s", want, md)
+		}
+	}
+	if _, err := LoadPrevious(filepath.Join(t.TempDir(), "missing.json")); err == nil {
+		t.Error("a missing file to compare with was accepted")
+	}
+}
