@@ -74,14 +74,14 @@ func errUnsupported(v int64) error {
 // handle runs one call: version check, decoding, the domain call, encoding.
 // A message that fails to decode is the caller's fault (InvalidArgument),
 // never a crash.
-func handle[M proto.Message, Req any, Resp any, W any](ctx context.Context, m M, version int64,
+func handle[M proto.Message, Req any, Resp any, W any](ctx context.Context, m M, version msgVersion,
 	from func(M) (*Req, error), call func(context.Context, *Req) (*Resp, error), to func(*Resp) W) (W, error) {
 	var zero W
 	_ = grpc.SetTrailer(ctx, metadata.Pairs(versionsTrailer, versionRange()))
-	if version >= 0 && !Supported(int(version)) {
-		return zero, errUnsupported(version)
+	if version.versioned && !Supported(int(version.v)) {
+		return zero, errUnsupported(version.v)
 	}
-	if err := inspect(m, version); err != nil {
+	if err := inspect(m, version.v); err != nil {
 		return zero, status.Error(codes.InvalidArgument, err.Error())
 	}
 	req, err := from(m)
@@ -98,10 +98,21 @@ func handle[M proto.Message, Req any, Resp any, W any](ctx context.Context, m M,
 	return to(resp), nil
 }
 
+// msgVersion is the protocol version a call's message states, if it
+// states one. Whether it does is kept apart from the value: a sentinel
+// such as −1 is a value a peer can send, and once let such a message past
+// the version check.
+type msgVersion struct {
+	v         int64
+	versioned bool
+}
+
+func versioned(v int64) msgVersion { return msgVersion{v: v, versioned: true} }
+
 // noVersion marks calls whose messages carry no version (operator
 // commands, which a node answers in any version, and Ping, which
 // negotiates it).
-const noVersion = -1
+var noVersion = msgVersion{}
 
 func ok[A, B any](f func(A) B) func(A) (B, error) { return func(a A) (B, error) { return f(a), nil } }
 
@@ -115,19 +126,19 @@ func (s *service) Ping(ctx context.Context, m *pb.PingRequest) (*pb.PingResponse
 }
 
 func (s *service) Prepare(ctx context.Context, m *pb.PrepareRequest) (*pb.PrepareResponse, error) {
-	return handle(ctx, m, m.GetVersion(), prepareRequestFromPB, s.s.Prepare, empty[PrepareResponse](&pb.PrepareResponse{}))
+	return handle(ctx, m, versioned(m.GetVersion()), prepareRequestFromPB, s.s.Prepare, empty[PrepareResponse](&pb.PrepareResponse{}))
 }
 
 func (s *service) Run(ctx context.Context, m *pb.RunRequest) (*pb.RunResponse, error) {
-	return handle(ctx, m, m.GetVersion(), runRequestFromPB, s.s.Run, runResponseToPB)
+	return handle(ctx, m, versioned(m.GetVersion()), runRequestFromPB, s.s.Run, runResponseToPB)
 }
 
 func (s *service) Deliver(ctx context.Context, m *pb.Envelope) (*pb.DeliverResponse, error) {
-	return handle(ctx, m, m.GetVersion(), envelopeFromPB, s.s.Deliver, empty[DeliverResponse](&pb.DeliverResponse{}))
+	return handle(ctx, m, versioned(m.GetVersion()), envelopeFromPB, s.s.Deliver, empty[DeliverResponse](&pb.DeliverResponse{}))
 }
 
 func (s *service) Echo(ctx context.Context, m *pb.EchoRequest) (*pb.EchoResponse, error) {
-	return handle(ctx, m, m.GetVersion(), echoFromPB, s.s.Echo, empty[EchoResponse](&pb.EchoResponse{}))
+	return handle(ctx, m, versioned(m.GetVersion()), echoFromPB, s.s.Echo, empty[EchoResponse](&pb.EchoResponse{}))
 }
 
 func (s *service) KeygenCeremony(ctx context.Context, m *pb.KeygenCeremonyRequest) (*pb.KeygenCeremonyResponse, error) {
@@ -151,15 +162,15 @@ func (s *service) ImportCeremony(ctx context.Context, m *pb.ImportCeremonyReques
 }
 
 func (s *service) FinishReshare(ctx context.Context, m *pb.FinishReshareRequest) (*pb.FinishReshareResponse, error) {
-	return handle(ctx, m, m.GetVersion(), finishReshareRequestFromPB, s.s.FinishReshare, empty[FinishReshareResponse](&pb.FinishReshareResponse{}))
+	return handle(ctx, m, versioned(m.GetVersion()), finishReshareRequestFromPB, s.s.FinishReshare, empty[FinishReshareResponse](&pb.FinishReshareResponse{}))
 }
 
 func (s *service) FinishPresign(ctx context.Context, m *pb.FinishPresignRequest) (*pb.RunResponse, error) {
-	return handle(ctx, m, m.GetVersion(), finishPresignRequestFromPB, s.s.FinishPresign, runResponseToPB)
+	return handle(ctx, m, versioned(m.GetVersion()), finishPresignRequestFromPB, s.s.FinishPresign, runResponseToPB)
 }
 
 func (s *service) ReshareOutcome(ctx context.Context, m *pb.ReshareOutcomeRequest) (*pb.ReshareOutcomeResponse, error) {
-	return handle(ctx, m, m.GetVersion(), reshareOutcomeRequestFromPB, s.s.ReshareOutcome, reshareOutcomeResponseToPB)
+	return handle(ctx, m, versioned(m.GetVersion()), reshareOutcomeRequestFromPB, s.s.ReshareOutcome, reshareOutcomeResponseToPB)
 }
 
 func (s *service) Readmit(ctx context.Context, m *pb.ReadmitRequest) (*pb.ReadmitResponse, error) {
@@ -254,7 +265,7 @@ func (c *Client) wireVersion(v int) int64 {
 func call[M proto.Message, R any](ctx context.Context, c *Client, version int, setVersion func(M, int64), m M,
 	rpc func(context.Context, M, ...grpc.CallOption) (R, error), opts []grpc.CallOption) (R, error) {
 	for attempt := 0; ; attempt++ {
-		var wire int64 = noVersion
+		var wire int64 // stays 0 for a message that states no version
 		if setVersion != nil {
 			wire = c.wireVersion(version)
 			setVersion(m, wire)

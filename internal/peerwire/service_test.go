@@ -3,6 +3,7 @@ package peerwire
 import (
 	"context"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"net"
 	"reflect"
@@ -315,6 +316,20 @@ func TestVersionNegotiationWire(t *testing.T) {
 	_, err = pc.Deliver(ctx, &pb.Envelope{Version: Version + 1, Session: make([]byte, 16)})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("envelope from the future: %v, want FailedPrecondition", err)
+	}
+	// A negative version is no version this build speaks either: the
+	// unversioned calls' marker must not be a value a peer can send.
+	n := len(rec.got)
+	for _, v := range []int64{-1, -2, math.MinInt64} {
+		if _, err := pc.Run(ctx, &pb.RunRequest{Version: v, Session: make([]byte, 16)}); status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("Run in version %d: %v, want FailedPrecondition", v, err)
+		}
+		if _, err := pc.FinishPresign(ctx, &pb.FinishPresignRequest{Version: v, Session: make([]byte, 16)}); status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("FinishPresign in version %d: %v, want FailedPrecondition", v, err)
+		}
+	}
+	if len(rec.got) != n {
+		t.Error("a message in a negative version reached the node")
 	}
 
 	// A field from a newer schema: field 999, a string. (In MinVersion:
