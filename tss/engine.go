@@ -729,11 +729,10 @@ func (p *engineParty) round6() *tsslib.Error {
 // and use variable-time arithmetic; ρ_i and l_i multiply in constant time.
 func (p *engineParty) round7() *tsslib.Error {
 	ec := curve
-	n := len(p.ids)
-	vs, as := make([]*crypto.ECPoint, n), make([]*crypto.ECPoint, n)
-	pfAs, pfVs := make([]*schnorr.ZKProof, n), make([]*schnorr.ZKVProof, n)
+	// zk[k] and zkv[k] are member who[k]'s proofs of A_j and V_j.
 	var zk []gg18.ZKClaim
 	var zkv []gg18.ZKVClaim
+	var who []int
 	for j := range p.ids {
 		if j == p.i {
 			continue
@@ -764,22 +763,18 @@ func (p *engineParty) round7() *tsslib.Error {
 		}
 		zk = append(zk, gg18.ZKClaim{Session: ctxJ, X: aj, Proof: pfA})
 		zkv = append(zkv, gg18.ZKVClaim{Session: ctxJ, V: vj, R: p.bigR, Proof: pfV})
-		vs[j], as[j], pfAs[j], pfVs[j] = vj, aj, pfA, pfV
+		who = append(who, j)
 	}
 	ok, err := gg18.VerifySchnorrBatch(zk, zkv, rand.Reader)
 	if err != nil {
 		return p.wrap(7, err)
 	}
 	if !ok {
-		for j := range p.ids {
-			if j == p.i {
-				continue
-			}
-			ctxJ := p.context(j)
-			if !pfAs[j].Verify(ctxJ, as[j]) {
+		for k, j := range who {
+			if a := zk[k]; !a.Proof.Verify(a.Session, a.X) {
 				return p.wrap(7, errors.New("schnorr verify for Aj failed"), j)
 			}
-			if !pfVs[j].Verify(ctxJ, vs[j], p.bigR) {
+			if v := zkv[k]; !v.Proof.Verify(v.Session, v.V, v.R) {
 				return p.wrap(7, errors.New("vverify for Vj failed"), j)
 			}
 		}
@@ -797,15 +792,12 @@ func (p *engineParty) round7() *tsslib.Error {
 	modQ := common.ModInt(ec.Params().N)
 	V := p256.Add(y.Mult(modQ.Sub(big.NewInt(0), p.rx)), p256.ScalarBaseMult(modQ.Sub(big.NewInt(0), p.m)))
 	V = p256.Add(V, p.pointVi)
-	for j := range p.ids {
-		if j == p.i {
-			continue
-		}
-		vj, err := p256.FromAffine(vs[j].X(), vs[j].Y())
+	for k, j := range who {
+		vj, err := p256.FromAffine(zkv[k].V.X(), zkv[k].V.Y())
 		if err != nil {
 			return p.wrap(7, fmt.Errorf("bigVj: %w", err), j)
 		}
-		aj, err := p256.FromAffine(as[j].X(), as[j].Y())
+		aj, err := p256.FromAffine(zk[k].X.X(), zk[k].X.Y())
 		if err != nil {
 			return p.wrap(7, fmt.Errorf("bigAj: %w", err), j)
 		}

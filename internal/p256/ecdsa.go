@@ -3,7 +3,6 @@ package p256
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"errors"
 	"math/big"
 	"sync"
 
@@ -23,6 +22,9 @@ import (
 //
 // The first verification under a key builds its table (~0.5 ms); at most
 // maxKeys tables are kept, so a stream of new keys costs time, not memory.
+// Every caller passes only keys of certificates that chain to the
+// cluster's CA (node certificates, edge and admin identities), so that
+// stream is not the attacker's to choose.
 func VerifyASN1(pub *ecdsa.PublicKey, hash, sig []byte) bool {
 	if pub == nil || pub.Curve == nil || pub.Curve.Params() != elliptic.P256().Params() {
 		return ecdsa.VerifyASN1(pub, hash, sig)
@@ -75,13 +77,10 @@ var tables struct {
 // tables VerifyASN1 keeps, building it on first use; a point off the curve
 // is an error, as crypto/ecdsa refuses such a key.
 func Table(x, y *big.Int) (*FixedBase, error) {
-	if x == nil || y == nil || x.Sign() < 0 || y.Sign() < 0 || x.BitLen() > 256 || y.BitLen() > 256 {
-		return nil, errors.New("p256: public key coordinates out of range")
+	key, err := uncompressed(x, y)
+	if err != nil {
+		return nil, err
 	}
-	var key [65]byte
-	key[0] = 4
-	x.FillBytes(key[1:33])
-	y.FillBytes(key[33:])
 	tables.Lock()
 	fb := tables.byKey[key]
 	tables.Unlock()

@@ -41,14 +41,23 @@ func NewPoint() *Point { return nistec.NewP256Point() }
 // FromAffine returns the point (x, y), or an error if it is not on the
 // curve. (0, 0), crypto/elliptic's encoding of infinity, is refused too.
 func FromAffine(x, y *big.Int) (*Point, error) {
-	if x == nil || y == nil || x.Sign() < 0 || y.Sign() < 0 || x.BitLen() > 256 || y.BitLen() > 256 {
-		return nil, errors.New("p256: coordinates out of range")
+	b, err := uncompressed(x, y)
+	if err != nil {
+		return nil, err
 	}
-	var b [65]byte
+	return nistec.NewP256Point().SetBytes(b[:])
+}
+
+// uncompressed is the SEC 1 encoding of (x, y), not yet checked to be on
+// the curve.
+func uncompressed(x, y *big.Int) (b [65]byte, err error) {
+	if x == nil || y == nil || x.Sign() < 0 || y.Sign() < 0 || x.BitLen() > 256 || y.BitLen() > 256 {
+		return b, errors.New("p256: coordinates out of range")
+	}
 	b[0] = 4
 	x.FillBytes(b[1:33])
 	y.FillBytes(b[33:])
-	return nistec.NewP256Point().SetBytes(b[:])
+	return b, nil
 }
 
 // Affine returns p's affine coordinates, or an error for the point at

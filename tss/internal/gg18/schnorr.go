@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"slices"
 
 	"github.com/bnb-chain/tss-lib/v2/common"
 	"github.com/bnb-chain/tss-lib/v2/crypto"
@@ -61,7 +62,9 @@ func zkvChallenge(session []byte, V, R *crypto.ECPoint, ax, ay *big.Int) *big.In
 func BaseMult(k *big.Int) *crypto.ECPoint {
 	x, y, err := p256.Affine(p256.ScalarBaseMult(k))
 	if err != nil {
-		// k ≡ 0 mod q; the callers' k are drawn from [1, q).
+		// k ≡ 0 mod q. The callers draw k uniformly from [0, q), so this
+		// has probability 2⁻²⁵⁶; the session runner turns the panic into
+		// a failed session.
 		panic("gg18: BaseMult of a multiple of the order")
 	}
 	return crypto.NewECPointNoCurveCheck(elliptic.P256(), x, y) // a nistec result is on the curve
@@ -160,9 +163,13 @@ func VerifySchnorrBatch(zk []ZKClaim, zkv []ZKVClaim, rand io.Reader) (bool, err
 		}
 		gSum.Add(gSum, new(big.Int).Mul(w, pf.T))
 	}
-	rSums := map[[2]string]*big.Int{}
-	var rPoints [][2]string
-	rOf := map[[2]string]*crypto.ECPoint{}
+	// Proofs against the same R (every member's in round 7) share one
+	// term: Σ w_k·t_k for that R.
+	type rTerm struct {
+		R   *crypto.ECPoint
+		sum *big.Int
+	}
+	var rTerms []*rTerm
 	for _, c := range zkv {
 		pf := c.Proof
 		if pf == nil || !pf.ValidateBasic() || c.V == nil || !c.V.ValidateBasic() || c.R == nil || !c.R.ValidateBasic() || !nonZero(pf.T) || !nonZero(pf.U) {
@@ -177,17 +184,14 @@ func VerifySchnorrBatch(zk []ZKClaim, zkv []ZKVClaim, rand io.Reader) (bool, err
 			return false, nil
 		}
 		gSum.Add(gSum, new(big.Int).Mul(w, pf.U))
-		// Proofs against the same R (every member's in round 7) share one
-		// term.
-		key := [2]string{string(c.R.X().Bytes()), string(c.R.Y().Bytes())}
-		if _, ok := rSums[key]; !ok {
-			rSums[key], rOf[key] = new(big.Int), c.R
-			rPoints = append(rPoints, key)
+		i := slices.IndexFunc(rTerms, func(t *rTerm) bool { return t.R.Equals(c.R) })
+		if i < 0 {
+			i, rTerms = len(rTerms), append(rTerms, &rTerm{R: c.R, sum: new(big.Int)})
 		}
-		rSums[key].Add(rSums[key], new(big.Int).Mul(w, pf.T))
+		rTerms[i].sum.Add(rTerms[i].sum, new(big.Int).Mul(w, pf.T))
 	}
-	for _, key := range rPoints {
-		if !term(rOf[key], new(big.Int).Neg(rSums[key])) {
+	for _, t := range rTerms {
+		if !term(t.R, t.sum.Neg(t.sum)) {
 			return false, nil
 		}
 	}
