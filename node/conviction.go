@@ -121,8 +121,8 @@ func (n *Node) readmit(peer, by string) (bool, error) {
 
 // sessionFailed learns what it can from a session that failed on this
 // node, coordinated here or elsewhere: it convicts the members proven to
-// have cheated, and charges the key's abort budget for an abort that named
-// nobody.
+// have cheated, charges the key's abort budget for an abort that named
+// nobody, and raises an alert for a fault of this node's own arithmetic.
 func (n *Node) sessionFailed(s *session, err error) {
 	var se *tss.SessionError
 	if !errors.As(err, &se) {
@@ -130,6 +130,11 @@ func (n *Node) sessionFailed(s *session, err error) {
 	}
 	for _, c := range se.Convicted {
 		n.convict(c, s.id, s.key, se)
+	}
+	if se.Fault {
+		n.metrics.faults.WithLabelValues(s.key).Inc()
+		n.log.Error().Bool("alert", true).Str("event", "arithmetic_fault").Str("session", s.id.String()).Str("key", s.key).Int("round", se.Round).
+			Msg("this node's own Paillier or Ñ arithmetic failed its consistency check; the result was discarded and no peer was blamed. Check this machine's memory and CPU")
 	}
 	if se.Unattributed && (s.kind == peerwire.KindSign || s.kind == peerwire.KindPresign) {
 		n.chargeAbort(s.key, s.id, se)

@@ -22,6 +22,7 @@ type metrics struct {
 	convictions  *prometheus.CounterVec
 	convicted    *prometheus.GaugeVec
 	unattributed *prometheus.CounterVec
+	faults       *prometheus.CounterVec
 	suspended    *prometheus.GaugeVec
 	queueLength  prometheus.Gauge
 	queueWait    prometheus.Histogram
@@ -74,6 +75,10 @@ func newMetrics(sessions func() float64) *metrics {
 	m.presignDepth = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "tkeyless_signer_presign_pool_depth",
 		Help: "Ready presignatures this node holds for the requests it coordinates, by key.",
+	}, []string{"key"})
+	m.faults = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tkeyless_signer_arithmetic_faults_total",
+		Help: "Sessions this node ended because its own CRT arithmetic failed its consistency check: a fault of this machine (memory, CPU), named on no peer. Anything above zero needs looking at.",
 	}, []string{"key"})
 	m.signPath = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "tkeyless_signer_sign_path_duration_seconds",
@@ -138,7 +143,7 @@ func newMetrics(sessions func() float64) *metrics {
 		Help: "Session messages other members delivered here, by how they came: stream (a link's Deliveries stream, protocol version 4) or call (a Deliver call each).",
 	}, []string{"via"})
 	m.reg.MustRegister(m.messages, m.echoes, m.signRequests, m.signDuration, m.aborts, m.culprits, m.refused, m.queueDepth, m.sessions, m.peerUp, m.presign, m.presignDepth, m.signPath,
-		m.convictions, m.convicted, m.unattributed, m.suspended, m.queueLength, m.queueWait, m.computing, m.overloaded, m.cancelled, m.reloads, m.lastReload,
+		m.convictions, m.convicted, m.unattributed, m.faults, m.suspended, m.queueLength, m.queueWait, m.computing, m.overloaded, m.cancelled, m.reloads, m.lastReload,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

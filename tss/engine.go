@@ -174,7 +174,9 @@ func (p *engineParty) context(j int) []byte {
 
 // forPeers runs f for every other member in parallel (the work of a round
 // is independent per peer: on idle cores this is latency saved) and
-// returns the members whose f failed, in order, with the first error.
+// returns the members whose f failed, in order, with the first error; or,
+// when any f met a fault of this party's own arithmetic (gg18.ErrFault),
+// that error and no member.
 //
 // A panic in f (tss-lib panics on some malformed peer values) becomes
 // member j's error: these goroutines are outside runner.safely's recover,
@@ -196,6 +198,15 @@ func (p *engineParty) forPeers(f func(j int) error) ([]int, error) {
 		})
 	}
 	wg.Wait()
+	// A fault in this party's own arithmetic (its Paillier key's or Ñ's
+	// CRT) names nobody: it says nothing about the values being checked,
+	// and the other verdicts of the round were computed on the same
+	// faulty machine.
+	for _, err := range errs {
+		if errors.Is(err, gg18.ErrFault) {
+			return nil, err
+		}
+	}
 	var culprits []int
 	var first error
 	for j, err := range errs {
@@ -207,6 +218,15 @@ func (p *engineParty) forPeers(f func(j int) error) ([]int, error) {
 		}
 	}
 	return culprits, first
+}
+
+// proofError is the error of a peer's proof that failed verification: the
+// message tss-lib gives for it, or the local fault that stopped the check.
+func proofError(proof string, err error) error {
+	if errors.Is(err, gg18.ErrFault) {
+		return fmt.Errorf("verifying %s: %w", proof, err)
+	}
+	return fmt.Errorf("%s.Verify() returned false", proof)
 }
 
 // ssidOf is tss-lib's signing session id (rounds.go getSSID): the curve,
@@ -467,8 +487,8 @@ func (p *engineParty) round2() *tsslib.Error {
 		}
 		cA := r1.UnmarshalC()
 		pkA := p.peerPK[j]
-		if !gg18.VerifyRangeAlice(curve, pf, pkA, p.ownRing, cA) {
-			return errors.New("RangeProofAlice.Verify() returned false")
+		if err := gg18.VerifyRangeAlice(curve, pf, pkA, p.ownRing, cA); err != nil {
+			return proofError("RangeProofAlice", err)
 		}
 		bob := func(b *big.Int, X *crypto.ECPoint, betaPrm *big.Int) (*big.Int, *mta.ProofBobWC, *big.Int, error) {
 			cBeta, rBeta, err := gg18.Encrypt(pkA, rand.Reader, new(big.Int).Mod(betaPrm, pkA.N()))
@@ -539,8 +559,8 @@ func (p *engineParty) round3() *tsslib.Error {
 				errs[0] = fmt.Errorf("UnmarshalProofBob failed: %w", err)
 				return
 			}
-			if !gg18.VerifyBob(curve, ctxJ, pf, nil, p.own, p.ownRing, p.cis[j], c1, nil) {
-				errs[0] = errors.New("ProofBob.Verify() returned false")
+			if err := gg18.VerifyBob(curve, ctxJ, pf, nil, p.own, p.ownRing, p.cis[j], c1, nil); err != nil {
+				errs[0] = proofError("ProofBob", err)
 				return
 			}
 			alphas[j], errs[0] = p.plaintext(j, 0, c1)
@@ -548,8 +568,8 @@ func (p *engineParty) round3() *tsslib.Error {
 		pf, err := r2.UnmarshalProofBobWC(curve)
 		if err != nil {
 			errs[1] = fmt.Errorf("UnmarshalProofBobWC failed: %w", err)
-		} else if !gg18.VerifyBob(curve, ctxJ, pf.ProofBob, pf.U, p.own, p.ownRing, p.cis[j], c2, p.bigWs[j]) {
-			errs[1] = errors.New("ProofBobWC.Verify() returned false")
+		} else if err := gg18.VerifyBob(curve, ctxJ, pf.ProofBob, pf.U, p.own, p.ownRing, p.cis[j], c2, p.bigWs[j]); err != nil {
+			errs[1] = proofError("ProofBobWC", err)
 		} else {
 			us[j], errs[1] = p.plaintext(j, 1, c2)
 		}

@@ -2,6 +2,7 @@ package tss
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"math/big"
 	"slices"
@@ -10,9 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bnb-chain/tss-lib/v2/crypto"
+	cmt "github.com/bnb-chain/tss-lib/v2/crypto/commitments"
 	"github.com/bnb-chain/tss-lib/v2/crypto/schnorr"
 	"github.com/bnb-chain/tss-lib/v2/ecdsa/signing"
 	tsslib "github.com/bnb-chain/tss-lib/v2/tss"
+
+	"github.com/tkeyless/tkeyless/tss/internal/gg18"
 )
 
 // TestForPeersRecoversPanic: a panic in one member's per-peer work (its
@@ -153,4 +158,180 @@ func culprits(se *SessionError) []string {
 		return nil
 	}
 	return se.Culprits
+}
+
+// TestOwnFaultNamesNobody: when a member's own CRT arithmetic faults (its
+// Ñ while it checks the others' range proofs in round 2, or its Paillier
+// key while it decrypts their MtA answers), its session ends with a Fault
+// that names and convicts nobody and does not count as an unattributed
+// abort; the honest members convict nobody either. Before, the member
+// blamed whichever peer's proof or answer it was checking.
+func TestOwnFaultNamesNobody(t *testing.T) {
+	shares := fixtureShares(t, 2, 3)
+	b := shares[1].data
+	bN2 := new(big.Int).Mul(b.PaillierSK.N, b.PaillierSK.N)
+	for _, tc := range []struct {
+		name, op string
+		mod      *big.Int
+	}{
+		{"own Ñ in round 2", "commit", b.LocalPreParams.NTildei},
+		{"own Paillier key decrypting", "decrypt", bN2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer gg18.SetFaultInjector(func(op string, m *big.Int) bool { return op == tc.op && m.Cmp(tc.mod) == 0 })()
+			net := newMemnet()
+			quorum := []string{"a", "b", "c"}
+			sessions := map[string]*SignSession{}
+			for i, name := range quorum {
+				s, err := NewSignSession(shares[i], quorum, digests()["SHA-256"], net.outbox(name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				sessions[name] = s
+				net.join(name, s)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			errs := map[string]error{}
+			var mu sync.Mutex
+			var faulty, all sync.WaitGroup
+			faulty.Add(1)
+			for name, s := range sessions {
+				all.Go(func() {
+					_, err := s.Run(ctx)
+					mu.Lock()
+					errs[name] = err
+					mu.Unlock()
+					if name == "b" {
+						faulty.Done()
+					}
+				})
+			}
+			faulty.Wait()
+			cancel() // a and c wait for b's messages
+			all.Wait()
+			var se *SessionError
+			if !errors.As(errs["b"], &se) || !se.Fault || !errors.Is(errs["b"], ErrFault) || len(se.Culprits) > 0 || len(se.Convicted) > 0 || se.Unattributed {
+				t.Fatalf("b: %v (culprits %v, fault %v, unattributed %v), want a fault naming nobody", errs["b"], culprits(se), se != nil && se.Fault, se != nil && se.Unattributed)
+			}
+			for _, name := range []string{"a", "c"} {
+				var se *SessionError
+				if errors.As(errs[name], &se) && (len(se.Convicted) > 0 || se.Fault) {
+					t.Errorf("%s: %v, want no conviction and no fault of its own", name, errs[name])
+				}
+			}
+		})
+	}
+}
+
+// TestRound9RefusesWithoutReleasingShare: a member that opens its round-7
+// commitment to U_j, T_j wrongly, to a point off the curve, or to values
+// with Σ U ≠ Σ T is refused at round 9 by both honest members, naming it
+// where its messages prove it (the opening, the point) and naming nobody
+// where they cannot (the sums), and neither honest member sends its share
+// s_i: s_i leaves only when the check of rounds 5–8 passed.
+func TestRound9RefusesWithoutReleasingShare(t *testing.T) {
+	shares := fixtureShares(t, 2, 3)
+	g := crypto.ScalarBaseMult(curve, big.NewInt(1))
+	for _, tc := range []struct {
+		name    string
+		commit  func(u, t *crypto.ECPoint) []*big.Int // what b commits to in round 7; nil: its true values
+		opening func(d cmt.HashDeCommitment) cmt.HashDeCommitment
+		blame   []string // nil: unattributed
+		want    string
+	}{
+		{name: "opening does not match", opening: func(d cmt.HashDeCommitment) cmt.HashDeCommitment {
+			d = slices.Clone(d)
+			d[1] = new(big.Int).Add(d[1], big.NewInt(1))
+			return d
+		}, blame: []string{"b"}, want: "de-commitment for Uj and Tj failed"},
+		{name: "U_j off the curve", commit: func(u, t *crypto.ECPoint) []*big.Int {
+			return []*big.Int{u.X(), new(big.Int).Add(u.Y(), big.NewInt(1)), t.X(), t.Y()}
+		}, blame: []string{"b"}, want: "U_j"},
+		{name: "sum of U is not sum of T", commit: func(u, t *crypto.ECPoint) []*big.Int {
+			u2, err := u.Add(g)
+			if err != nil {
+				panic(err)
+			}
+			return []*big.Int{u2.X(), u2.Y(), t.X(), t.Y()}
+		}, want: "U doesn't equal T"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tamperMessage = func(_ string, party protocolParty, m tsslib.Message) tsslib.Message {
+				p, ok := party.(*engineParty)
+				if !ok || m.GetFrom().Id != "b" {
+					return m
+				}
+				switch m.(tsslib.ParsedMessage).Content().(type) {
+				case *signing.SignRound7Message:
+					if tc.commit == nil {
+						return m
+					}
+					c := cmt.NewHashCommitment(rand.Reader, tc.commit(p.ui, p.ti)...)
+					p.dTelda = c.D
+					return signing.NewSignRound7Message(m.GetFrom(), c.C)
+				case *signing.SignRound8Message:
+					d := p.dTelda // set above, even when round 8 was made in the same call as round 7
+					if tc.opening != nil {
+						d = tc.opening(d)
+					}
+					return signing.NewSignRound8Message(m.GetFrom(), d)
+				}
+				return m
+			}
+			defer func() { tamperMessage = nil }()
+
+			net := newMemnet()
+			var mu sync.Mutex
+			released := map[string]bool{}
+			net.tamper = func(from, _ string, m Outgoing) []byte {
+				if strings.HasSuffix(m.Type, "SignRound9Message") {
+					mu.Lock()
+					released[from] = true
+					mu.Unlock()
+				}
+				return m.Payload
+			}
+			quorum := []string{"a", "b", "c"}
+			sessions := map[string]*SignSession{}
+			for i, name := range quorum {
+				s, err := NewSignSession(shares[i], quorum, digests()["SHA-256"], net.outbox(name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				sessions[name] = s
+				net.join(name, s)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			errs := map[string]error{}
+			var honest, all sync.WaitGroup
+			for name, s := range sessions {
+				if name != "b" {
+					honest.Add(1)
+				}
+				all.Go(func() {
+					_, err := s.Run(ctx)
+					mu.Lock()
+					errs[name] = err
+					mu.Unlock()
+					if name != "b" {
+						honest.Done()
+					}
+				})
+			}
+			honest.Wait()
+			cancel() // b waits for the honest members' shares, which do not come
+			all.Wait()
+			for _, name := range []string{"a", "c"} {
+				var se *SessionError
+				if !errors.As(errs[name], &se) || se.Round != 9 || !slices.Equal(se.Culprits, tc.blame) || se.Unattributed != (tc.blame == nil) || !strings.Contains(errs[name].Error(), tc.want) {
+					t.Errorf("%s: %v (culprits %v), want round 9 naming %v: %q", name, errs[name], culprits(se), tc.blame, tc.want)
+				}
+				if released[name] {
+					t.Errorf("%s sent its round-9 share s_i after the check failed", name)
+				}
+			}
+		})
+	}
 }

@@ -66,7 +66,7 @@ func (i signImpl) String() string {
 // round; the mix alternates which member runs which. Signatures verify
 // with crypto/ecdsa.
 func TestSignInterop(t *testing.T) {
-	names := []string{"SHA-256", "SHA-384", "SHA-512"}
+	names := []string{"SHA-224", "SHA-256", "SHA-384", "SHA-512"}
 	for _, ts := range thresholdSets {
 		shares := fixtureShares(t, ts.t, ts.n)
 		for di, name := range names {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	tsslib "github.com/bnb-chain/tss-lib/v2/tss"
+
+	"github.com/tkeyless/tkeyless/tss/internal/gg18"
 )
 
 // Outgoing is one message a party produced, ready for the transport.
@@ -65,8 +67,18 @@ type SessionError struct {
 	// culprit. Such aborts are what a cheating member may hope to learn
 	// something from, so the node layer budgets them.
 	Unattributed bool
-	Err          error
+	// Fault says this member's own arithmetic failed a consistency check
+	// (ErrFault): the session named nobody, and the machine needs looking
+	// at. Not Unattributed: no member's message caused it.
+	Fault bool
+	Err   error
 }
+
+// ErrFault is in a SessionError's chain when this member's own CRT
+// arithmetic (its Paillier key's or its Ñ's) failed its consistency check:
+// a fault of this machine, never a peer's doing. The faulty result was
+// discarded.
+var ErrFault = gg18.ErrFault
 
 func (e *SessionError) Error() string {
 	var b strings.Builder
@@ -302,6 +314,9 @@ func (r *runner) parse(in inbound) (msg tsslib.ParsedMessage, err error) {
 	}
 	round := RoundOf(msg.Type())
 	if err := r.checks.check(in.from, msg); err != nil {
+		if errors.Is(err, ErrFault) {
+			return nil, &SessionError{Kind: r.kind, Round: round, Fault: true, Err: err}
+		}
 		se := &SessionError{Kind: r.kind, Round: round, Culprits: []string{in.from}, Err: err}
 		if errors.Is(err, ErrMisbehaved) {
 			se.Convicted = []string{in.from}
@@ -374,10 +389,11 @@ func (r *runner) safely(f func() *tsslib.Error, sender string) (err error) {
 				se.Culprits = append(se.Culprits, c.Id)
 			}
 		}
-		se.Unattributed = len(se.Culprits) == 0
 		if se.Err == nil {
 			se.Err = errors.New(e.Error())
 		}
+		se.Fault = errors.Is(se.Err, ErrFault)
+		se.Unattributed = len(se.Culprits) == 0 && !se.Fault
 		return se
 	}
 	return nil

@@ -25,10 +25,11 @@ var thresholdSets = []struct{ t, n int }{{1, 2}, {1, 3}, {2, 3}}
 
 func digests() map[string][]byte {
 	msg := []byte("tkeyless CertificateVerify test")
+	d224 := sha256.Sum224(msg)
 	d256 := sha256.Sum256(msg)
 	d384 := sha512.Sum384(msg)
 	d512 := sha512.Sum512(msg)
-	return map[string][]byte{"SHA-256": d256[:], "SHA-384": d384[:], "SHA-512": d512[:]}
+	return map[string][]byte{"SHA-224": d224[:], "SHA-256": d256[:], "SHA-384": d384[:], "SHA-512": d512[:]}
 }
 
 func TestKeygenAndSign(t *testing.T) {

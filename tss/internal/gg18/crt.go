@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"sync/atomic"
 )
 
 var (
@@ -82,8 +83,26 @@ func (c *crt) expected(x, e *big.Int) *big.Int {
 }
 
 // check reports whether half (a value modulo f·r) agrees with want mod r.
-func (c *crt) check(half, want *big.Int) bool {
+// op names the computation for SetFaultInjector.
+func (c *crt) check(op string, half, want *big.Int) bool {
+	if f := faultInjector.Load(); f != nil && (*f)(op, c.m) {
+		return false
+	}
 	return new(big.Int).Mod(half, c.r).Cmp(want) == 0
+}
+
+// faultInjector, when set, makes the consistency checks it answers true for
+// fail as a real fault would.
+var faultInjector atomic.Pointer[func(op string, m *big.Int) bool]
+
+// SetFaultInjector makes every CRT consistency check for which f(op, m)
+// answers true fail, as an arithmetic fault would: op is "exp", "expN",
+// "decrypt" or "commit", m the modulus the key or ring computes in (N,
+// N² or Ñ). It returns a function that removes f. Tests only: it lets the
+// tss tests check that a member's own fault is attributed to nobody else.
+func SetFaultInjector(f func(op string, m *big.Int) bool) (restore func()) {
+	faultInjector.Store(&f)
+	return func() { faultInjector.Store(nil) }
 }
 
 // combine returns the x mod m with x ≡ a (mod f1), x ≡ b (mod f2), and
@@ -107,7 +126,7 @@ func (c *crt) exp(x, e *big.Int) (*big.Int, error) {
 	a.Exp(a, e, c.f1r)
 	b := new(big.Int).Mod(x, c.f2r)
 	b.Exp(b, e, c.f2r)
-	if !c.check(a, want) || !c.check(b, want) {
+	if !c.check("exp", a, want) || !c.check("exp", b, want) {
 		return nil, ErrFault
 	}
 	return c.combine(a.Mod(a, c.f1), b.Mod(b, c.f2))

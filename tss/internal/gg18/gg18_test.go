@@ -4,6 +4,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
@@ -220,28 +221,85 @@ func TestRangeProofInterop(t *testing.T) {
 	if !pf.Verify(ec, alice.Public(), bob.NTildei, bob.H1i, bob.H2i, c) {
 		t.Fatal("tss-lib refuses the engine's range proof")
 	}
-	if !VerifyRangeAlice(ec, pf, pkA, ownRing(t, 1), c) {
-		t.Fatal("the engine refuses its own range proof")
+	if err := VerifyRangeAlice(ec, pf, pkA, ownRing(t, 1), c); err != nil {
+		t.Fatalf("the engine refuses its own range proof: %v", err)
 	}
 	ref, err := mta.ProveRangeAlice(ec, alice.Public(), c, bob.NTildei, bob.H1i, bob.H2i, m, r, rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !VerifyRangeAlice(ec, ref, pkA, ownRing(t, 1), c) {
-		t.Fatal("the engine refuses tss-lib's range proof")
+	if err := VerifyRangeAlice(ec, ref, pkA, ownRing(t, 1), c); err != nil {
+		t.Fatalf("the engine refuses tss-lib's range proof: %v", err)
 	}
 	bad := *ref
 	bad.S1 = new(big.Int).Add(ref.S1, one)
-	if VerifyRangeAlice(ec, &bad, pkA, ownRing(t, 1), c) {
-		t.Fatal("the engine accepts a changed range proof")
+	if err := VerifyRangeAlice(ec, &bad, pkA, ownRing(t, 1), c); !errors.Is(err, ErrProof) {
+		t.Fatalf("the engine accepts a changed range proof: %v, want ErrProof", err)
 	}
 	// A value out of range: m ≥ q³ must not be provable.
 	q3, _ := powers(ec.Params().N)
 	big3 := new(big.Int).Add(q3, q3)
 	c2, r2, _ := Encrypt(alice, rand.Reader, big3)
 	pf2, _ := ProveRangeAlice(ec, alice, peerRing(t, 1), c2, big3, r2, rand.Reader)
-	if VerifyRangeAlice(ec, pf2, pkA, ownRing(t, 1), c2) {
-		t.Fatal("the engine accepts a range proof for m > q³")
+	if err := VerifyRangeAlice(ec, pf2, pkA, ownRing(t, 1), c2); !errors.Is(err, ErrProof) {
+		t.Fatalf("the engine accepts a range proof for m > q³: %v, want ErrProof", err)
+	}
+}
+
+// TestVerifyFaultIsNotTheProvers: when the verifier's own CRT arithmetic
+// faults while checking a valid proof, the verifiers answer ErrFault, not
+// ErrProof: the prover did nothing wrong, and must not be blamed for it.
+func TestVerifyFaultIsNotTheProvers(t *testing.T) {
+	alice, bob := own(t, 0), ownRing(t, 1)
+	pkA, _ := NewPeer(alice.Public())
+	m := randBelow(t, ec.Params().N)
+	c, r, err := Encrypt(alice, rand.Reader, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf, err := ProveRangeAlice(ec, alice, peerRing(t, 1), c, m, r, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []string{"exp", "commit"} {
+		restore := SetFaultInjector(func(o string, mod *big.Int) bool { return o == op && mod.Cmp(bob.NTilde()) == 0 })
+		err := VerifyRangeAlice(ec, pf, pkA, bob, c)
+		restore()
+		if !errors.Is(err, ErrFault) {
+			t.Errorf("range proof, fault in the verifier's own ring (%s): %v, want ErrFault", op, err)
+		}
+	}
+	if err := VerifyRangeAlice(ec, pf, pkA, bob, c); err != nil {
+		t.Fatalf("range proof after the injector was removed: %v", err)
+	}
+
+	// Bob answers Alice's cA; Alice verifies with her own key and ring.
+	aliceRing := ownRing(t, 0)
+	q := ec.Params().N
+	cA, _, _ := Encrypt(alice, rand.Reader, randBelow(t, q))
+	b := randBelow(t, q)
+	X := crypto.ScalarBaseMult(ec, b)
+	betaPrm := randBelow(t, new(big.Int).Exp(q, big.NewInt(5), nil))
+	cBeta, rB, _ := Encrypt(pkA, rand.Reader, betaPrm)
+	cB := mulMod(pkA.N2(), new(big.Int).Exp(cA, b, pkA.N2()), cBeta)
+	session := []byte("session and sender")
+	bobPf, err := ProveBob(ec, session, pkA, peerRing(t, 0), cA, cB, b, betaPrm, rB, X, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		op  string
+		mod *big.Int
+	}{{"exp", alice.N2()}, {"expN", alice.N2()}, {"exp", aliceRing.NTilde()}, {"commit", aliceRing.NTilde()}} {
+		restore := SetFaultInjector(func(o string, mod *big.Int) bool { return o == tc.op && mod.Cmp(tc.mod) == 0 })
+		err := VerifyBob(ec, session, bobPf.ProofBob, bobPf.U, alice, aliceRing, cA, cB, X)
+		restore()
+		if !errors.Is(err, ErrFault) {
+			t.Errorf("Bob's proof, fault in the verifier's %s modulo a %d-bit modulus: %v, want ErrFault", tc.op, tc.mod.BitLen(), err)
+		}
+	}
+	if err := VerifyBob(ec, session, bobPf.ProofBob, bobPf.U, alice, aliceRing, cA, cB, X); err != nil {
+		t.Fatalf("Bob's proof after the injector was removed: %v", err)
 	}
 }
 
@@ -278,8 +336,8 @@ func TestBobProofInterop(t *testing.T) {
 		if !refOK {
 			t.Fatalf("with check %t: tss-lib refuses the engine's proof", withCheck)
 		}
-		if !VerifyBob(ec, session, pf.ProofBob, pf.U, aliceOwn, ownRing(t, 0), cA, cB, X) {
-			t.Fatalf("with check %t: the engine refuses its own proof", withCheck)
+		if err := VerifyBob(ec, session, pf.ProofBob, pf.U, aliceOwn, ownRing(t, 0), cA, cB, X); err != nil {
+			t.Fatalf("with check %t: the engine refuses its own proof: %v", withCheck, err)
 		}
 		var ref *mta.ProofBobWC
 		if withCheck {
@@ -292,16 +350,16 @@ func TestBobProofInterop(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !VerifyBob(ec, session, ref.ProofBob, ref.U, aliceOwn, ownRing(t, 0), cA, cB, X) {
-			t.Fatalf("with check %t: the engine refuses tss-lib's proof", withCheck)
+		if err := VerifyBob(ec, session, ref.ProofBob, ref.U, aliceOwn, ownRing(t, 0), cA, cB, X); err != nil {
+			t.Fatalf("with check %t: the engine refuses tss-lib's proof: %v", withCheck, err)
 		}
-		if VerifyBob(ec, []byte("another session"), ref.ProofBob, ref.U, aliceOwn, ownRing(t, 0), cA, cB, X) {
-			t.Fatalf("with check %t: the engine accepts a proof from another session", withCheck)
+		if err := VerifyBob(ec, []byte("another session"), ref.ProofBob, ref.U, aliceOwn, ownRing(t, 0), cA, cB, X); !errors.Is(err, ErrProof) {
+			t.Fatalf("with check %t: the engine accepts a proof from another session: %v, want ErrProof", withCheck, err)
 		}
 		bad := *ref.ProofBob
 		bad.T1 = new(big.Int).Add(bad.T1, one)
-		if VerifyBob(ec, session, &bad, ref.U, aliceOwn, ownRing(t, 0), cA, cB, X) {
-			t.Fatalf("with check %t: the engine accepts a changed proof", withCheck)
+		if err := VerifyBob(ec, session, &bad, ref.U, aliceOwn, ownRing(t, 0), cA, cB, X); !errors.Is(err, ErrProof) {
+			t.Fatalf("with check %t: the engine accepts a changed proof: %v, want ErrProof", withCheck, err)
 		}
 		// Decrypting the answer gives a·b + β′ exactly.
 		got, err := aliceOwn.Decrypt(cB)

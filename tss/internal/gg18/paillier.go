@@ -115,7 +115,7 @@ func (k *Own) ExpN(x *big.Int) (*big.Int, error) {
 		s := new(big.Int).Mod(x, mr)
 		s.Exp(s, other, mr)
 		s.Exp(s, self, m2r)
-		if !c.check(s, want) {
+		if !c.check("expN", s, want) {
 			return nil, ErrFault
 		}
 		return s, nil
@@ -144,7 +144,7 @@ func (k *Own) Decrypt(c *big.Int) (*big.Int, error) {
 	half := func(rr, r2, r2r, rm1, h *big.Int) (*big.Int, error) {
 		x := new(big.Int).Mod(c, r2r)
 		x.Exp(x, rm1, r2r)
-		if !cr.check(x, cr.expected(c, rm1)) {
+		if !cr.check("decrypt", x, cr.expected(c, rm1)) {
 			return nil, ErrFault
 		}
 		x.Mod(x, r2)

@@ -88,11 +88,17 @@ func ProveRangeAlice(ec elliptic.Curve, k Paillier, ring Ring, c, m, r *big.Int,
 	return &mta.RangeProofAlice{Z: z, U: u, W: w, S: s, S1: s1, S2: s2}, nil
 }
 
+// ErrProof is a proof that does not verify: the prover's doing, unlike
+// ErrFault.
+var ErrProof = errors.New("gg18: proof does not verify")
+
 // VerifyRangeAlice checks Alice's range proof for her ciphertext c under
-// her key k, against the verifier's own ring.
-func VerifyRangeAlice(ec elliptic.Curve, pf *mta.RangeProofAlice, k Paillier, ring Ring, c *big.Int) bool {
+// her key k, against the verifier's own ring. It returns nil for a valid
+// proof, ErrProof for an invalid one, and ErrFault when the verifier's own
+// arithmetic failed its check: then nothing is known about the proof.
+func VerifyRangeAlice(ec elliptic.Curve, pf *mta.RangeProofAlice, k Paillier, ring Ring, c *big.Int) error {
 	if pf == nil || !pf.ValidateBasic() || c == nil {
-		return false
+		return ErrProof
 	}
 	q := ec.Params().N
 	q3, _ := powers(q)
@@ -103,7 +109,7 @@ func VerifyRangeAlice(ec elliptic.Curve, pf *mta.RangeProofAlice, k Paillier, ri
 		pf.S1.Cmp(q) < 0, pf.S2.Cmp(q) < 0, pf.S1.Cmp(q3) > 0,
 		// c must be a unit for c^−e: tss-lib's inverse does not exist otherwise.
 		!inRange(c, n2), !coprime(c, n):
-		return false
+		return ErrProof
 	}
 	pk := k.Public()
 	e := challenge(q, append(pk.AsInts(), c, pf.Z, pf.U, pf.W)...)
@@ -111,25 +117,28 @@ func VerifyRangeAlice(ec elliptic.Curve, pf *mta.RangeProofAlice, k Paillier, ri
 	// 4. u = Γ^s1 · s^N · c^−e  ⇔  u·c^e = Γ^s1 · s^N (mod N²)
 	ce, err := k.Exp(c, e)
 	if err != nil {
-		return false
+		return err
 	}
 	sn, err := k.ExpN(pf.S)
 	if err != nil {
-		return false
+		return err
 	}
 	if mulMod(n2, pf.U, ce).Cmp(mulMod(n2, GammaExp(k, pf.S1), sn)) != 0 {
-		return false
+		return ErrProof
 	}
 	// 5. w = h1^s1 · h2^s2 · z^−e  ⇔  w·z^e = h1^s1 · h2^s2 (mod Ñ)
 	ze, err := ring.Exp(pf.Z, e)
 	if err != nil {
-		return false
+		return err
 	}
 	hs, err := ring.Commit(pf.S1, pf.S2)
 	if err != nil {
-		return false
+		return err
 	}
-	return mulMod(nt, pf.W, ze).Cmp(hs) == 0
+	if mulMod(nt, pf.W, ze).Cmp(hs) != 0 {
+		return ErrProof
+	}
+	return nil
 }
 
 // ProveBob proves Bob's answer c2 = c1^x · Enc_k(y; r) to Alice's c1
@@ -204,10 +213,10 @@ func ProveBob(ec elliptic.Curve, session []byte, k Paillier, ring Ring, c1, c2, 
 
 // VerifyBob checks Bob's proof for his answer c2 to Alice's c1, under
 // Alice's (the verifier's) own key and ring; X is Bob's g^x for the
-// proof with check (nil without).
-func VerifyBob(ec elliptic.Curve, session []byte, pf *mta.ProofBob, U *crypto.ECPoint, k Paillier, ring Ring, c1, c2 *big.Int, X *crypto.ECPoint) bool {
+// proof with check (nil without). Its result is VerifyRangeAlice's.
+func VerifyBob(ec elliptic.Curve, session []byte, pf *mta.ProofBob, U *crypto.ECPoint, k Paillier, ring Ring, c1, c2 *big.Int, X *crypto.ECPoint) error {
 	if pf == nil || !pf.ValidateBasic() || c1 == nil || c2 == nil || (X != nil && U == nil) {
-		return false
+		return ErrProof
 	}
 	q := ec.Params().N
 	q3, q7 := powers(q)
@@ -219,7 +228,7 @@ func VerifyBob(ec elliptic.Curve, session []byte, pf *mta.ProofBob, U *crypto.EC
 		pf.S.Sign() == 0, !coprime(pf.S, n), pf.V.Sign() == 0, !coprime(pf.V, n),
 		pf.S1.Cmp(q) < 0, pf.S2.Cmp(q) < 0, pf.T1.Cmp(q) < 0, pf.T2.Cmp(q) < 0,
 		pf.S1.Cmp(q3) > 0, pf.T1.Cmp(q7) > 0:
-		return false
+		return ErrProof
 	}
 	pk := k.Public()
 	var e *big.Int
@@ -227,14 +236,14 @@ func VerifyBob(ec elliptic.Curve, session []byte, pf *mta.ProofBob, U *crypto.EC
 		e = taggedChallenge(q, session, append(pk.AsInts(), c1, c2, pf.Z, pf.ZPrm, pf.T, pf.V, pf.W)...)
 	} else {
 		if X.Curve() == nil || X.Curve().Params().Name != ec.Params().Name || !U.IsOnCurve() {
-			return false
+			return ErrProof
 		}
 		e = taggedChallenge(q, session, append(pk.AsInts(), X.X(), X.Y(), c1, c2, U.X(), U.Y(), pf.Z, pf.ZPrm, pf.T, pf.V, pf.W)...)
 		// 4. g^(s1 mod q) = X^e · u
 		gS1 := crypto.ScalarBaseMult(ec, new(big.Int).Mod(pf.S1, q))
 		xEU, err := X.ScalarMult(e).Add(U)
 		if err != nil || !gS1.Equals(xEU) {
-			return false
+			return ErrProof
 		}
 	}
 	// 5. h1^s1 · h2^s2 = z^e · z′ (mod Ñ)
@@ -242,28 +251,31 @@ func VerifyBob(ec elliptic.Curve, session []byte, pf *mta.ProofBob, U *crypto.EC
 	for _, eq := range [][4]*big.Int{{pf.S1, pf.S2, pf.Z, pf.ZPrm}, {pf.T1, pf.T2, pf.T, pf.W}} {
 		left, err := ring.Commit(eq[0], eq[1])
 		if err != nil {
-			return false
+			return err
 		}
 		xe, err := ring.Exp(eq[2], e)
 		if err != nil {
-			return false
+			return err
 		}
 		if left.Cmp(mulMod(nt, xe, eq[3])) != 0 {
-			return false
+			return ErrProof
 		}
 	}
 	// 7. c1^s1 · s^N · Γ^t1 = c2^e · v (mod N²)
 	c1s, err := k.Exp(c1, pf.S1)
 	if err != nil {
-		return false
+		return err
 	}
 	sn, err := k.ExpN(pf.S)
 	if err != nil {
-		return false
+		return err
 	}
 	c2e, err := k.Exp(c2, e)
 	if err != nil {
-		return false
+		return err
 	}
-	return mulMod(n2, c1s, sn, GammaExp(k, pf.T1)).Cmp(mulMod(n2, c2e, pf.V)) == 0
+	if mulMod(n2, c1s, sn, GammaExp(k, pf.T1)).Cmp(mulMod(n2, c2e, pf.V)) != 0 {
+		return ErrProof
+	}
+	return nil
 }

@@ -99,7 +99,7 @@ func (r *OwnRing) Commit(a, b *big.Int) (*big.Int, error) {
 	want := c.expected(r.h1, e)
 	x := multiExp(c.f1r, []*fixedBase{r.tp}, []*big.Int{e})
 	y := multiExp(c.f2r, []*fixedBase{r.tq}, []*big.Int{e})
-	if !c.check(x, want) || !c.check(y, want) {
+	if !c.check("commit", x, want) || !c.check("commit", y, want) {
 		return nil, ErrFault
 	}
 	return c.combine(x.Mod(x, c.f1), y.Mod(y, c.f2))
