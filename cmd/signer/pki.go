@@ -1,12 +1,9 @@
 package main
 
 import (
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"time"
@@ -38,7 +35,7 @@ and labs; in production, issue the same kind of certificates from your CA.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "CA %q in %s\n", ca.Cert.Subject.CommonName, dir)
+			fmt.Fprintf(cmd.ErrOrStderr(), "CA %q in %s\n", ca.Cert.Subject.CommonName, dir)
 			return nil
 		},
 	}
@@ -67,7 +64,7 @@ and labs; in production, issue the same kind of certificates from your CA.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "%s %q: %s, %s\n", r, name, cert, key)
+			fmt.Fprintf(cmd.ErrOrStderr(), "%s %q: %s, %s\n", r, name, cert, key)
 			return nil
 		},
 	}
@@ -103,7 +100,7 @@ and labs; in production, issue the same kind of certificates from your CA.`,
 			if err := os.WriteFile(certOut, chain, 0o644); err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "certificate written to %s\n", certOut)
+			fmt.Fprintf(cmd.ErrOrStderr(), "certificate written to %s\n", certOut)
 			return nil
 		},
 	}
@@ -117,21 +114,30 @@ and labs; in production, issue the same kind of certificates from your CA.`,
 }
 
 // revokeCmd adds certificates to the development CA's CRL, which signers
-// read as revocation.crl (reloaded on SIGHUP).
+// read as revocation.crl (reloaded on SIGHUP). The CRL itself is
+// pki.CA.Revoke's; the command reads the certificate files and reports.
 func revokeCmd(dir *string) *cobra.Command {
-	var certs []string
+	var certPaths []string
 	var crlPath string
 	var days int
 	cmd := &cobra.Command{
 		Use:   "revoke",
 		Short: "Revoke identity certificates: add them to the CA's CRL (signers read it as revocation.crl)",
 		Long: `revoke adds the given certificates to the development CA's certificate
-revocation list (default <dir>/ca.crl, created if absent) and signs it anew,
-valid for --days. Point every signer's revocation.crl at a copy of it and send
-each signer SIGHUP: from then on they refuse those identities on every path.
+revocation list (default <dir>/ca.crl, created if absent) and signs it anew
+with the next CRL number, valid for --days. Each certificate must have been
+issued by the CA, and an existing CRL must be the CA's (otherwise nothing is
+written). A certificate already on the CRL stays listed once, with its
+original revocation time, and is reported as already revoked.
+
+Point every signer's revocation.crl at a copy of it and send each signer
+SIGHUP: from then on they refuse those identities on every path.
 Without --cert it only signs the CRL anew: run it before the next update
 (signers still apply a stale CRL, and log a warning).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if days <= 0 {
+				return fmt.Errorf("--days %d: want at least 1", days)
+			}
 			ca, err := pki.LoadCA(*dir)
 			if err != nil {
 				return err
@@ -139,64 +145,48 @@ Without --cert it only signs the CRL anew: run it before the next update
 			if crlPath == "" {
 				crlPath = filepath.Join(*dir, "ca.crl")
 			}
-			tmpl := &x509.RevocationList{Number: big.NewInt(1)}
-			if b, err := os.ReadFile(crlPath); err == nil {
-				blk, _ := pem.Decode(b)
-				if blk == nil || blk.Type != "X509 CRL" {
-					return fmt.Errorf("%s holds no PEM X509 CRL; move it away to start a new one", crlPath)
-				}
-				old, err := x509.ParseRevocationList(blk.Bytes)
-				if err != nil {
-					return fmt.Errorf("CRL %s: %w", crlPath, err)
-				}
-				if err := old.CheckSignatureFrom(ca.Cert); err != nil {
-					return fmt.Errorf("CRL %s is not this CA's: %w", crlPath, err)
-				}
-				tmpl.RevokedCertificateEntries = old.RevokedCertificateEntries
-				tmpl.Number = new(big.Int).Add(old.Number, big.NewInt(1))
-			} else if !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
-			now := time.Now()
-			for _, path := range certs {
-				b, err := os.ReadFile(path)
+			certs := make([]*x509.Certificate, 0, len(certPaths))
+			for _, path := range certPaths {
+				cert, err := readCertificate(path)
 				if err != nil {
 					return err
 				}
-				blk, _ := pem.Decode(b)
-				if blk == nil || blk.Type != "CERTIFICATE" {
-					return fmt.Errorf("%s holds no PEM CERTIFICATE", path)
-				}
-				cert, err := x509.ParseCertificate(blk.Bytes)
-				if err != nil {
-					return fmt.Errorf("%s: %w", path, err)
-				}
-				if err := cert.CheckSignatureFrom(ca.Cert); err != nil {
-					return fmt.Errorf("%s was not issued by the CA in %s: %w", path, *dir, err)
-				}
-				tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{SerialNumber: cert.SerialNumber, RevocationTime: now})
-				fmt.Fprintf(os.Stderr, "revoked %q, serial %x\n", cert.Subject.CommonName, cert.SerialNumber)
+				certs = append(certs, cert)
 			}
-			tmpl.ThisUpdate, tmpl.NextUpdate = now.Add(-time.Minute), now.Add(time.Duration(days)*24*time.Hour)
-			der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
+			res, err := ca.Revoke(crlPath, certs, time.Duration(days)*24*time.Hour, time.Now())
 			if err != nil {
-				return fmt.Errorf("sign CRL: %w", err)
-			}
-			tmp := crlPath + ".tmp"
-			if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644); err != nil {
 				return err
 			}
-			// Renamed into place, so a signer reloading meanwhile reads the
-			// old CRL or the new one, never half of one.
-			if err := os.Rename(tmp, crlPath); err != nil {
-				return err
+			w := cmd.ErrOrStderr()
+			for _, r := range res.Revoked {
+				fmt.Fprintf(w, "revoked %q, serial %x\n", r.Cert.Subject.CommonName, r.Cert.SerialNumber)
 			}
-			fmt.Fprintf(os.Stderr, "CRL %s: %d revoked, next update %s\n", crlPath, len(tmpl.RevokedCertificateEntries), tmpl.NextUpdate.Format(time.RFC3339))
+			for _, r := range res.AlreadyRevoked {
+				fmt.Fprintf(w, "already revoked %q, serial %x, since %s\n", r.Cert.Subject.CommonName, r.Cert.SerialNumber, r.Time.Format(time.RFC3339))
+			}
+			fmt.Fprintf(w, "CRL %s: %d revoked, next update %s\n", crlPath, len(res.CRL.RevokedCertificateEntries), res.CRL.NextUpdate.Format(time.RFC3339))
 			return nil
 		},
 	}
-	cmd.Flags().StringSliceVar(&certs, "cert", nil, "certificate (PEM) to revoke (repeatable)")
+	cmd.Flags().StringSliceVar(&certPaths, "cert", nil, "certificate (PEM) to revoke (repeatable)")
 	cmd.Flags().StringVar(&crlPath, "crl", "", "the CRL to extend (default <dir>/ca.crl)")
-	cmd.Flags().IntVar(&days, "days", 7, "days until the CRL's next update")
+	cmd.Flags().IntVar(&days, "days", 7, "days until the CRL's next update (at least 1)")
 	return cmd
+}
+
+// readCertificate reads the first PEM CERTIFICATE in the file at path.
+func readCertificate(path string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s holds no PEM CERTIFICATE", path)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cert, nil
 }

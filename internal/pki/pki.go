@@ -192,6 +192,150 @@ func (ca *CA) SignCSR(csrDER []byte, validity time.Duration) ([]byte, error) {
 	return x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Key)
 }
 
+// Revocation is a certificate on the CA's CRL and the time the CRL first
+// listed it.
+type Revocation struct {
+	Cert *x509.Certificate
+	Time time.Time
+}
+
+// RevokeResult says what Revoke did, so that an operator can tell a typo'd
+// or repeated revocation from a new one.
+type RevokeResult struct {
+	Revoked        []Revocation         // newly listed, revoked at now
+	AlreadyRevoked []Revocation         // listed before this call, with their original time
+	CRL            *x509.RevocationList // the CRL as written
+}
+
+// Revoke adds certs to the CA's certificate revocation list at crlPath
+// (created if absent) and signs it anew, valid from now for validity.
+//
+// An existing file must be a PEM "X509 CRL" signed by this CA: anything
+// else is refused and left as it is, since overwriting it could silently
+// drop revocations another CA or an operator put there. Its entries are
+// kept and its CRL number is bumped, so that a signer can tell the newer
+// list. A serial is listed at most once: a certificate already on the list
+// (or given twice) keeps its original revocation time, which is when it
+// stopped being trusted. Every certificate must have been issued by this
+// CA — a serial means nothing on another issuer's list — and if one is not,
+// nothing is written.
+//
+// The new CRL replaces the file by a rename (mode 0644), so a signer
+// reloading meanwhile reads the old list or the new one, never half of one.
+func (ca *CA) Revoke(crlPath string, certs []*x509.Certificate, validity time.Duration, now time.Time) (RevokeResult, error) {
+	if validity <= 0 {
+		return RevokeResult{}, fmt.Errorf("CRL validity %v: want a positive duration", validity)
+	}
+	for _, cert := range certs {
+		if cert == nil {
+			return RevokeResult{}, errors.New("revoke: nil certificate")
+		}
+		if err := cert.CheckSignatureFrom(ca.Cert); err != nil {
+			return RevokeResult{}, fmt.Errorf("certificate %q (serial %x) was not issued by the CA %q: %w", cert.Subject.CommonName, cert.SerialNumber, ca.Cert.Subject.CommonName, err)
+		}
+	}
+	tmpl := &x509.RevocationList{Number: big.NewInt(1)}
+	old, err := ca.readCRL(crlPath)
+	if err != nil {
+		return RevokeResult{}, err
+	}
+	// listed maps a serial to its entry's time; certificates of this CA
+	// have distinct serials, so the serial identifies the certificate.
+	listed := make(map[string]time.Time)
+	if old != nil {
+		tmpl.RevokedCertificateEntries = slices.Clone(old.RevokedCertificateEntries)
+		for _, e := range old.RevokedCertificateEntries {
+			if _, dup := listed[e.SerialNumber.String()]; !dup {
+				listed[e.SerialNumber.String()] = e.RevocationTime
+			}
+		}
+		if old.Number != nil {
+			tmpl.Number = new(big.Int).Add(old.Number, big.NewInt(1))
+		}
+	}
+	var res RevokeResult
+	reported := make(map[string]bool)
+	for _, cert := range certs {
+		sn := cert.SerialNumber.String()
+		if reported[sn] {
+			continue
+		}
+		reported[sn] = true
+		if t, ok := listed[sn]; ok {
+			res.AlreadyRevoked = append(res.AlreadyRevoked, Revocation{Cert: cert, Time: t})
+			continue
+		}
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{SerialNumber: cert.SerialNumber, RevocationTime: now})
+		res.Revoked = append(res.Revoked, Revocation{Cert: cert, Time: now})
+	}
+	// ThisUpdate a minute back: a signer whose clock runs slightly behind
+	// must not see a CRL from the future.
+	tmpl.ThisUpdate, tmpl.NextUpdate = now.Add(-time.Minute), now.Add(validity)
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
+	if err != nil {
+		return RevokeResult{}, fmt.Errorf("sign CRL: %w", err)
+	}
+	if res.CRL, err = x509.ParseRevocationList(der); err != nil {
+		return RevokeResult{}, fmt.Errorf("parse the signed CRL: %w", err)
+	}
+	if err := writeFileAtomic(crlPath, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644); err != nil {
+		return RevokeResult{}, fmt.Errorf("write CRL %s: %w", crlPath, err)
+	}
+	return res, nil
+}
+
+// readCRL reads the CA's CRL at path: nil if there is none yet.
+func (ca *CA) readCRL(path string) (*x509.RevocationList, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read CRL: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "X509 CRL" {
+		return nil, fmt.Errorf("%s holds no PEM X509 CRL; move it away to start a new one", path)
+	}
+	crl, err := x509.ParseRevocationList(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("CRL %s: %w", path, err)
+	}
+	if err := crl.CheckSignatureFrom(ca.Cert); err != nil {
+		return nil, fmt.Errorf("CRL %s is not signed by the CA %q: %w", path, ca.Cert.Subject.CommonName, err)
+	}
+	return crl, nil
+}
+
+// writeFileAtomic writes b to a temporary file beside path and renames it
+// into place, so that a reader sees the old content or the new, never a
+// mix; on error path is left as it was.
+func writeFileAtomic(path string, b []byte, mode os.FileMode) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
 func addHosts(tmpl *x509.Certificate, hosts []string) {
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
