@@ -236,6 +236,7 @@ benchmarks: about 15 minutes in all); --full sweeps concurrency up to 32.`,
 				ov.SignTimeout = overloadTimeout
 			}
 			var res *matrix.Results
+			var sweepErr error // the overload sweep failed; the matrix's own results were written
 			switch {
 			case render != "":
 				res, err = matrix.Render(render, out)
@@ -243,9 +244,14 @@ benchmarks: about 15 minutes in all); --full sweeps concurrency up to 32.`,
 				// Keep the closed-loop points of an earlier run; replace the sweep.
 				res, err = matrix.Overload(cmd.Context(), o, ov, filepath.Join(out, "results.json"))
 			default:
-				res, err = matrix.Run(cmd.Context(), o)
-				if err == nil && overload {
-					res, err = matrix.Overload(cmd.Context(), o, ov, filepath.Join(out, "results.json"))
+				var sweep *matrix.OverloadOptions
+				if overload {
+					sweep = &ov
+				}
+				// Run writes the outputs once, after the sweep if there is one.
+				res, err = matrix.Run(cmd.Context(), o, sweep)
+				if err != nil && res != nil {
+					sweepErr, err = err, nil
 				}
 			}
 			if err != nil {
@@ -262,7 +268,7 @@ benchmarks: about 15 minutes in all); --full sweeps concurrency up to 32.`,
 				}
 				fmt.Fprintf(os.Stderr, "summary written to %s\n", markdown)
 			}
-			return nil
+			return sweepErr
 		},
 	}
 	cmd.Flags().BoolVar(&full, "full", false, "the full matrix (concurrency 1–32, 5 s per point)")

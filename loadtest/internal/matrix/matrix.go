@@ -8,6 +8,7 @@ package matrix
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -100,11 +101,50 @@ type Results struct {
 	Previous *Previous `json:"previous,omitempty"`
 }
 
-// Run runs the matrix and writes its outputs into o.Out.
-func Run(ctx context.Context, o Options) (*Results, error) {
+// The steps of Run and Overload that measure, and the one that writes the
+// outputs: variables so that tests can check how the steps are put together
+// without starting signer clusters.
+var (
+	measureMatrix   = measure
+	measureOverload = RunOverload
+	writeOutputs    = (*Results).write
+)
+
+// Run runs the matrix and, if ov is not nil, the overload sweep after it,
+// and writes every output into o.Out once, at the end.
+//
+// If the sweep fails after the matrix finished, the matrix's outputs are
+// written all the same, without any of the sweep (as a run without
+// --overload would write them: a sweep cut short would read as a whole one),
+// and Run returns them with the sweep's error; Overload (--overload-only)
+// runs the sweep again and keeps them. Otherwise Run returns results only
+// with a nil error.
+func Run(ctx context.Context, o Options, ov *OverloadOptions) (*Results, error) {
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, err
 	}
+	res, err := measureMatrix(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	if ov != nil {
+		if err := measureOverload(ctx, o, *ov, res); err != nil {
+			res.OverloadOptions, res.Overload = nil, nil
+			if werr := writeOutputs(res, o.Out); werr != nil {
+				return nil, errors.Join(err, werr)
+			}
+			return res, fmt.Errorf("%w (the matrix's results are written to %s without the overload sweep; --overload-only runs the sweep again and keeps them)", err, o.Out)
+		}
+	}
+	if err := writeOutputs(res, o.Out); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// measure runs the matrix's configurations and returns their points,
+// writing nothing.
+func measure(ctx context.Context, o Options) (*Results, error) {
 	res := &Results{Machine: thisMachine(), Previous: o.Previous}
 	res.Options.Concurrencies, res.Options.Resumptions = o.Concurrencies, o.Resumptions
 	res.Options.Duration, res.Options.PresignDepth = o.Duration.String(), o.PresignDepth
@@ -126,7 +166,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		}
 	}
 	res.ratios()
-	return res, res.write(o.Out)
+	return res, nil
 }
 
 func (r *Results) ratios() {

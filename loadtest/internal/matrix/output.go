@@ -256,7 +256,7 @@ func Render(jsonPath, dir string) (*Results, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%s: %w", jsonPath, err)
 	}
-	return &r, r.write(dir)
+	return &r, writeOutputs(&r, dir)
 }
 
 // plotOverload draws, per configuration and edge (shedding or not), one line

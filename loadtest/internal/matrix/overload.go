@@ -164,9 +164,11 @@ func waitIdle(ctx context.Context, addr string, tlsCfg *tls.Config, timeout time
 	}
 }
 
-// Overload runs the overload sweep and writes every output into o.Out with
-// the other results read from resultsPath (if it exists): their points are
-// kept, and so are the sweep's points for configurations not measured now.
+// Overload runs the overload sweep alone (--overload-only) and writes every
+// output into o.Out with the other results read from resultsPath (if it
+// exists): their points are kept, and so are the sweep's points for
+// configurations not measured now. If the sweep fails, nothing is written.
+// Run runs a sweep after the matrix itself.
 func Overload(ctx context.Context, o Options, ov OverloadOptions, resultsPath string) (*Results, error) {
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, err
@@ -193,9 +195,9 @@ func Overload(ctx context.Context, o Options, ov OverloadOptions, resultsPath st
 			resultsPath, res.OverloadOptions.Duration, res.OverloadOptions.SignTimeout)
 	}
 	res.Overload = kept
-	if err := RunOverload(ctx, o, ov, res); err != nil {
-		return nil, err
+	if err := measureOverload(ctx, o, ov, res); err != nil {
+		return nil, err // resultsPath and the other outputs stay as they were
 	}
 	res.OverloadOptions.Thresholds = thresholds
-	return res, res.write(o.Out)
+	return res, writeOutputs(res, o.Out)
 }
