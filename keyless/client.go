@@ -482,20 +482,40 @@ func (c *Client) lookup(addr string) *endpoint {
 // this method Client is a tlsglue.KeySource: the returned signer is meant for
 // the signatures of one handshake, within ctx.
 func (c *Client) Signer(ctx context.Context, pub crypto.PublicKey) (crypto.Signer, error) {
+	if _, err := CheckKey(pub); err != nil {
+		return nil, err
+	}
+	ski, err := protocol.GetSKI(pub)
+	if err != nil {
+		return nil, fmt.Errorf("keyless signer: key id: %w", err)
+	}
+	return c.SignerSKI(ctx, pub, ski)
+}
+
+// SignerSKI is Signer for a key whose SKI the caller computed already (once
+// per certificate load, not once per handshake): Client is also a
+// tlsglue.SKIKeySource. ski must be pub's.
+func (c *Client) SignerSKI(ctx context.Context, pub crypto.PublicKey, ski protocol.SKI) (crypto.Signer, error) {
+	ec, err := CheckKey(pub)
+	if err != nil {
+		return nil, err
+	}
+	return &remoteSigner{c: c, ctx: ctx, pub: ec, ski: ski}, nil
+}
+
+// CheckKey returns pub as the ECDSA key a keyless signer can hold (P-256 or
+// P-384: the curves tkeyless's threshold keys and gokeyless's ECDSA
+// operations share), or says why it cannot be one.
+func CheckKey(pub crypto.PublicKey) (*ecdsa.PublicKey, error) {
 	ec, ok := pub.(*ecdsa.PublicKey)
 	if !ok {
 		return nil, fmt.Errorf("keyless signer: a %T key cannot be used; keyless signers hold ECDSA keys", pub)
 	}
 	switch ec.Curve {
 	case elliptic.P256(), elliptic.P384():
-	default:
-		return nil, fmt.Errorf("keyless signer: curve %s not supported (want P-256 or P-384)", ec.Params().Name)
+		return ec, nil
 	}
-	ski, err := protocol.GetSKI(pub)
-	if err != nil {
-		return nil, fmt.Errorf("keyless signer: key id: %w", err)
-	}
-	return &remoteSigner{c: c, ctx: ctx, pub: ec, ski: ski}, nil
+	return nil, fmt.Errorf("keyless signer: curve %s not supported (want P-256 or P-384)", ec.Params().Name)
 }
 
 // remoteSigner is the crypto.Signer Client.Signer returns.

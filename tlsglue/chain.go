@@ -407,12 +407,28 @@ func (c *Chain) TLSCertificate(key crypto.Signer) tls.Certificate {
 // SKI returns the gokeyless subject key identifier of pub as lower-case hex: the name under which
 // signers and gokeyless servers know a key.
 func SKI(pub crypto.PublicKey) (string, error) {
-	ski, err := protocol.GetSKI(pub)
+	ski, err := skiOf(pub)
 	if err != nil {
-		return "", fmt.Errorf("compute SKI of %T: %w", pub, err)
+		return "", err
 	}
 	return hex.EncodeToString(ski[:]), nil
 }
+
+// skiOf is the gokeyless SKI of pub: a SHA-1 of its encoding, computed once per served chain
+// (see servedChain), not per handshake. Tests count its calls with testHookSKI.
+func skiOf(pub crypto.PublicKey) (protocol.SKI, error) {
+	if testHookSKI != nil {
+		testHookSKI()
+	}
+	ski, err := protocol.GetSKI(pub)
+	if err != nil {
+		return ski, fmt.Errorf("compute SKI of %T: %w", pub, err)
+	}
+	return ski, nil
+}
+
+// testHookSKI, set only by tests, is called at every SKI computation.
+var testHookSKI func()
 
 // CheckKey reports whether the chain's leaf certificate is for the public key pub, and when it is
 // not, names both keys by SKI so the operator can tell which certificate or which key is wrong.

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cloudflare/gokeyless/protocol"
 )
 
 // KeySource yields the crypto.Signer for one handshake. Implementations: the keyless client
@@ -25,6 +28,16 @@ import (
 // holding its connection. The returned signer is used for at most one Sign call, within ctx.
 type KeySource interface {
 	Signer(ctx context.Context, pub crypto.PublicKey) (crypto.Signer, error)
+}
+
+// SKIKeySource is a KeySource that names keys by their gokeyless SKI, as a keyless client does.
+// ServerConfig computes the SKI of each served chain's key once, when the chain is loaded or
+// reloaded, and hands it to SignerSKI on every handshake instead of calling Signer, so that the
+// source does not hash the public key again for each signature.
+type SKIKeySource interface {
+	KeySource
+	// SignerSKI is Signer for pub, whose SKI is ski.
+	SignerSKI(ctx context.Context, pub crypto.PublicKey, ski protocol.SKI) (crypto.Signer, error)
 }
 
 // LocalKey is a KeySource for a private key held in this process. It exists to measure what the
@@ -147,6 +160,7 @@ func ReloadableServerConfig(opts ServerOptions) (*tls.Config, func(*Chain) error
 		onSign:  opts.OnSign,
 		shed:    opts.Shed,
 	}
+	h.skiKeys, _ = opts.Keys.(SKIKeySource)
 	h.served.Store(&set)
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -220,11 +234,13 @@ func covers(leaf *x509.Certificate, name string) bool {
 	return name != "" && leaf.VerifyHostname(name) == nil
 }
 
-// servedChain is what a handshake serves: the chain and the key it names.
+// servedChain is what a handshake serves: the chain and the key it names, with the key's SKI
+// computed once, when the chain is loaded.
 type servedChain struct {
 	cert tls.Certificate // the chain, PrivateKey unset; copied per handshake
 	pub  *ecdsa.PublicKey
-	ski  string
+	id   protocol.SKI // for an SKIKeySource
+	ski  string       // id in hex, for events and errors
 }
 
 func newServedChain(c *Chain) (*servedChain, error) {
@@ -233,11 +249,11 @@ func newServedChain(c *Chain) (*servedChain, error) {
 		return nil, fmt.Errorf("tls server config: certificate %q has a %T key; the edge serves ECDSA certificates only",
 			c.Leaf.Subject.String(), c.Leaf.PublicKey)
 	}
-	ski, err := SKI(pub)
+	id, err := skiOf(pub)
 	if err != nil {
 		return nil, fmt.Errorf("tls server config: %w", err)
 	}
-	return &servedChain{cert: c.TLSCertificate(nil), pub: pub, ski: ski}, nil
+	return &servedChain{cert: c.TLSCertificate(nil), pub: pub, id: id, ski: hex.EncodeToString(id[:])}, nil
 }
 
 // handshakeKeys binds each full handshake to a signer from the key source.
@@ -245,9 +261,19 @@ type handshakeKeys struct {
 	served  atomic.Pointer[[]*servedChain] // the default first
 	mu      sync.Mutex                     // serializes reloads
 	keys    KeySource
+	skiKeys SKIKeySource // keys, if it takes the SKI computed at load
 	timeout time.Duration
 	onSign  func(SignEvent)
 	shed    *Shedder // nil: admit every signature
+}
+
+// signer asks the key source for the signer of sc's key, handing an SKIKeySource the SKI
+// computed when sc was loaded.
+func (h *handshakeKeys) signer(ctx context.Context, sc *servedChain) (crypto.Signer, error) {
+	if h.skiKeys != nil {
+		return h.skiKeys.SignerSKI(ctx, sc.pub, sc.id)
+	}
+	return h.keys.Signer(ctx, sc.pub)
 }
 
 var errHandshakeTimeout = errors.New("handshake timeout reached before the signature")
@@ -319,7 +345,7 @@ func (s *handshakeSigner) Sign(rand io.Reader, digest []byte, opts crypto.Signer
 	}
 	if err == nil {
 		var signer crypto.Signer
-		signer, err = s.h.keys.Signer(s.ctx, s.served.pub)
+		signer, err = s.h.signer(s.ctx, s.served)
 		if err == nil {
 			sig, err = signer.Sign(rand, digest, opts)
 		}

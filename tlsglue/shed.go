@@ -123,16 +123,16 @@ type Shedder struct {
 	signNanos atomic.Int64
 
 	// The signing slots: at most limit in flight (adapted between 1 and MaxInFlight), the
-	// rest waiting (see grant).
+	// rest waiting (see grant). running and waiters are the only per-client counts: what a
+	// prefix holds against its ClientShare is read from them, under slotMu (see share).
 	slotMu  sync.Mutex
 	limit   float64
 	active  int
 	waiters []waiter
-	running map[netip.Prefix]int // signatures in flight per client prefix
+	running map[netip.Prefix]inFlight // signatures in flight per client prefix
 
-	mu        sync.Mutex
+	mu        sync.Mutex // guards the budgets
 	clients   map[netip.Prefix]*rate.Limiter
-	held      map[netip.Prefix]int // signatures in flight or queued, per prefix (ClientShare)
 	overflow  *rate.Limiter
 	lastSweep time.Time // a full table is swept at most once a second
 }
@@ -141,7 +141,13 @@ type Shedder struct {
 type waiter struct {
 	granted chan struct{} // closed when granted a slot
 	client  netip.Prefix
+	limited bool // from an address not in Allow: counts against the prefix's ClientShare
 }
+
+// inFlight is one client prefix's signatures in flight: all of them (for grant), and those
+// from addresses not in Allow (for ClientShare: an allowed address may share a prefix with
+// others, and its signatures are not charged to them).
+type inFlight struct{ all, limited int }
 
 // NewShedder checks p and returns its Shedder.
 func NewShedder(p ShedPolicy) (*Shedder, error) {
@@ -174,7 +180,7 @@ func NewShedder(p ShedPolicy) (*Shedder, error) {
 	if p.MaxClients == 0 {
 		p.MaxClients = DefaultMaxClients
 	}
-	s := &Shedder{p: p, clients: map[netip.Prefix]*rate.Limiter{}, held: map[netip.Prefix]int{}, running: map[netip.Prefix]int{}}
+	s := &Shedder{p: p, clients: map[netip.Prefix]*rate.Limiter{}, running: map[netip.Prefix]inFlight{}}
 	if p.MaxInFlight > 0 {
 		if s.p.MaxQueue == 0 {
 			s.p.MaxQueue = p.MaxInFlight
@@ -227,48 +233,22 @@ func (s *Shedder) Admit(ctx context.Context, remote net.Addr) (release func(ok b
 		s.inFlight.Add(1)
 		return func(bool) { s.inFlight.Add(-1) }, 0, nil
 	}
-	unhold := func() {}
-	if limited {
-		if !s.hold(pfx) {
-			return nil, 0, &ShedError{Reason: ShedClientShare, Client: pfx}
-		}
-		unhold = func() { s.unhold(pfx) }
-	}
-	freeSlot, waited, err := s.takeSlot(ctx, pfx, limited)
-	if err != nil {
-		unhold()
-		return nil, waited, err
-	}
-	return func(ok bool) { freeSlot(ok); unhold() }, waited, nil
+	return s.takeSlot(ctx, pfx, limited)
 }
 
-// hold counts one more signature of pfx in flight or queued, if its share allows.
-func (s *Shedder) hold(pfx netip.Prefix) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.held[pfx] >= s.p.ClientShare {
-		return false
-	}
-	s.held[pfx]++
-	return true
-}
-
-func (s *Shedder) unhold(pfx netip.Prefix) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.held[pfx]--; s.held[pfx] <= 0 {
-		delete(s.held, pfx)
-	}
-}
-
-// takeSlot takes a signing slot for client, waiting in the queue if there is room (for a
-// limited client: in its half of the queue).
+// takeSlot takes a signing slot for client, waiting in the queue if there is room. A limited
+// client (not in Allow) is shed if it holds its ClientShare of slots and queue already, and
+// queues in at most half the queue. What it takes is in running or waiters only, so release
+// (or giving up) undoes exactly that.
 func (s *Shedder) takeSlot(ctx context.Context, client netip.Prefix, limited bool) (release func(ok bool), waited time.Duration, err error) {
 	start := time.Now()
 	s.slotMu.Lock()
+	if limited && s.share(client) >= s.p.ClientShare {
+		s.slotMu.Unlock()
+		return nil, 0, &ShedError{Reason: ShedClientShare, Client: client}
+	}
 	if s.active < int(s.limit) && len(s.waiters) == 0 {
-		s.active++
-		s.running[client]++
+		s.take(client, limited)
 		s.slotMu.Unlock()
 	} else {
 		if len(s.waiters) >= s.p.MaxQueue {
@@ -281,10 +261,10 @@ func (s *Shedder) takeSlot(ctx context.Context, client netip.Prefix, limited boo
 			return nil, 0, &ShedError{Reason: ShedClientShare, Client: client}
 		}
 		granted := make(chan struct{})
-		s.waiters = append(s.waiters, waiter{granted, client})
+		s.waiters = append(s.waiters, waiter{granted, client, limited})
 		s.queued.Add(1)
 		s.slotMu.Unlock()
-		err := s.wait(ctx, granted, client)
+		err := s.wait(ctx, granted, client, limited)
 		if err != nil {
 			return nil, time.Since(start), err
 		}
@@ -300,7 +280,7 @@ func (s *Shedder) takeSlot(ctx context.Context, client netip.Prefix, limited boo
 		s.inFlight.Add(-1)
 		s.slotMu.Lock()
 		defer s.slotMu.Unlock()
-		s.free(client)
+		s.free(client, limited)
 		s.adapt(ok, d)
 		s.grant()
 	}, waited, nil
@@ -308,7 +288,7 @@ func (s *Shedder) takeSlot(ctx context.Context, client netip.Prefix, limited boo
 
 // wait blocks until granted is closed, or until the handshake's deadline less the expected
 // signing time.
-func (s *Shedder) wait(ctx context.Context, granted chan struct{}, client netip.Prefix) error {
+func (s *Shedder) wait(ctx context.Context, granted chan struct{}, client netip.Prefix, limited bool) error {
 	var giveUp <-chan time.Time
 	if dl, ok := ctx.Deadline(); ok {
 		t := time.NewTimer(time.Until(dl) - time.Duration(s.signNanos.Load()))
@@ -331,7 +311,7 @@ func (s *Shedder) wait(ctx context.Context, granted chan struct{}, client netip.
 		}
 	}
 	// Granted while giving up: hand the slot on.
-	s.free(client)
+	s.free(client, limited)
 	s.grant()
 	return &ShedError{Reason: ShedDeadline}
 }
@@ -347,15 +327,14 @@ func (s *Shedder) grant() {
 		}
 		next := 0
 		for i, w := range s.waiters {
-			if load[w.client]+s.running[w.client] < load[s.waiters[next].client]+s.running[s.waiters[next].client] {
+			if load[w.client]+s.running[w.client].all < load[s.waiters[next].client]+s.running[s.waiters[next].client].all {
 				next = i
 			}
 		}
 		w := s.waiters[next]
 		s.waiters = append(s.waiters[:next], s.waiters[next+1:]...)
 		s.queued.Add(-1)
-		s.active++
-		s.running[w.client]++
+		s.take(w.client, w.limited)
 		close(w.granted)
 	}
 }
@@ -371,11 +350,41 @@ func (s *Shedder) queuedBy(client netip.Prefix) int {
 	return n
 }
 
-// free returns client's slot. slotMu is held.
-func (s *Shedder) free(client netip.Prefix) {
+// share counts client's signatures from addresses not in Allow, in flight and queued: what
+// ClientShare bounds. slotMu is held.
+func (s *Shedder) share(client netip.Prefix) int {
+	n := s.running[client].limited
+	for _, w := range s.waiters {
+		if w.client == client && w.limited {
+			n++
+		}
+	}
+	return n
+}
+
+// take gives client a slot. slotMu is held.
+func (s *Shedder) take(client netip.Prefix, limited bool) {
+	s.active++
+	r := s.running[client]
+	r.all++
+	if limited {
+		r.limited++
+	}
+	s.running[client] = r
+}
+
+// free returns client's slot, taken by take with the same limited. slotMu is held.
+func (s *Shedder) free(client netip.Prefix, limited bool) {
 	s.active--
-	if s.running[client]--; s.running[client] <= 0 {
+	r := s.running[client]
+	r.all--
+	if limited {
+		r.limited--
+	}
+	if r.all <= 0 {
 		delete(s.running, client)
+	} else {
+		s.running[client] = r
 	}
 }
 

@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -461,5 +464,206 @@ func TestShedHalfQueue(t *testing.T) {
 		if err := <-results; err != nil {
 			t.Fatalf("queued: %v", err)
 		}
+	}
+}
+
+// An allowed address inside a limited prefix takes slots and queue like anyone, but they are
+// not charged to the prefix's share: its other addresses still get theirs.
+func TestShedClientShareSkipsAllowedNeighbour(t *testing.T) {
+	s, err := NewShedder(ShedPolicy{MaxInFlight: 2, MaxQueue: 4, ClientShare: 1,
+		Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.9/32")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed, limited := tcpAddr("10.0.0.9:1"), tcpAddr("10.0.0.1:1")
+	var releases []func(bool)
+	for range 2 { // the allowed address takes every slot...
+		r, _, err := s.Admit(context.Background(), allowed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, r)
+	}
+	done := make(chan error, 2)
+	go func() { // ...and queues
+		r, _, err := s.Admit(context.Background(), allowed)
+		if err == nil {
+			r(true)
+		}
+		done <- err
+	}()
+	waitQueued(t, s, 1)
+	go func() { // its neighbour still has its share of one
+		r, _, err := s.Admit(context.Background(), limited)
+		if err == nil {
+			r(true)
+		}
+		done <- err
+	}()
+	waitQueued(t, s, 2)
+	var se *ShedError
+	if _, _, err := s.Admit(context.Background(), tcpAddr("10.0.0.2:1")); !errors.As(err, &se) || se.Reason != ShedClientShare {
+		t.Fatalf("a second from the limited addresses of 10.0.0.0/24: %v, want client_share", err)
+	}
+	for _, r := range releases {
+		r(true)
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatalf("queued: %v", err)
+		}
+	}
+	if err := checkShedState(s); err != nil || len(s.running) != 0 {
+		t.Errorf("after every release: %v, running %v", err, s.running)
+	}
+}
+
+// checkShedState checks, under slotMu, what the Shedder's own counts say: active and queued
+// agree with running and waiters, and no prefix holds more than its ClientShare of slots and
+// queue together (counting its addresses not in Allow). It returns the first inconsistency.
+func checkShedState(s *Shedder) error {
+	s.slotMu.Lock()
+	defer s.slotMu.Unlock()
+	all := 0
+	share := map[netip.Prefix]int{}
+	for pfx, r := range s.running {
+		if r.all <= 0 || r.limited < 0 || r.limited > r.all {
+			return fmt.Errorf("running[%s] = %+v", pfx, r)
+		}
+		all += r.all
+		share[pfx] += r.limited
+	}
+	if all != s.active {
+		return fmt.Errorf("active %d, but running sums to %d", s.active, all)
+	}
+	if int64(len(s.waiters)) != s.queued.Load() {
+		return fmt.Errorf("queued %d, but %d waiters", s.queued.Load(), len(s.waiters))
+	}
+	for _, w := range s.waiters {
+		if w.limited {
+			share[w.client]++
+		}
+	}
+	for pfx, n := range share {
+		if n > s.p.ClientShare {
+			return fmt.Errorf("prefix %s holds %d in flight and queued, over its share %d", pfx, n, s.p.ClientShare)
+		}
+	}
+	return nil
+}
+
+// Many handshakes from a few prefixes (one with an allowed address inside it) admit, give up
+// (cancelled, or with a deadline too short to wait for), sign and fail, concurrently; run it
+// with -race. While it runs, no prefix ever holds more than its ClientShare, as seen by the
+// admitted handshakes themselves and as sampled from the Shedder's counts; once all are done,
+// nothing is left counted.
+func TestShedCountsStayConsistent(t *testing.T) {
+	s, err := NewShedder(ShedPolicy{MaxInFlight: 4, MaxQueue: 6, ClientShare: 3, TargetLatency: time.Millisecond,
+		Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.9/32")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := []string{"10.0.0.1:1", "10.0.0.2:1", "10.0.0.9:1", "10.0.1.1:1", "10.0.2.1:1", "[2001:db8::1]:1"}
+	var held sync.Map // prefix → *atomic.Int64: admitted and not yet released, limited addresses only
+	var over atomic.Int64
+	var outcomes [5]atomic.Int64 // admitted, client_share, queue_full, deadline, other
+
+	stop := make(chan struct{})
+	sampled := make(chan error, 1)
+	go func() {
+		var first error
+		for {
+			if err := checkShedState(s); err != nil && first == nil {
+				first = err
+			}
+			select {
+			case <-stop:
+				sampled <- first
+				return
+			default:
+				runtime.Gosched()
+			}
+		}
+	}()
+
+	const workers, rounds = 24, 150
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			for range rounds {
+				a := addrs[rng.IntN(len(addrs))]
+				remote := tcpAddr(a)
+				ip, pfx, _ := s.prefix(remote)
+				limited := !s.allowed(ip)
+				// A handshake's deadline: long enough to wait for a slot (a slot leaked by a
+				// bug then fails the test instead of hanging it), or too short to be worth
+				// waiting for, or just enough; some are cancelled while they may be waiting.
+				timeout := 200 * time.Millisecond
+				if rng.IntN(3) == 0 {
+					timeout = time.Duration(rng.IntN(2000)) * time.Microsecond
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), timeout)
+				if rng.IntN(4) == 0 {
+					time.AfterFunc(time.Duration(rng.IntN(300))*time.Microsecond, cancel)
+				}
+				release, _, err := s.Admit(ctx, remote)
+				var se *ShedError
+				switch {
+				case err == nil:
+					outcomes[0].Add(1)
+				case errors.As(err, &se) && se.Reason == ShedClientShare:
+					outcomes[1].Add(1)
+				case errors.As(err, &se) && se.Reason == ShedQueueFull:
+					outcomes[2].Add(1)
+				case errors.As(err, &se) && se.Reason == ShedDeadline:
+					outcomes[3].Add(1)
+				default:
+					outcomes[4].Add(1)
+					t.Errorf("admit from %s: %v", a, err)
+				}
+				if err == nil {
+					var n *atomic.Int64
+					if limited {
+						v, _ := held.LoadOrStore(pfx, new(atomic.Int64))
+						n = v.(*atomic.Int64)
+						if n.Add(1) > int64(s.p.ClientShare) {
+							over.Add(1)
+						}
+					}
+					time.Sleep(time.Duration(rng.IntN(500)) * time.Microsecond)
+					if n != nil {
+						n.Add(-1)
+					}
+					release(rng.IntN(5) != 0) // some signatures fail
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	if err := <-sampled; err != nil {
+		t.Errorf("sampled while running: %v", err)
+	}
+	if n := over.Load(); n != 0 {
+		t.Errorf("%d admissions took a prefix over its client share of %d", n, s.p.ClientShare)
+	}
+	t.Logf("admitted %d, shed client_share %d, queue_full %d, deadline %d",
+		outcomes[0].Load(), outcomes[1].Load(), outcomes[2].Load(), outcomes[3].Load())
+	if outcomes[0].Load() == 0 || outcomes[1].Load() == 0 || outcomes[3].Load() == 0 {
+		t.Errorf("the load did not exercise admission, client_share and giving up")
+	}
+
+	if err := checkShedState(s); err != nil {
+		t.Error(err)
+	}
+	s.slotMu.Lock()
+	defer s.slotMu.Unlock()
+	if s.active != 0 || len(s.waiters) != 0 || len(s.running) != 0 || s.InFlight() != 0 || s.Queued() != 0 {
+		t.Errorf("after every handshake: active %d, waiters %d, running %v, in flight %d, queued %d; want all empty",
+			s.active, len(s.waiters), s.running, s.InFlight(), s.Queued())
 	}
 }

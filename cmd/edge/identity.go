@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cloudflare/gokeyless/protocol"
 	"github.com/rs/zerolog"
 
 	"github.com/tkeyless/tkeyless/keyless"
@@ -104,15 +105,33 @@ func (s *keylessSource) release(g *generation) {
 // Signer is tlsglue.KeySource. The signer it returns asks, at each Sign, whichever client is
 // current then.
 func (s *keylessSource) Signer(ctx context.Context, pub crypto.PublicKey) (crypto.Signer, error) {
+	return s.signer(ctx, pub, nil)
+}
+
+// SignerSKI is tlsglue.SKIKeySource: Signer for a key whose SKI the caller computed once, when
+// it loaded the certificate, so a handshake does not hash the public key again.
+func (s *keylessSource) SignerSKI(ctx context.Context, pub crypto.PublicKey, ski protocol.SKI) (crypto.Signer, error) {
+	return s.signer(ctx, pub, &ski)
+}
+
+// signer is Signer, with the key's SKI if known (nil: computed here, once for the signer).
+func (s *keylessSource) signer(ctx context.Context, pub crypto.PublicKey, ski *protocol.SKI) (crypto.Signer, error) {
 	g, err := s.acquire()
 	if err != nil {
 		return nil, err
 	}
-	defer s.release(g)
-	if _, err := g.client.Signer(ctx, pub); err != nil { // checks the key type now, not at Sign
+	s.release(g)
+	if _, err := keyless.CheckKey(pub); err != nil { // the key type now, not at Sign
 		return nil, err
 	}
-	return &reloadingSigner{s: s, ctx: ctx, pub: pub}, nil
+	if ski == nil {
+		id, err := protocol.GetSKI(pub)
+		if err != nil {
+			return nil, fmt.Errorf("keyless signer: key id: %w", err)
+		}
+		ski = &id
+	}
+	return &reloadingSigner{s: s, ctx: ctx, pub: pub, ski: *ski}, nil
 }
 
 // reloadingSigner is the crypto.Signer of keylessSource.Signer.
@@ -120,21 +139,23 @@ type reloadingSigner struct {
 	s   *keylessSource
 	ctx context.Context
 	pub crypto.PublicKey
+	ski protocol.SKI // pub's
 }
 
 func (r *reloadingSigner) Public() crypto.PublicKey { return r.pub }
 
-func (r *reloadingSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+// Sign asks the current client, as the signer of keyless.Client.Signer would (rand is ignored:
+// the randomness is the signers').
+func (r *reloadingSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	g, err := r.s.acquire()
 	if err != nil {
 		return nil, err
 	}
 	defer r.s.release(g)
-	signer, err := g.client.Signer(r.ctx, r.pub)
-	if err != nil {
-		return nil, err
+	if opts == nil {
+		return nil, fmt.Errorf("keyless sign with key %s: no signer options (hash)", r.ski)
 	}
-	return signer.Sign(rand, digest, opts)
+	return g.client.Sign(r.ctx, r.ski, opts.HashFunc(), digest)
 }
 
 // Identity is the client certificate presented to signers now.
@@ -197,7 +218,7 @@ func (s *keylessSource) Close() error {
 	return nil
 }
 
-var _ tlsglue.KeySource = (*keylessSource)(nil)
+var _ tlsglue.SKIKeySource = (*keylessSource)(nil)
 
 // currentClient is the client new signatures use (for tests).
 func (s *keylessSource) currentClient() *keyless.Client {
